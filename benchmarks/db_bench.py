@@ -1,0 +1,1190 @@
+"""db_bench for HaloDB: one workload, run against HaloDB and its peers in one process.
+
+A LevelDB ``db_bench``-style script, not a test: it times fills, point reads, scans, deletes,
+reopen and bytes on disk for every engine it can import, prints ops/s and µs/op per benchmark
+per engine, and HaloDB's ratio to each peer.  It must not know HaloDB's internals: it uses only
+the public API (``halodb.open``, mapping protocol, ``batch``, ``range``, ``items``, ``flush``,
+``close``), exactly as an application would.
+
+Usage::
+
+    python benchmarks/db_bench.py                       # --num 1000000, every engine found
+    python benchmarks/db_bench.py --num 20000 --engines halodb,sqlite3,lmdb --json out.json
+
+Every engine gets a fresh directory under ``--workdir`` and the same keys, values and access
+orders, generated from ``--seed`` before any timing.  Loops are identical across engines: each
+one calls an adapter method bound to a local, so every engine pays the same Python call
+overhead per operation.  Results are checked (found counts, a sample of values, range
+contents) outside the timed regions; an engine that returns wrong data is reported as failed.
+See benchmarks/README.md for what each benchmark measures and how ratios are defined.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import gc
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+MACHINE_NOTE = (
+    "shared, noisy machine: compare ratios within one run, not absolute numbers across runs"
+)
+DURABILITIES = ("full", "normal", "fast")
+SUBJECT = "halodb"
+
+Item = tuple[bytes, bytes]
+Result = dict[str, Any]
+
+# Benchmarks reported as throughput (ops/s, µs/op), in report order.
+THROUGHPUT = (
+    "fillrandom",
+    "fillbatch",
+    "readrandom",
+    "readmissing",
+    "readseq",
+    "seekrandom",
+    "deleterandom",
+)
+# Benchmarks reported as a duration (lower is better).
+DURATIONS = ("reopen", "reopen_flushed")
+# Benchmarks reported as a size (lower is better).
+SIZES = ("bytes",)
+ORDERED_ONLY = frozenset({"readseq", "seekrandom"})
+
+DESCRIPTIONS = {
+    "fillrandom": "one put per operation, random key order, fresh store",
+    "fillbatch": "puts in batches of --batch-size, one commit per batch, fresh store",
+    "readrandom": "gets of existing keys in shuffled order",
+    "readmissing": "gets of absent keys",
+    "readseq": "full ordered scan, ops = items",
+    "seekrandom": "range scans of --scan-length items from random start keys, ops = scans",
+    "deleterandom": "deletes of half the keys, random order",
+    "reopen": "close + open after fillrandom without an explicit flush",
+    "reopen_flushed": "close + open right after the engine's flush (if it has one)",
+    "bytes": "bytes on disk (du) after fillrandom, store closed",
+}
+
+
+class EngineUnavailableError(Exception):
+    """The engine's module cannot be imported here; the engine is skipped with a note."""
+
+
+class VerificationError(Exception):
+    """An engine returned data that does not match what was written."""
+
+
+# --------------------------------------------------------------------------------------------
+# Adapters: one small interface over every engine.
+# --------------------------------------------------------------------------------------------
+
+
+class Adapter(ABC):
+    """One engine behind the benchmark's interface.
+
+    ``open`` may be called again after ``close`` on the same directory (reopen).  ``get``
+    returns None for an absent key.  ``scan`` and ``range`` are only called when ``ordered``
+    is true; ``flush`` only when ``has_flush`` is true.
+    """
+
+    name = ""
+    module = ""  # distribution name for the version report
+    ordered = True
+    has_flush = False
+
+    def __init__(self, durability: str) -> None:
+        self.durability = durability
+        self.is_open = False
+
+    @abstractmethod
+    def open(self, path: Path) -> None: ...
+
+    @abstractmethod
+    def put(self, key: bytes, value: bytes) -> None: ...
+
+    def put_batch(self, items: Sequence[Item]) -> None:
+        """Write ``items`` as one unit; engines without batches just loop."""
+        put = self.put
+        for key, value in items:
+            put(key, value)
+
+    @abstractmethod
+    def get(self, key: bytes) -> bytes | None: ...
+
+    @abstractmethod
+    def delete(self, key: bytes) -> None: ...
+
+    def scan(self) -> Iterator[Item]:
+        raise NotImplementedError(f"{self.name} has no ordered iteration")
+
+    def range(self, start: bytes, count: int) -> list[Item]:
+        raise NotImplementedError(f"{self.name} has no ordered iteration")
+
+    def flush(self) -> None:
+        raise NotImplementedError(f"{self.name} has no flush")
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def pairing(self) -> str:
+        """How --durability maps onto this engine's settings."""
+
+    def version(self) -> str:
+        try:
+            return importlib.metadata.version(self.module or self.name)
+        except importlib.metadata.PackageNotFoundError:
+            return "?"
+
+
+def _import(name: str) -> Any:
+    """Import an optional peer, or raise EngineUnavailableError with the reason."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise EngineUnavailableError(f"cannot import {name}: {exc}") from exc
+
+
+class _HaloBatch(Protocol):
+    def __setitem__(self, key: bytes, value: bytes, /) -> None: ...
+    def __delitem__(self, key: bytes, /) -> None: ...
+
+
+class _HaloStore(Protocol):
+    """The slice of HaloDB's public API that the benchmark uses."""
+
+    def __setitem__(self, key: bytes, value: bytes, /) -> None: ...
+    def __delitem__(self, key: bytes, /) -> None: ...
+    def get(self, key: bytes, /) -> bytes | None: ...
+    def batch(self) -> AbstractContextManager[_HaloBatch]: ...
+    def range(self, start: bytes | None = ..., stop: bytes | None = ...) -> Iterable[Item]: ...
+    def items(self) -> Iterable[Item]: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class HaloDBAdapter(Adapter):
+    """HaloDB, the subject, through its public API only."""
+
+    name = "halodb"
+    has_flush = True
+
+    def __init__(self, durability: str) -> None:
+        super().__init__(durability)
+        try:
+            import halodb  # noqa: PLC0415 - lazy, so the script runs before halodb exists
+        except ImportError as exc:
+            raise EngineUnavailableError(f"cannot import halodb: {exc}") from exc
+        if not hasattr(halodb, "open"):
+            raise EngineUnavailableError("halodb has no open() yet")
+        self._halodb = halodb
+        self._db: _HaloStore | None = None
+
+    def open(self, path: Path) -> None:
+        db: _HaloStore = self._halodb.open(str(path), durability=self.durability)
+        self._db = db
+
+    def _store(self) -> _HaloStore:
+        assert self._db is not None
+        return self._db
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._store()[key] = value
+
+    def put_batch(self, items: Sequence[Item]) -> None:
+        with self._store().batch() as batch:
+            for key, value in items:
+                batch[key] = value
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._store().get(key)
+
+    def delete(self, key: bytes) -> None:
+        del self._store()[key]
+
+    def scan(self) -> Iterator[Item]:
+        return iter(self._store().items())
+
+    def range(self, start: bytes, count: int) -> list[Item]:
+        return list(islice(self._store().range(start=start), count))
+
+    def flush(self) -> None:
+        self._store().flush()
+
+    def close(self) -> None:
+        self._store().close()
+        self._db = None
+
+    def pairing(self) -> str:
+        return f'durability="{self.durability}"'
+
+
+class SQLiteAdapter(Adapter):
+    """sqlite3 from the stdlib: WAL, a WITHOUT ROWID table, one transaction per put."""
+
+    name = "sqlite3"
+    has_flush = True
+    SYNCHRONOUS: ClassVar[dict[str, str]] = {"full": "FULL", "normal": "NORMAL", "fast": "OFF"}
+    PUT = "INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)"
+    GET = "SELECT v FROM kv WHERE k = ?"
+    DELETE = "DELETE FROM kv WHERE k = ?"
+    SCAN = "SELECT k, v FROM kv ORDER BY k"
+    RANGE = "SELECT k, v FROM kv WHERE k >= ? ORDER BY k LIMIT ?"
+
+    def __init__(self, durability: str) -> None:
+        super().__init__(durability)
+        self._conn: sqlite3.Connection | None = None
+        self._cur: sqlite3.Cursor | None = None
+
+    def open(self, path: Path) -> None:
+        # isolation_level=None: autocommit, so every put is its own transaction.
+        conn = sqlite3.connect(path / "kv.sqlite3", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.SYNCHRONOUS[self.durability]}")
+        conn.execute("CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID")
+        self._conn = conn
+        self._cur = conn.cursor()
+
+    def _cursor(self) -> sqlite3.Cursor:
+        assert self._cur is not None
+        return self._cur
+
+    def _connection(self) -> sqlite3.Connection:
+        assert self._conn is not None
+        return self._conn
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._cursor().execute(self.PUT, (key, value))
+
+    def put_batch(self, items: Sequence[Item]) -> None:
+        cur = self._cursor()
+        cur.execute("BEGIN")
+        cur.executemany(self.PUT, items)
+        cur.execute("COMMIT")
+
+    def get(self, key: bytes) -> bytes | None:
+        row = self._cursor().execute(self.GET, (key,)).fetchone()
+        if row is None:
+            return None
+        value: bytes = row[0]
+        return value
+
+    def delete(self, key: bytes) -> None:
+        self._cursor().execute(self.DELETE, (key,))
+
+    def scan(self) -> Iterator[Item]:
+        return iter(self._connection().execute(self.SCAN))
+
+    def range(self, start: bytes, count: int) -> list[Item]:
+        return self._cursor().execute(self.RANGE, (start, count)).fetchall()
+
+    def flush(self) -> None:
+        self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        self._connection().close()
+        self._conn = self._cur = None
+
+    def pairing(self) -> str:
+        return f"WAL, synchronous={self.SYNCHRONOUS[self.durability]}"
+
+    def version(self) -> str:
+        return sqlite3.sqlite_version
+
+
+class LMDBAdapter(Adapter):
+    """py-lmdb: one write transaction per put, one read transaction per get, writemap off."""
+
+    name = "lmdb"
+    MAP_SIZE = 1 << 36  # address space only: without writemap the file grows as used
+
+    def __init__(self, durability: str) -> None:
+        super().__init__(durability)
+        self._lmdb = _import("lmdb")
+        self._env: Any = None
+
+    def open(self, path: Path) -> None:
+        sync = self.durability == "full"
+        self._env = self._lmdb.open(
+            str(path), map_size=self.MAP_SIZE, sync=sync, metasync=sync, writemap=False
+        )
+
+    def put(self, key: bytes, value: bytes) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.put(key, value)
+
+    def put_batch(self, items: Sequence[Item]) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.cursor().putmulti(items)
+
+    def get(self, key: bytes) -> bytes | None:
+        with self._env.begin() as txn:
+            value: bytes | None = txn.get(key)
+        return value
+
+    def delete(self, key: bytes) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.delete(key)
+
+    def scan(self) -> Iterator[Item]:
+        with self._env.begin() as txn:
+            yield from txn.cursor()
+
+    def range(self, start: bytes, count: int) -> list[Item]:
+        with self._env.begin() as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(start):
+                return []
+            return list(islice(cursor, count))
+
+    def close(self) -> None:
+        self._env.close()
+        self._env = None
+
+    def pairing(self) -> str:
+        if self.durability == "full":
+            return "sync=True, metasync=True (fsync per commit)"
+        return "sync=False, writemap=False (commits reach the OS, no fsync)"
+
+
+class PlyvelAdapter(Adapter):
+    """plyvel (LevelDB): put/delete with sync matched to durability, WriteBatch for batches."""
+
+    name = "plyvel"
+
+    def __init__(self, durability: str) -> None:
+        super().__init__(durability)
+        self._plyvel = _import("plyvel")
+        self._db: Any = None
+        self._sync = durability == "full"
+
+    def open(self, path: Path) -> None:
+        self._db = self._plyvel.DB(str(path), create_if_missing=True)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._db.put(key, value, sync=self._sync)
+
+    def put_batch(self, items: Sequence[Item]) -> None:
+        with self._db.write_batch(sync=self._sync) as batch:
+            for key, value in items:
+                batch.put(key, value)
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(key)
+        return value
+
+    def delete(self, key: bytes) -> None:
+        self._db.delete(key, sync=self._sync)
+
+    def scan(self) -> Iterator[Item]:
+        with self._db.iterator() as it:
+            yield from it
+
+    def range(self, start: bytes, count: int) -> list[Item]:
+        with self._db.iterator(start=start) as it:
+            return list(islice(it, count))
+
+    def close(self) -> None:
+        self._db.close()
+        self._db = None
+
+    def pairing(self) -> str:
+        if self._sync:
+            return "sync=True (fsync per write)"
+        return "sync=False (log written to the OS per write, no fsync)"
+
+
+class RocksDictAdapter(Adapter):
+    """rocksdict (RocksDB) in raw mode: bytes keys and values, no pickling."""
+
+    name = "rocksdict"
+    has_flush = True
+
+    def __init__(self, durability: str) -> None:
+        super().__init__(durability)
+        self._rocksdict = _import("rocksdict")
+        self._db: Any = None
+
+    def open(self, path: Path) -> None:
+        rd = self._rocksdict
+        options = rd.Options(raw_mode=True)
+        options.create_if_missing(True)
+        write_options = rd.WriteOptions()
+        write_options.sync = self.durability == "full"
+        if self.durability == "fast":
+            write_options.disable_wal = True
+        self._db = rd.Rdict(str(path), options)
+        self._db.set_write_options(write_options)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._db.put(key, value)
+
+    def put_batch(self, items: Sequence[Item]) -> None:
+        batch = self._rocksdict.WriteBatch(raw_mode=True)
+        for key, value in items:
+            batch.put(key, value)
+        self._db.write(batch)
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(key)
+        return value
+
+    def delete(self, key: bytes) -> None:
+        self._db.delete(key)
+
+    def scan(self) -> Iterator[Item]:
+        return iter(self._db.items())
+
+    def range(self, start: bytes, count: int) -> list[Item]:
+        return list(islice(self._db.items(from_key=start), count))
+
+    def flush(self) -> None:
+        self._db.flush()
+
+    def close(self) -> None:
+        self._db.close()
+        self._db = None
+
+    def pairing(self) -> str:
+        return {
+            "full": "WriteOptions.sync=True (fsync per write)",
+            "normal": "default WriteOptions (WAL written to the OS per write, no fsync)",
+            "fast": "WriteOptions.disable_wal = True (no WAL)",
+        }[self.durability]
+
+
+class DiskCacheAdapter(Adapter):
+    """diskcache.Cache: SQLite underneath, no eviction, transact() for batches; unordered."""
+
+    name = "diskcache"
+    ordered = False
+    SYNCHRONOUS: ClassVar[dict[str, int]] = {"full": 2, "normal": 1, "fast": 0}
+
+    def __init__(self, durability: str) -> None:
+        super().__init__(durability)
+        self._diskcache = _import("diskcache")
+        self._cache: Any = None
+
+    def open(self, path: Path) -> None:
+        self._cache = self._diskcache.Cache(
+            str(path),
+            eviction_policy="none",
+            size_limit=1 << 62,
+            sqlite_synchronous=self.SYNCHRONOUS[self.durability],
+        )
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._cache[key] = value
+
+    def put_batch(self, items: Sequence[Item]) -> None:
+        cache = self._cache
+        with cache.transact():
+            for key, value in items:
+                cache[key] = value
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._cache.get(key)
+        return value
+
+    def delete(self, key: bytes) -> None:
+        del self._cache[key]
+
+    def close(self) -> None:
+        self._cache.close()
+        self._cache = None
+
+    def pairing(self) -> str:
+        names = {2: "FULL", 1: "NORMAL", 0: "OFF"}
+        return f"WAL, sqlite_synchronous={names[self.SYNCHRONOUS[self.durability]]}"
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+class SqliteDictAdapter(Adapter):
+    """sqlitedict.SqliteDict(autocommit=True), raw bytes values; unordered (rowid order)."""
+
+    name = "sqlitedict"
+    ordered = False
+
+    def __init__(self, durability: str) -> None:
+        super().__init__(durability)
+        self._sqlitedict = _import("sqlitedict")
+        self._db: Any = None
+
+    def open(self, path: Path) -> None:
+        db = self._sqlitedict.SqliteDict(
+            str(path / "kv.sqlite3"),
+            tablename="kv",
+            autocommit=True,
+            journal_mode="WAL",
+            encode=_identity,
+            decode=_identity,
+        )
+        # sqlitedict sets synchronous=OFF on its connection; match the pairing instead.
+        db.conn.execute(f"PRAGMA synchronous={SQLiteAdapter.SYNCHRONOUS[self.durability]}")
+        self._db = db
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._db[key] = value
+
+    def put_batch(self, items: Sequence[Item]) -> None:
+        self._db.update(items)
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(key)
+        return value
+
+    def delete(self, key: bytes) -> None:
+        del self._db[key]
+
+    def close(self) -> None:
+        self._db.close()
+        self._db = None
+
+    def pairing(self) -> str:
+        return f"autocommit=True, WAL, synchronous={SQLiteAdapter.SYNCHRONOUS[self.durability]}"
+
+
+class SemiDBMAdapter(Adapter):
+    """semidbm: append-only file plus an in-memory index rebuilt on open; unordered."""
+
+    name = "semidbm"
+    ordered = False
+
+    def __init__(self, durability: str) -> None:
+        super().__init__(durability)
+        self._semidbm = _import("semidbm")
+        self._db: Any = None
+        self._sync = durability == "full"
+
+    def open(self, path: Path) -> None:
+        self._db = self._semidbm.open(str(path), "c")
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._db[key] = value
+        if self._sync:
+            self._db.sync()
+
+    def put_batch(self, items: Sequence[Item]) -> None:
+        db = self._db
+        for key, value in items:
+            db[key] = value
+        if self._sync:
+            db.sync()
+
+    def get(self, key: bytes) -> bytes | None:
+        db = self._db
+        if key in db:
+            value: bytes = db[key]
+            return value
+        return None
+
+    def delete(self, key: bytes) -> None:
+        del self._db[key]
+        if self._sync:
+            self._db.sync()
+
+    def close(self) -> None:
+        self._db.close()
+        self._db = None
+
+    def pairing(self) -> str:
+        if self._sync:
+            return "sync() (fsync) after every write"
+        return "unbuffered os.write per write, no fsync"
+
+
+ENGINES: dict[str, Callable[[str], Adapter]] = {
+    "halodb": HaloDBAdapter,
+    "sqlite3": SQLiteAdapter,
+    "lmdb": LMDBAdapter,
+    "plyvel": PlyvelAdapter,
+    "rocksdict": RocksDictAdapter,
+    "diskcache": DiskCacheAdapter,
+    "sqlitedict": SqliteDictAdapter,
+    "semidbm": SemiDBMAdapter,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The workload: every key, value and access order, generated before any timing.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    pairs: list[Item]  # fill order (random keys)
+    batches: list[list[Item]]  # pairs cut into --batch-size lists
+    expected: dict[bytes, bytes]
+    sorted_keys: list[bytes]
+    read_keys: list[bytes]  # existing keys, shuffled
+    missing_keys: list[bytes]  # keys never written
+    seek_starts: list[bytes]  # random start keys for range scans
+    scan_length: int
+    delete_keys: list[bytes]  # half the keys, random order
+    check_keys: list[bytes]  # a small sample for value checks outside the timings
+
+
+def make_workload(
+    num: int,
+    key_size: int,
+    value_size: int,
+    reads: int,
+    scans: int,
+    scan_length: int,
+    batch_size: int,
+    seed: int,
+) -> Workload:
+    rng = random.Random(seed)
+    expected: dict[bytes, bytes] = {}
+    while len(expected) < num:
+        key = rng.randbytes(key_size)
+        if key not in expected:
+            expected[key] = rng.randbytes(value_size)
+    pairs = list(expected.items())
+    keys = [key for key, _ in pairs]
+
+    read_keys = rng.sample(keys, reads) if reads <= num else rng.choices(keys, k=reads)
+
+    missing: list[bytes] = []
+    while len(missing) < reads:
+        key = rng.randbytes(key_size)
+        if key not in expected:
+            missing.append(key)
+
+    return Workload(
+        pairs=pairs,
+        batches=[pairs[i : i + batch_size] for i in range(0, num, batch_size)],
+        expected=expected,
+        sorted_keys=sorted(keys),
+        read_keys=read_keys,
+        missing_keys=missing,
+        seek_starts=[rng.randbytes(key_size) for _ in range(scans)],
+        scan_length=scan_length,
+        delete_keys=rng.sample(keys, num // 2),
+        check_keys=rng.sample(keys, min(num, 200)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Timed phases.  Each binds the adapter method to a local and runs one plain loop.
+# --------------------------------------------------------------------------------------------
+
+
+def _throughput(ops: int, seconds: float, **extra: Any) -> Result:
+    return {
+        "ops": ops,
+        "seconds": seconds,
+        "ops_per_sec": ops / seconds if seconds > 0 else float("inf"),
+        "us_per_op": seconds / ops * 1e6 if ops else 0.0,
+        **extra,
+    }
+
+
+def bench_fillrandom(db: Adapter, wl: Workload) -> Result:
+    put = db.put
+    pairs = wl.pairs
+    gc.collect()
+    start = time.perf_counter()
+    for key, value in pairs:
+        put(key, value)
+    seconds = time.perf_counter() - start
+    return _throughput(len(pairs), seconds)
+
+
+def bench_fillbatch(db: Adapter, wl: Workload) -> Result:
+    put_batch = db.put_batch
+    batches = wl.batches
+    gc.collect()
+    start = time.perf_counter()
+    for batch in batches:
+        put_batch(batch)
+    seconds = time.perf_counter() - start
+    return _throughput(len(wl.pairs), seconds, batches=len(batches))
+
+
+def _bench_reads(db: Adapter, keys: list[bytes]) -> tuple[int, float]:
+    get = db.get
+    found = 0
+    gc.collect()
+    start = time.perf_counter()
+    for key in keys:
+        if get(key) is not None:
+            found += 1
+    return found, time.perf_counter() - start
+
+
+def bench_readrandom(db: Adapter, wl: Workload) -> Result:
+    found, seconds = _bench_reads(db, wl.read_keys)
+    if found != len(wl.read_keys):
+        raise VerificationError(f"readrandom found {found} of {len(wl.read_keys)} keys")
+    return _throughput(len(wl.read_keys), seconds, found=found)
+
+
+def bench_readmissing(db: Adapter, wl: Workload) -> Result:
+    found, seconds = _bench_reads(db, wl.missing_keys)
+    if found:
+        raise VerificationError(f"readmissing found {found} keys that were never written")
+    return _throughput(len(wl.missing_keys), seconds, found=found)
+
+
+def bench_readseq(db: Adapter, wl: Workload) -> Result:
+    scan = db.scan
+    count = 0
+    gc.collect()
+    start = time.perf_counter()
+    for _item in scan():
+        count += 1
+    seconds = time.perf_counter() - start
+    if count != len(wl.sorted_keys):
+        raise VerificationError(f"readseq saw {count} items, expected {len(wl.sorted_keys)}")
+    head = [(key, wl.expected[key]) for key in wl.sorted_keys[:1000]]
+    if [tuple(item) for item in islice(db.scan(), len(head))] != head:
+        raise VerificationError("readseq: the first items are out of order or wrong")
+    return _throughput(count, seconds)
+
+
+def bench_seekrandom(db: Adapter, wl: Workload) -> Result:
+    range_ = db.range
+    starts = wl.seek_starts
+    length = wl.scan_length
+    items = 0
+    gc.collect()
+    start = time.perf_counter()
+    for first in starts:
+        items += len(range_(first, length))
+    seconds = time.perf_counter() - start
+
+    sorted_keys = wl.sorted_keys
+    want = sum(
+        min(length, len(sorted_keys) - bisect.bisect_left(sorted_keys, first)) for first in starts
+    )
+    if items != want:
+        raise VerificationError(f"seekrandom returned {items} items, expected {want}")
+    for first in starts[:20]:
+        lo = bisect.bisect_left(sorted_keys, first)
+        head = [(key, wl.expected[key]) for key in sorted_keys[lo : lo + length]]
+        if [tuple(item) for item in db.range(first, length)] != head:
+            raise VerificationError(f"seekrandom: wrong items from start key {first.hex()}")
+    return _throughput(len(starts), seconds, items=items, scan_length=length)
+
+
+def bench_deleterandom(db: Adapter, wl: Workload) -> Result:
+    delete = db.delete
+    keys = wl.delete_keys
+    gc.collect()
+    start = time.perf_counter()
+    for key in keys:
+        delete(key)
+    seconds = time.perf_counter() - start
+    deleted = set(keys)
+    for key in wl.check_keys:
+        want = None if key in deleted else wl.expected[key]
+        if db.get(key) != want:
+            raise VerificationError(f"after deleterandom, key {key.hex()} reads wrong")
+    return _throughput(len(keys), seconds)
+
+
+def reopen(db: Adapter, path: Path) -> tuple[Result, int, int]:
+    """Close and reopen ``db``; returns timings and the closed store's du/apparent bytes."""
+    gc.collect()
+    start = time.perf_counter()
+    db.close()
+    closed = time.perf_counter()
+    db.is_open = False
+    on_disk, apparent = disk_usage(path)
+    gc.collect()
+    start_open = time.perf_counter()
+    db.open(path)
+    opened = time.perf_counter()
+    db.is_open = True
+    close_s = closed - start
+    open_s = opened - start_open
+    timing = {"seconds": close_s + open_s, "close_seconds": close_s, "open_seconds": open_s}
+    return timing, on_disk, apparent
+
+
+def check_values(db: Adapter, wl: Workload, when: str) -> None:
+    for key in wl.check_keys:
+        got = db.get(key)
+        if got != wl.expected[key]:
+            shown = None if got is None else f"{len(got)} bytes"
+            raise VerificationError(f"{when}: key {key.hex()} reads {shown}, wrong value")
+
+
+def disk_usage(path: Path) -> tuple[int, int]:
+    """(bytes allocated as du counts them, apparent bytes) of every file under ``path``."""
+    allocated = apparent = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(os.path.join(root, name))
+                allocated += st.st_blocks * 512
+                apparent += st.st_size
+    return allocated, apparent
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_engine(db: Adapter, wl: Workload, workdir: Path) -> dict[str, Result]:
+    """Run every phase on ``db`` in fresh directories under ``workdir``; removed after."""
+    results: dict[str, Result] = {}
+    base = Path(tempfile.mkdtemp(prefix=f"db_bench-{db.name}-", dir=workdir))
+
+    def record(name: str, result: Result) -> None:
+        results[name] = result
+        if "ops_per_sec" in result:
+            log(
+                f"  [{db.name}] {name:<14} {result['ops']:>10,} ops  "
+                f"{result['seconds']:9.3f} s  {result['ops_per_sec']:>12,.0f} ops/s"
+            )
+        elif "seconds" in result:
+            log(f"  [{db.name}] {name:<14} {result['seconds'] * 1e3:10.1f} ms")
+
+    def not_ordered(name: str) -> None:
+        results[name] = {"skipped": "n/a: no ordered iteration"}
+
+    try:
+        # Store 1: fillrandom, then everything that reads or changes a filled store.
+        path = base / "fillrandom"
+        path.mkdir()
+        db.open(path)
+        db.is_open = True
+        record("fillrandom", bench_fillrandom(db, wl))
+        check_values(db, wl, "after fillrandom")
+        open_bytes, _ = disk_usage(path)
+
+        timing, on_disk, apparent = reopen(db, path)
+        record("reopen", timing)
+        results["bytes"] = {
+            "bytes": on_disk,
+            "apparent_bytes": apparent,
+            "open_bytes": open_bytes,
+            "bytes_per_key": on_disk / len(wl.pairs),
+        }
+        check_values(db, wl, "after reopen")
+
+        record("readrandom", bench_readrandom(db, wl))
+        record("readmissing", bench_readmissing(db, wl))
+        if db.ordered:
+            record("readseq", bench_readseq(db, wl))
+            record("seekrandom", bench_seekrandom(db, wl))
+        else:
+            not_ordered("readseq")
+            not_ordered("seekrandom")
+
+        if db.has_flush:
+            gc.collect()
+            start = time.perf_counter()
+            db.flush()
+            flush_s = time.perf_counter() - start
+            timing, _, _ = reopen(db, path)
+            record("reopen_flushed", {**timing, "flush_seconds": flush_s})
+            check_values(db, wl, "after flush and reopen")
+        else:
+            results["reopen_flushed"] = {"skipped": "n/a: no flush"}
+
+        record("deleterandom", bench_deleterandom(db, wl))
+        db.close()
+        db.is_open = False
+
+        # Store 2: fillbatch into a fresh directory.
+        path = base / "fillbatch"
+        path.mkdir()
+        db.open(path)
+        db.is_open = True
+        record("fillbatch", bench_fillbatch(db, wl))
+        check_values(db, wl, "after fillbatch")
+        db.close()
+        db.is_open = False
+        results["fillbatch"]["bytes_closed"] = disk_usage(path)[0]
+    finally:
+        if db.is_open:
+            with contextlib.suppress(Exception):
+                db.close()
+            db.is_open = False
+        shutil.rmtree(base, ignore_errors=True)
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# Ratios and the report.
+# --------------------------------------------------------------------------------------------
+
+
+def ratio(subject: Result | None, peer: Result | None, bench: str) -> float | None:
+    """HaloDB's advantage over ``peer`` on ``bench``: > 1 means HaloDB is better.
+
+    Throughput: halodb ops/s ÷ peer ops/s.  Reopen: peer seconds ÷ halodb seconds.  Bytes on
+    disk: peer bytes ÷ halodb bytes.
+    """
+    if not subject or not peer:
+        return None
+    if bench in THROUGHPUT:
+        if "ops_per_sec" not in subject or "ops_per_sec" not in peer:
+            return None
+        return float(subject["ops_per_sec"]) / float(peer["ops_per_sec"])
+    key = "seconds" if bench in DURATIONS else "bytes"
+    if key not in subject or key not in peer or not subject[key]:
+        return None
+    return float(peer[key]) / float(subject[key])
+
+
+def compute_ratios(results: dict[str, dict[str, Result]]) -> dict[str, dict[str, float | None]]:
+    if SUBJECT not in results:
+        return {}
+    subject = results[SUBJECT]
+    return {
+        peer: {
+            bench: ratio(subject.get(bench), results[peer].get(bench), bench)
+            for bench in (*THROUGHPUT, *DURATIONS, *SIZES)
+        }
+        for peer in results
+        if peer != SUBJECT
+    }
+
+
+def format_report(
+    results: dict[str, dict[str, Result]], ratios: dict[str, dict[str, float | None]]
+) -> str:
+    engines = list(results)
+    width = max([len(name) for name in engines] + [10])
+    lines: list[str] = []
+
+    lines.append(f"{'benchmark':<14} {'engine':<{width}} {'ops/s':>13} {'µs/op':>10}")
+    for bench in THROUGHPUT:
+        for i, engine in enumerate(engines):
+            label = bench if i == 0 else ""
+            result = results[engine].get(bench, {})
+            if "ops_per_sec" in result:
+                cells = f"{result['ops_per_sec']:>13,.0f} {result['us_per_op']:>10.2f}"
+            else:
+                cells = f"{'n/a':>13} {'n/a':>10}"
+            lines.append(f"{label:<14} {engine:<{width}} {cells}")
+    lines.append(
+        "(readseq: ops = items scanned; seekrandom: ops = range scans; n/a: engine has no "
+        "ordered iteration)"
+    )
+    lines.append("")
+
+    lines.append(
+        f"{'benchmark':<14} {'engine':<{width}} {'total ms':>13} {'close ms':>10} {'open ms':>10}"
+    )
+    for bench in DURATIONS:
+        for i, engine in enumerate(engines):
+            label = bench if i == 0 else ""
+            result = results[engine].get(bench, {})
+            if "seconds" in result:
+                cells = (
+                    f"{result['seconds'] * 1e3:>13.1f} {result['close_seconds'] * 1e3:>10.1f} "
+                    f"{result['open_seconds'] * 1e3:>10.1f}"
+                )
+            else:
+                cells = f"{'n/a':>13}"
+            lines.append(f"{label:<14} {engine:<{width}} {cells}")
+    lines.append("")
+
+    lines.append(
+        f"{'benchmark':<14} {'engine':<{width}} {'MiB (du)':>13} {'B/key':>10} {'MiB open':>10}"
+    )
+    for i, engine in enumerate(engines):
+        label = "bytes" if i == 0 else ""
+        result = results[engine].get("bytes", {})
+        if "bytes" in result:
+            cells = (
+                f"{result['bytes'] / 2**20:>13.2f} {result['bytes_per_key']:>10.1f} "
+                f"{result['open_bytes'] / 2**20:>10.2f}"
+            )
+        else:
+            cells = f"{'n/a':>13}"
+        lines.append(f"{label:<14} {engine:<{width}} {cells}")
+
+    if ratios:
+        peers = list(ratios)
+        col = max([len(p) for p in peers] + [8])
+        lines.append("")
+        lines.append(
+            "HaloDB ratio to each peer, > 1 means HaloDB is better: throughput = halodb ops/s ÷ "
+            "peer ops/s;"
+        )
+        lines.append("reopen and bytes = peer ÷ halodb (time, bytes on disk)")
+        lines.append(f"{'benchmark':<14} " + " ".join(f"{p:>{col}}" for p in peers))
+        for bench in (*THROUGHPUT, *DURATIONS, *SIZES):
+            row = []
+            for peer in peers:
+                value = ratios[peer].get(bench)
+                row.append(f"{'n/a':>{col}}" if value is None else f"{value:>{col - 1}.2f}x")
+            lines.append(f"{bench:<14} " + " ".join(row))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="db_bench-style benchmark of HaloDB against peer key-value stores.",
+        epilog=MACHINE_NOTE,
+    )
+    parser.add_argument("--num", type=int, default=1_000_000, help="keys to write")
+    parser.add_argument("--value-size", type=int, default=100, help="bytes per value")
+    parser.add_argument("--key-size", type=int, default=16, help="bytes per key")
+    parser.add_argument("--seed", type=int, default=1, help="seed for keys, values, orders")
+    parser.add_argument("--reads", type=int, default=None, help="gets per read phase (--num)")
+    parser.add_argument("--scans", type=int, default=None, help="range scans (--num / 100)")
+    parser.add_argument("--scan-length", type=int, default=100, help="items per range scan")
+    parser.add_argument("--batch-size", type=int, default=1000, help="puts per batch")
+    parser.add_argument(
+        "--engines",
+        default=",".join(ENGINES),
+        help=f"comma-separated, from {','.join(ENGINES)} (default: all; absent ones skipped)",
+    )
+    parser.add_argument("--durability", choices=DURABILITIES, default="normal")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where the temporary stores go (system temp)"
+    )
+    args = parser.parse_args(argv)
+    if args.num < 1 or args.key_size < 4 or args.value_size < 0 or args.batch_size < 1:
+        parser.error("need --num >= 1, --key-size >= 4, --value-size >= 0, --batch-size >= 1")
+    args.reads = args.num if args.reads is None else args.reads
+    args.scans = max(1, args.num // 100) if args.scans is None else args.scans
+    names = [name.strip() for name in args.engines.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ENGINES]
+    if unknown:
+        parser.error(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
+    args.engine_names = names
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir: Path = args.workdir or Path(tempfile.gettempdir())
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    config = {
+        "num": args.num,
+        "key_size": args.key_size,
+        "value_size": args.value_size,
+        "reads": args.reads,
+        "scans": args.scans,
+        "scan_length": args.scan_length,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "durability": args.durability,
+    }
+    print("db_bench: " + " ".join(f"{k}={v}" for k, v in config.items()))
+    print(f"python {platform.python_version()} on {platform.platform()}")
+    print(MACHINE_NOTE)
+
+    adapters: list[Adapter] = []
+    skipped: dict[str, str] = {}
+    for name in args.engine_names:
+        try:
+            adapters.append(ENGINES[name](args.durability))
+        except EngineUnavailableError as exc:
+            skipped[name] = str(exc)
+            print(f"note: skipping {name}: {exc}")
+
+    print(f"durability pairing for --durability {args.durability}:")
+    for db in adapters:
+        print(f"  {db.name:<11} {db.version():<10} {db.pairing()}")
+    if args.durability == "normal":
+        print(
+            '  like-for-like peer: halodb durability="normal" <-> sqlite3 WAL + '
+            "synchronous=NORMAL (survives a process crash, not power loss)"
+        )
+    elif args.durability == "full":
+        print('  like-for-like peer: halodb durability="full" <-> sqlite3 WAL + synchronous=FULL')
+    print()
+
+    log("generating workload ...")
+    wl = make_workload(
+        args.num,
+        args.key_size,
+        args.value_size,
+        args.reads,
+        args.scans,
+        args.scan_length,
+        args.batch_size,
+        args.seed,
+    )
+
+    results: dict[str, dict[str, Result]] = {}
+    failed: dict[str, str] = {}
+    for db in adapters:
+        log(f"running {db.name} ...")
+        try:
+            engine_results = run_engine(db, wl, workdir)
+        except Exception as exc:
+            failed[db.name] = f"{type(exc).__name__}: {exc}"
+            log(traceback.format_exc())
+            print(f"FAILED {db.name}: {failed[db.name]}")
+            continue
+        results[db.name] = engine_results
+
+    ratios = compute_ratios(results)
+    print()
+    if results:
+        print(format_report(results, ratios))
+    if SUBJECT not in results:
+        print(f"\n(no ratios: {SUBJECT} did not run)")
+    print()
+    print(MACHINE_NOTE)
+
+    if args.json is not None:
+        document = {
+            "machine_note": MACHINE_NOTE,
+            "config": config,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "descriptions": DESCRIPTIONS,
+            "ratio_definition": {
+                "throughput": "halodb ops/s / peer ops/s",
+                "reopen": "peer seconds / halodb seconds",
+                "bytes": "peer bytes / halodb bytes",
+                "meaning": "> 1 means HaloDB is better",
+            },
+            "engines": {
+                db.name: {
+                    "version": db.version(),
+                    "pairing": db.pairing(),
+                    "results": results.get(db.name),
+                    "error": failed.get(db.name),
+                }
+                for db in adapters
+            },
+            "skipped": skipped,
+            "ratios": ratios,
+        }
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

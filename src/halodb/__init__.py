@@ -1,0 +1,53 @@
+"""HaloDB: an embeddable, crash-safe, ordered key-value store.
+
+>>> import halodb, tempfile
+>>> with halodb.open(tempfile.mkdtemp()) as db:
+...     db[("user", 1)] = "alice"
+...     db[("user", 1)]
+'alice'
+"""
+
+from halodb.errors import (
+    CorruptionError,
+    DatabaseError,
+    DataError,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+)
+from halodb.keys import Key
+from halodb.options import Durability, Options
+from halodb.partition import PartitionStats
+from halodb.partitions import StoreStats
+from halodb.store import Batch, Store, open
+from halodb.values import DefaultCodec, PickleCodec, ValueCodec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch",
+    "CorruptionError",
+    "DataError",
+    "DatabaseError",
+    "DefaultCodec",
+    "Durability",
+    "Error",
+    "IntegrityError",
+    "InterfaceError",
+    "InternalError",
+    "Key",
+    "NotSupportedError",
+    "OperationalError",
+    "Options",
+    "PartitionStats",
+    "PickleCodec",
+    "ProgrammingError",
+    "Store",
+    "StoreStats",
+    "ValueCodec",
+    "open",
+]

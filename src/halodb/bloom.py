@@ -1,0 +1,121 @@
+"""A partition's bloom filter over encoded keys; knows nothing of logs, trees or files.
+
+A negative answer is certain (the key was never added), so the read path can skip the tree for
+missing keys. The filter is serialised with a checksummed header and a checksum over the bits; a
+damaged or out-of-date filter is rejected by :meth:`BloomFilter.from_bytes` and its owner rebuilds
+it from the tree, because trusting it could hide keys (a false negative loses data).
+
+Hashing: one 128-bit MurmurHash3 (``mmh3.hash64``) per key gives ``h1, h2``; probe ``i`` tests
+bit ``(h1 + i * h2) mod m`` (Kirsch-Mitzenmacher double hashing). The same ``h1`` routes the key
+to its partition, so a key is hashed once per operation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mmh3
+from bitarray import bitarray
+
+from halodb import format as fmt
+from halodb.errors import CorruptionError
+
+MIN_BITS = 1024
+
+
+def key_hash(key: bytes, seed: int) -> tuple[int, int]:
+    """The two 64-bit hashes of ``key`` that routing and every bloom filter use."""
+    h: tuple[int, int] = mmh3.hash64(key, seed, signed=False)
+    return h
+
+
+class BloomFilter:
+    """A fixed-size bloom filter. ``add`` and ``might_contain`` take :func:`key_hash` output."""
+
+    __slots__ = ("bits", "capacity", "hashes", "nbits")
+
+    def __init__(self, nbits: int, hashes: int, capacity: int, bits: bitarray | None = None) -> None:
+        self.nbits = nbits
+        self.hashes = hashes
+        self.capacity = capacity
+        """How many keys the filter was sized for; past it the false-positive rate climbs."""
+        if bits is None:
+            bits = bitarray(nbits, endian="little")
+            bits.setall(0)
+        self.bits = bits
+
+    @classmethod
+    def for_keys(cls, capacity: int, bits_per_key: int) -> BloomFilter:
+        """An empty filter sized for ``capacity`` keys at ``bits_per_key`` bits each."""
+        capacity = max(capacity, MIN_BITS // bits_per_key)
+        nbits = max(MIN_BITS, -(-capacity * bits_per_key // 64) * 64)
+        hashes = max(1, min(16, round(bits_per_key * math.log(2))))
+        return cls(nbits, hashes, capacity)
+
+    def add(self, h: tuple[int, int]) -> None:
+        """Add a key by its :func:`key_hash`. O(hashes)."""
+        h1, h2 = h
+        bits = self.bits
+        m = self.nbits
+        for _ in range(self.hashes):
+            bits[h1 % m] = 1
+            h1 += h2
+
+    def might_contain(self, h: tuple[int, int]) -> bool:
+        """False only if the key was never added. O(hashes)."""
+        h1, h2 = h
+        bits = self.bits
+        m = self.nbits
+        for _ in range(self.hashes):
+            if not bits[h1 % m]:
+                return False
+            h1 += h2
+        return True
+
+    def to_bytes(self, partition: int, txn: int) -> bytes:
+        """Serialise, tagged with the partition and the tree transaction it covers."""
+        body = self.bits.tobytes()
+        head = fmt.BLOOM_HEADER.pack(
+            fmt.BLOOM_MAGIC,
+            fmt.FORMAT_VERSION,
+            partition,
+            self.hashes,
+            0,
+            self.nbits,
+            self.capacity,
+            txn,
+            fmt.crc(body),
+            0,
+        )
+        head = head[:-4] + fmt.U32.pack(fmt.crc(head[:-4]))
+        return head + body
+
+    @classmethod
+    def from_bytes(cls, data: bytes, partition: int, where: str) -> tuple[BloomFilter, int]:
+        """Parse a serialised filter and return it with its tree transaction.
+
+        Raises :class:`CorruptionError` naming ``where`` when anything does not check out.
+        """
+        size = fmt.BLOOM_HEADER.size
+        if len(data) < size:
+            raise CorruptionError(f"{where}: bloom filter file is {len(data)} bytes, too short")
+        (magic, version, part, hashes, _, nbits, capacity, txn, body_crc, head_crc) = (
+            fmt.BLOOM_HEADER.unpack_from(data)
+        )
+        if fmt.crc(data[: size - 4]) != head_crc:
+            raise CorruptionError(f"{where}: bloom filter header checksum mismatch")
+        if magic != fmt.BLOOM_MAGIC or version != fmt.FORMAT_VERSION or part != partition:
+            raise CorruptionError(f"{where}: not this partition's bloom filter")
+        if nbits < MIN_BITS or nbits % 64 or not 1 <= hashes <= 16:
+            raise CorruptionError(f"{where}: bloom filter has impossible size {nbits}/{hashes}")
+        if len(data) - size != nbits // 8:
+            raise CorruptionError(
+                f"{where}: bloom filter holds {len(data) - size} bytes of bits, "
+                f"header says {nbits // 8}"
+            )
+        body = data[size:]
+        if fmt.crc(body) != body_crc:
+            raise CorruptionError(f"{where}: bloom filter bits checksum mismatch")
+        bits = bitarray(endian="little")
+        bits.frombytes(body)
+        return cls(nbits, hashes, capacity, bits), txn

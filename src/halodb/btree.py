@@ -1,0 +1,586 @@
+"""One partition's on-disk B+ tree of encoded keys and values; knows nothing of logs or memtables.
+
+Pages (see ``docs/format.md``): leaves hold sorted keys with their values inline, or a reference
+to a chain of overflow pages for values larger than a quarter page; internal nodes hold sorted
+separator keys and one child reference (page number and that page's checksum) more than keys.
+Child ``i`` holds keys ``>= keys[i-1]`` and ``< keys[i]``. Because every reference carries the
+checksum of the page it points to, a stale or misplaced page is detected on read.
+
+The tree is never updated in place: :meth:`BTree.apply` merges a sorted batch of changes into
+copies of the touched leaves and of their ancestors, then commits through the pager. Point
+lookups are O(height) with a binary search per node; decoded nodes are cached by the pager.
+The owner serialises every call; the tree is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import NamedTuple
+
+from halodb import format as fmt
+from halodb.errors import CorruptionError
+from halodb.pager import META_PAGES, Pager
+
+_HEADER = fmt.PAGE_HEADER
+_HSIZE = _HEADER.size
+_REF = fmt.OVERFLOW_REF
+_CHILD = fmt.CHILD_REF
+
+Change = tuple[bytes, bytes | None]
+
+
+class Overflow(NamedTuple):
+    """A value kept in a chain of overflow pages."""
+
+    page: int
+    crc: int
+    length: int
+
+
+class Leaf:
+    """A decoded leaf: sorted keys and their values (bytes, or an :class:`Overflow`)."""
+
+    __slots__ = ("keys", "values")
+
+    def __init__(self, keys: list[bytes], values: list[bytes | Overflow]) -> None:
+        self.keys = keys
+        self.values = values
+
+
+class Internal:
+    """A decoded internal node: ``len(keys) + 1`` children with their checksums."""
+
+    __slots__ = ("children", "crcs", "keys")
+
+    def __init__(self, keys: list[bytes], children: list[int], crcs: list[int]) -> None:
+        self.keys = keys
+        self.children = children
+        self.crcs = crcs
+
+
+Ref = tuple[bytes, int, int]
+"""A written node: a lower bound of its keys, its page number, its checksum."""
+
+
+@dataclass(slots=True)
+class TreeReport:
+    """What :meth:`BTree.check` found: the tree's shape and page accounting."""
+
+    height: int = 0
+    nodes_per_level: list[int] = field(default_factory=list)
+    """Node count per level, the root's level first."""
+    bytes_used_per_level: list[int] = field(default_factory=list)
+    keys: int = 0
+    overflow_pages: int = 0
+    free_pages: int = 0
+    page_count: int = 0
+
+    def fill_factor(self, page_size: int) -> float:
+        """Average fraction of a node page in use, over all nodes."""
+        nodes = sum(self.nodes_per_level)
+        usable = page_size - _HSIZE
+        return sum(self.bytes_used_per_level) / (nodes * usable) if nodes else 0.0
+
+
+def limits(page_size: int) -> tuple[int, int]:
+    """The largest encoded key, and the largest value kept inline, for a page size."""
+    return page_size // 8, page_size // 4
+
+
+class BTree:
+    """The B+ tree of one partition, over its :class:`Pager`."""
+
+    def __init__(self, pager: Pager) -> None:
+        self.pager = pager
+        self.page_size = pager.page_size
+        self.max_key, self.max_inline = limits(pager.page_size)
+        self.usable = pager.page_size - _HSIZE
+        self.where = pager.path
+
+    # -- decoding ----------------------------------------------------------------------------
+
+    def _decode(self, page_no: int, page: bytes, level: int) -> Leaf | Internal:
+        _, ptype, plevel, n, _, _ = _HEADER.unpack_from(page)
+        where = f"{self.where} page {page_no}"
+        if plevel != level:
+            raise CorruptionError(f"{where}: node of level {plevel} where level {level} belongs")
+        size = len(page)
+        try:
+            if ptype == fmt.PAGE_LEAF and level == 0:
+                if n == 0 or _HSIZE + 5 * n > size:
+                    raise CorruptionError(f"{where}: leaf with impossible count {n}")
+                flags = page[_HSIZE : _HSIZE + n]
+                kends = struct.unpack_from(f"<{n}H", page, _HSIZE + n)
+                vends = struct.unpack_from(f"<{n}H", page, _HSIZE + 3 * n)
+                kbase = _HSIZE + 5 * n
+                vbase = kbase + kends[-1]
+                if vbase + vends[-1] > size:
+                    raise CorruptionError(f"{where}: leaf contents run past the page")
+                keys = [page[kbase + a : kbase + b] for a, b in zip((0, *kends), kends, strict=False)]
+                values: list[bytes | Overflow] = [
+                    page[vbase + a : vbase + b] for a, b in zip((0, *vends), vends, strict=False)
+                ]
+                if any(a > b for a, b in zip((0, *kends), kends, strict=False)) or any(
+                    a > b for a, b in zip((0, *vends), vends, strict=False)
+                ):
+                    raise CorruptionError(f"{where}: leaf offsets out of order")
+                for i, flag in enumerate(flags):
+                    if flag == fmt.VALUE_OVERFLOW:
+                        raw = values[i]
+                        assert isinstance(raw, bytes)
+                        if len(raw) != _REF.size:
+                            raise CorruptionError(f"{where}: bad overflow reference")
+                        values[i] = Overflow(*_REF.unpack(raw))
+                    elif flag != fmt.VALUE_INLINE:
+                        raise CorruptionError(f"{where}: unknown value flag {flag}")
+                self._check_sorted(keys, where)
+                return Leaf(keys, values)
+            if ptype == fmt.PAGE_INTERNAL and level > 0:
+                children_end = _HSIZE + 8 * (n + 1)
+                if n == 0 or children_end + 2 * n > size:
+                    raise CorruptionError(f"{where}: internal node with impossible count {n}")
+                refs = struct.unpack_from(f"<{2 * (n + 1)}I", page, _HSIZE)
+                kends = struct.unpack_from(f"<{n}H", page, children_end)
+                kbase = children_end + 2 * n
+                if kbase + kends[-1] > size or any(
+                    a > b for a, b in zip((0, *kends), kends, strict=False)
+                ):
+                    raise CorruptionError(f"{where}: internal node keys run past the page")
+                keys = [page[kbase + a : kbase + b] for a, b in zip((0, *kends), kends, strict=False)]
+                self._check_sorted(keys, where)
+                return Internal(keys, list(refs[0::2]), list(refs[1::2]))
+        except struct.error as exc:
+            raise CorruptionError(f"{where}: malformed node ({exc})") from exc
+        raise CorruptionError(f"{where}: page type {ptype} is not a node of level {level}")
+
+    @staticmethod
+    def _check_sorted(keys: list[bytes], where: str) -> None:
+        for a, b in zip(keys, keys[1:], strict=False):
+            if not a < b:
+                raise CorruptionError(f"{where}: keys out of order")
+
+    def _node(self, page_no: int, crc: int, level: int) -> Leaf | Internal:
+        pager = self.pager
+        node = pager.cache.get(page_no)
+        if node is not None:
+            pager.cache.move_to_end(page_no)
+            pager.stats.cache_hits += 1
+            return node  # type: ignore[no-any-return]
+        pager.stats.cache_misses += 1
+        node = self._decode(page_no, pager.read_page(page_no, crc, "tree node"), level)
+        pager.remember(page_no, node)
+        return node
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of ``key``, or ``None``. O(height * log(fanout))."""
+        meta = self.pager.meta
+        level = meta.height - 1
+        if level < 0:
+            return None
+        page_no, crc = meta.root, meta.root_crc
+        node = self._node
+        while level:
+            inner = node(page_no, crc, level)
+            assert isinstance(inner, Internal)
+            i = bisect_right(inner.keys, key)
+            page_no = inner.children[i]
+            crc = inner.crcs[i]
+            level -= 1
+        leaf = node(page_no, crc, 0)
+        assert isinstance(leaf, Leaf)
+        keys = leaf.keys
+        i = bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            value = leaf.values[i]
+            return value if type(value) is bytes else self.read_overflow(value)  # type: ignore[arg-type]
+        return None
+
+    def contains(self, key: bytes) -> bool:
+        """Whether ``key`` is in the tree, without reading an overflow value."""
+        meta = self.pager.meta
+        level = meta.height - 1
+        if level < 0:
+            return False
+        page_no, crc = meta.root, meta.root_crc
+        while level:
+            inner = self._node(page_no, crc, level)
+            assert isinstance(inner, Internal)
+            i = bisect_right(inner.keys, key)
+            page_no, crc = inner.children[i], inner.crcs[i]
+            level -= 1
+        keys = self._node(page_no, crc, 0).keys
+        i = bisect_left(keys, key)
+        return i < len(keys) and keys[i] == key
+
+    def read_overflow(self, ref: Overflow) -> bytes:
+        """The whole value behind an overflow reference, every page verified."""
+        chunk = self.usable
+        expected_pages = -(-ref.length // chunk)
+        parts = []
+        page_no, crc = ref.page, ref.crc
+        for i in range(expected_pages):
+            page = self.pager.read_page(page_no, crc, "overflow")
+            _, ptype, _, n, nxt, nxt_crc = _HEADER.unpack_from(page)
+            last = i == expected_pages - 1
+            if ptype != fmt.PAGE_OVERFLOW or n > chunk or (last and nxt) or (not last and not nxt):
+                raise CorruptionError(f"{self.where} page {page_no}: broken overflow chain")
+            parts.append(page[_HSIZE : _HSIZE + n])
+            page_no, crc = nxt, nxt_crc
+        value = b"".join(parts)
+        if len(value) != ref.length:
+            raise CorruptionError(f"{self.where}: overflow value is {len(value)} bytes, not {ref.length}")
+        return value
+
+    def _leaves(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[Leaf]:
+        meta = self.pager.meta
+        if not meta.height:
+            return
+        node = self._node
+        stack: list[tuple[Internal, int, int]] = []
+        top = node(meta.root, meta.root_crc, meta.height - 1)
+        if isinstance(top, Leaf):
+            yield top
+            return
+
+        def start(inner: Internal) -> int:
+            if reverse:
+                return len(inner.keys) if hi is None else bisect_left(inner.keys, hi)
+            return 0 if lo is None else bisect_right(inner.keys, lo)
+
+        stack.append((top, start(top), meta.height - 1))
+        step = -1 if reverse else 1
+        while stack:
+            inner, i, level = stack.pop()
+            if not 0 <= i < len(inner.children):
+                continue
+            stack.append((inner, i + step, level))
+            child = node(inner.children[i], inner.crcs[i], level - 1)
+            if level == 1:
+                assert isinstance(child, Leaf)
+                yield child
+            else:
+                assert isinstance(child, Internal)
+                stack.append((child, start(child), level - 1))
+
+    def iterate(
+        self, lo: bytes | None, hi: bytes | None, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """``(key, value)`` for keys in ``[lo, hi)``, ascending (or descending), lazily."""
+        for leaf in self._leaves(lo, hi, reverse):
+            keys = leaf.keys
+            a = 0 if lo is None else bisect_left(keys, lo)
+            b = len(keys) if hi is None else bisect_left(keys, hi)
+            order = range(b - 1, a - 1, -1) if reverse else range(a, b)
+            values = leaf.values
+            for i in order:
+                value = values[i]
+                yield keys[i], value if type(value) is bytes else self.read_overflow(value)  # type: ignore[arg-type]
+            if (reverse and a > 0) or (not reverse and b < len(keys)):
+                return
+
+    def keys(self) -> Iterator[bytes]:
+        """Every key, ascending (values are not read)."""
+        for leaf in self._leaves(None, None, False):
+            yield from leaf.keys
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def apply(self, changes: Sequence[Change], *, clear: bool, flushed_seq: int) -> int:
+        """Merge sorted ``changes`` (``None``: delete) into the tree and commit durably.
+
+        With ``clear`` the old contents are dropped first. Returns the new key count.
+        Fsyncs (through :meth:`Pager.commit`).
+        """
+        pager = self.pager
+        meta = pager.meta
+        self._count = 0 if clear else meta.key_count
+        height = 0 if clear else meta.height
+        if clear and meta.height:
+            self._release_subtree(meta.root, meta.root_crc, meta.height - 1)
+        if height == 0:
+            refs = self._write_leaves([(k, v) for k, v in changes if v is not None])
+            self._count = sum(1 for _, v in changes if v is not None)
+            level = 0
+        else:
+            self._ckeys = [k for k, _ in changes]
+            self._changes = changes
+            refs = self._update(meta.root, meta.root_crc, height - 1, 0, len(changes), b"")
+            level = height - 1
+        while len(refs) > 1:
+            refs = self._write_internals(refs, level + 1)
+            level += 1
+        if not refs:
+            root, root_crc, new_height = 0, 0, 0
+        else:
+            _, root, root_crc = refs[0]
+            new_height = level + 1
+            while new_height > 1:
+                top = self._node(root, root_crc, new_height - 1)
+                assert isinstance(top, Internal)
+                if len(top.children) != 1:
+                    break
+                pager.release(root)
+                root, root_crc = top.children[0], top.crcs[0]
+                new_height -= 1
+        pager.commit(
+            root=root,
+            root_crc=root_crc,
+            height=new_height,
+            flushed_seq=flushed_seq,
+            key_count=self._count,
+        )
+        self._changes = ()
+        self._ckeys = []
+        return self._count
+
+    _changes: Sequence[Change] = ()
+    _ckeys: list[bytes] = []  # noqa: RUF012
+    _count = 0
+
+    def _update(self, page_no: int, crc: int, level: int, lo: int, hi: int, lower: bytes) -> list[Ref]:
+        node = self._node(page_no, crc, level)
+        self.pager.release(page_no)
+        if level == 0:
+            assert isinstance(node, Leaf)
+            refs = self._write_leaves(self._merge(node, lo, hi))
+        else:
+            assert isinstance(node, Internal)
+            keys, children, crcs = node.keys, node.children, node.crcs
+            ckeys = self._ckeys
+            out: list[Ref] = []
+            j = lo
+            for i in range(len(children)):
+                end = bisect_left(ckeys, keys[i], j, hi) if i < len(keys) else hi
+                child_lower = lower if i == 0 else keys[i - 1]
+                if end > j:
+                    out.extend(self._update(children[i], crcs[i], level - 1, j, end, child_lower))
+                else:
+                    out.append((child_lower, children[i], crcs[i]))
+                j = end
+            refs = self._write_internals(out, level) if out else []
+        if refs:
+            refs[0] = (lower, refs[0][1], refs[0][2])
+        return refs
+
+    def _merge(self, leaf: Leaf, lo: int, hi: int) -> list[tuple[bytes, bytes | Overflow]]:
+        keys, values = leaf.keys, leaf.values
+        changes = self._changes
+        out: list[tuple[bytes, bytes | Overflow]] = []
+        append = out.append
+        i, n = 0, len(keys)
+        count = self._count
+        for c in range(lo, hi):
+            key, value = changes[c]
+            while i < n and keys[i] < key:
+                append((keys[i], values[i]))
+                i += 1
+            if i < n and keys[i] == key:
+                old = values[i]
+                if type(old) is Overflow:
+                    self._release_overflow(old)
+                i += 1
+                if value is None:
+                    count -= 1
+                else:
+                    append((key, value))
+            elif value is not None:
+                append((key, value))
+                count += 1
+        while i < n:
+            append((keys[i], values[i]))
+            i += 1
+        self._count = count
+        return out
+
+    def _write_overflow(self, value: bytes) -> Overflow:
+        chunk = self.usable
+        pieces = [value[i : i + chunk] for i in range(0, len(value), chunk)]
+        pager = self.pager
+        pages = [pager.allocate() for _ in pieces]
+        nxt, nxt_crc = 0, 0
+        for page_no, piece in zip(reversed(pages), reversed(pieces), strict=True):
+            body = _HEADER.pack(0, fmt.PAGE_OVERFLOW, 0, len(piece), nxt, nxt_crc)[4:] + piece
+            nxt, nxt_crc = page_no, pager.write_page(page_no, body)
+        return Overflow(nxt, nxt_crc, len(value))
+
+    def _release_overflow(self, ref: Overflow) -> None:
+        page_no, crc = ref.page, ref.crc
+        for _ in range(-(-ref.length // self.usable)):
+            page = self.pager.read_page(page_no, crc, "overflow")
+            _, ptype, _, _, nxt, nxt_crc = _HEADER.unpack_from(page)
+            if ptype != fmt.PAGE_OVERFLOW:
+                raise CorruptionError(f"{self.where} page {page_no}: broken overflow chain")
+            self.pager.release(page_no)
+            page_no, crc = nxt, nxt_crc
+
+    def _release_subtree(self, page_no: int, crc: int, level: int) -> None:
+        node = self._node(page_no, crc, level)
+        self.pager.release(page_no)
+        if isinstance(node, Internal):
+            for child, child_crc in zip(node.children, node.crcs, strict=True):
+                self._release_subtree(child, child_crc, level - 1)
+        else:
+            for value in node.values:
+                if type(value) is Overflow:
+                    self._release_overflow(value)
+
+    @staticmethod
+    def _groups(costs: list[int], capacity: int) -> list[tuple[int, int]]:
+        """Split items into runs of balanced size, each within ``capacity``."""
+        total = sum(costs)
+        if not costs:
+            return []
+        pages = -(-total // capacity)
+        target = total / pages
+        groups = []
+        start, size, done = 0, 0, 0
+        for i, cost in enumerate(costs):
+            if i > start and (size + cost > capacity or done + size + cost / 2 > target * (len(groups) + 1)):
+                groups.append((start, i))
+                done += size
+                start, size = i, 0
+            size += cost
+        groups.append((start, len(costs)))
+        return groups
+
+    def _write_leaves(self, entries: list[tuple[bytes, bytes | Overflow]]) -> list[Ref]:
+        max_inline = self.max_inline
+        stored: list[bytes | Overflow] = []
+        for i, (key, value) in enumerate(entries):
+            if type(value) is bytes and len(value) > max_inline:
+                value = self._write_overflow(value)
+                entries[i] = (key, value)
+            stored.append(value)
+        costs = [
+            5 + len(k) + (len(v) if type(v) is bytes else _REF.size)  # type: ignore[arg-type]
+            for k, v in entries
+        ]
+        pager = self.pager
+        refs: list[Ref] = []
+        for a, b in self._groups(costs, self.usable):
+            keys = [k for k, _ in entries[a:b]]
+            values = stored[a:b]
+            n = b - a
+            flags = bytes(fmt.VALUE_INLINE if type(v) is bytes else fmt.VALUE_OVERFLOW for v in values)
+            raw = [v if type(v) is bytes else _REF.pack(*v) for v in values]  # type: ignore[misc]
+            body = b"".join(
+                (
+                    _HEADER.pack(0, fmt.PAGE_LEAF, 0, n, 0, 0)[4:],
+                    flags,
+                    struct.pack(f"<{n}H", *accumulate(map(len, keys))),
+                    struct.pack(f"<{n}H", *accumulate(map(len, raw))),
+                    *keys,
+                    *raw,
+                )
+            )
+            page_no = pager.allocate()
+            crc = pager.write_page(page_no, body)
+            pager.remember(page_no, Leaf(keys, values))
+            refs.append((keys[0], page_no, crc))
+        return refs
+
+    def _write_internals(self, refs: list[Ref], level: int) -> list[Ref]:
+        costs = [10 + len(k) for k, _, _ in refs]
+        pager = self.pager
+        out: list[Ref] = []
+        for a, b in self._groups(costs, self.usable - 8):
+            group = refs[a:b]
+            keys = [k for k, _, _ in group[1:]]
+            children = [p for _, p, _ in group]
+            crcs = [c for _, _, c in group]
+            n = len(keys)
+            body = b"".join(
+                (
+                    _HEADER.pack(0, fmt.PAGE_INTERNAL, level, n, 0, 0)[4:],
+                    b"".join(_CHILD.pack(p, c) for p, c in zip(children, crcs, strict=True)),
+                    struct.pack(f"<{n}H", *accumulate(map(len, keys))),
+                    *keys,
+                )
+            )
+            page_no = pager.allocate()
+            crc = pager.write_page(page_no, body)
+            if n:
+                pager.remember(page_no, Internal(keys, children, crcs))
+            out.append((group[0][0], page_no, crc))
+        return out
+
+    # -- verification ------------------------------------------------------------------------
+
+    def check(self) -> TreeReport:
+        """Verify every page from disk: checksums, levels, key order and bounds, the key count,
+        and that every page is exactly one of meta, tree, overflow, free list or free.
+
+        Raises :class:`CorruptionError` naming the page; returns the tree's shape.
+        """
+        pager = self.pager
+        meta = pager.meta
+        report = TreeReport(height=meta.height, page_count=meta.page_count)
+        report.nodes_per_level = [0] * meta.height
+        report.bytes_used_per_level = [0] * meta.height
+        owner: dict[int, str] = {0: "meta", 1: "meta"}
+
+        def claim(page_no: int, what: str) -> None:
+            if page_no in owner:
+                raise CorruptionError(
+                    f"{self.where} page {page_no} is used as {what} and as {owner[page_no]}"
+                )
+            owner[page_no] = what
+
+        def walk(page_no: int, crc: int, level: int, low: bytes | None, high: bytes | None) -> None:
+            claim(page_no, "tree node")
+            page = pager.read_page(page_no, crc, "tree node")
+            node = self._decode(page_no, page, level)
+            depth = meta.height - 1 - level
+            report.nodes_per_level[depth] += 1
+            if node.keys and ((low is not None and node.keys[0] < low) or (high is not None and node.keys[-1] >= high)):
+                raise CorruptionError(f"{self.where} page {page_no}: keys outside the parent's bounds")
+            if isinstance(node, Leaf):
+                report.keys += len(node.keys)
+                used = 5 * len(node.keys) + sum(map(len, node.keys))
+                for value in node.values:
+                    if type(value) is Overflow:
+                        used += _REF.size
+                        self._claim_overflow(value, claim)
+                        report.overflow_pages += -(-value.length // self.usable)
+                    else:
+                        used += len(value)  # type: ignore[arg-type]
+                report.bytes_used_per_level[depth] += used
+                return
+            report.bytes_used_per_level[depth] += 8 + sum(10 + len(k) for k in node.keys)
+            bounds = [low, *node.keys, high]
+            for i, (child, child_crc) in enumerate(zip(node.children, node.crcs, strict=True)):
+                walk(child, child_crc, level - 1, bounds[i], bounds[i + 1])
+
+        if meta.height:
+            walk(meta.root, meta.root_crc, meta.height - 1, None, None)
+        if report.keys != meta.key_count:
+            raise CorruptionError(
+                f"{self.where}: tree holds {report.keys} keys, meta page says {meta.key_count}"
+            )
+        for page_no in pager.freelist_pages:
+            claim(page_no, "free-list page")
+        for page_no in pager.free:
+            claim(page_no, "free page")
+        report.free_pages = len(pager.free)
+        missing = [p for p in range(META_PAGES, meta.page_count) if p not in owner]
+        if missing:
+            raise CorruptionError(
+                f"{self.where}: {len(missing)} pages are neither used nor free "
+                f"(first: {missing[0]})"
+            )
+        return report
+
+    def _claim_overflow(self, ref: Overflow, claim: object) -> None:
+        assert callable(claim)
+        page_no, crc = ref.page, ref.crc
+        for _ in range(-(-ref.length // self.usable)):
+            claim(page_no, "overflow page")
+            page = self.pager.read_page(page_no, crc, "overflow")
+            _, _, _, _, page_no, crc = _HEADER.unpack_from(page)
+        self.read_overflow(ref)

@@ -1,0 +1,118 @@
+"""Every byte layout HaloDB writes to disk, defined once; knows nothing of files, keys or trees.
+
+Each layout is a little-endian ``struct.Struct`` mirrored as an offset/size table in
+``docs/format.md``. Numbers written to disk are forever: the enum values below are never reused
+or renumbered, and any change to a layout bumps ``FORMAT_VERSION``.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Final
+
+FORMAT_VERSION: Final = 1
+"""The format version this code writes; it reads every version up to and including it."""
+
+# ---------------------------------------------------------------------------------------------
+# Checksums. CRC-32 (zlib) masked so that an all-zero region never carries a valid checksum.
+# ---------------------------------------------------------------------------------------------
+
+CRC_MASK: Final = 0xA282EAD8
+
+
+def crc(data: bytes | bytearray | memoryview, start: int = 0) -> int:
+    """Masked CRC-32 of ``data``, continuing from ``start`` (a previous unmasked CRC)."""
+    return zlib.crc32(data, start) ^ CRC_MASK
+
+
+def page_crc(page_no: int, body: bytes | bytearray | memoryview) -> int:
+    """Checksum of a page: covers the page number, so a page written at the wrong place fails."""
+    return zlib.crc32(body, zlib.crc32(PAGE_NO.pack(page_no))) ^ CRC_MASK
+
+
+PAGE_NO: Final = struct.Struct("<Q")
+
+# ---------------------------------------------------------------------------------------------
+# Store manifest: the file ``HALODB`` at the top of a store directory. Written once, at creation.
+# ---------------------------------------------------------------------------------------------
+
+MANIFEST_NAME: Final = "HALODB"
+MANIFEST_MAGIC: Final = b"HaloDB\x00M"
+MANIFEST: Final = struct.Struct("<8sHHHHIIQ16sI")
+"""magic, version, flags, partitions, reserved, page_size, hash_seed, created_ns, codec, crc."""
+
+# ---------------------------------------------------------------------------------------------
+# Write-ahead log: ``pNNN.wal``. A header, then records.
+# ---------------------------------------------------------------------------------------------
+
+WAL_MAGIC: Final = b"HaloWAL\x00"
+WAL_HEADER: Final = struct.Struct("<8sHHIQI")
+"""magic, version, partition, reserved, base_seq, crc (of the bytes before it)."""
+
+WAL_RECORD: Final = struct.Struct("<IIIBQ")
+"""crc (bytes 4..end of payload), header crc (bytes 8..21), payload length, type, sequence."""
+
+WAL_RECORD_HEADER_TAIL: Final = struct.Struct("<IBQ")
+"""The part of a record header that the header crc covers: payload length, type, sequence."""
+
+# Record types. DO NOT CHANGE OR REUSE THESE VALUES.
+REC_WRITE: Final = 1
+"""Entries for one partition, atomic by themselves."""
+REC_BATCH: Final = 2
+"""One partition's part of a batch that spans several partitions."""
+
+BATCH_HEADER: Final = struct.Struct("<H")
+"""Number of partitions the batch touches; that many ``PARTITION_ID`` follow."""
+PARTITION_ID: Final = struct.Struct("<H")
+WRITE_FLAGS: Final = struct.Struct("<B")
+"""Flags of a write; bit 0: the partition is cleared before the entries apply."""
+FLAG_CLEAR: Final = 0x01
+
+ENTRY: Final = struct.Struct("<BHI")
+"""op, key length, value length; the key and the value bytes follow."""
+# Entry ops. DO NOT CHANGE OR REUSE THESE VALUES.
+OP_PUT: Final = 1
+OP_DELETE: Final = 2
+
+# ---------------------------------------------------------------------------------------------
+# B+ tree file: ``pNNN.tree``, fixed-size pages. Pages 0 and 1 are meta pages.
+# ---------------------------------------------------------------------------------------------
+
+TREE_MAGIC: Final = b"HaloTRE\x00"
+META: Final = struct.Struct("<I8sHHIQIIHHIIIIQQ")
+"""crc, magic, version, partition, page_size, txn, root, root_crc, height, reserved,
+page_count, free_head, free_head_crc, free_count, flushed_seq, key_count."""
+
+PAGE_HEADER: Final = struct.Struct("<IBBHII")
+"""crc, page type, level, count, next page, next page's crc."""
+
+# Page types. DO NOT CHANGE OR REUSE THESE VALUES.
+PAGE_LEAF: Final = 1
+PAGE_INTERNAL: Final = 2
+PAGE_OVERFLOW: Final = 3
+PAGE_FREELIST: Final = 4
+
+CHILD_REF: Final = struct.Struct("<II")
+"""An internal node's child: page number, crc of that page."""
+OVERFLOW_REF: Final = struct.Struct("<III")
+"""A leaf value stored in overflow pages: first page, its crc, total length."""
+U16: Final = struct.Struct("<H")
+U32: Final = struct.Struct("<I")
+
+# Leaf value flags.
+VALUE_INLINE: Final = 0
+VALUE_OVERFLOW: Final = 1
+
+# ---------------------------------------------------------------------------------------------
+# Bloom filter: ``pNNN.bloom``. A header, then the bit array.
+# ---------------------------------------------------------------------------------------------
+
+BLOOM_MAGIC: Final = b"HaloBLM\x00"
+BLOOM_HEADER: Final = struct.Struct("<8sHHHHQQQII")
+"""magic, version, partition, hashes, reserved, bits, keys, tree txn, bits crc, header crc."""
+
+
+def partition_file(index: int, suffix: str) -> str:
+    """The name of one partition's file, e.g. ``p003.wal``."""
+    return f"p{index:03d}.{suffix}"

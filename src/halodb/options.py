@@ -1,0 +1,116 @@
+"""Validated store options with production defaults; knows nothing of files or data structures.
+
+Every option is checked before anything touches the disk, so a bad option never leaves a
+half-created store behind.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from halodb.errors import InterfaceError
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+class Durability(enum.Enum):
+    """What an acknowledged write survives; chosen at open, like SQLite's ``synchronous``.
+
+    - ``FULL``: the log is fsynced before a write returns (concurrent writers share one fsync):
+      every acknowledged write survives power loss.
+    - ``NORMAL`` (default): the log record is handed to the OS before a write returns: every
+      acknowledged write survives a crash of the process; power loss may lose the last ones.
+    - ``FAST``: log records are buffered in the process and handed to the OS in blocks (and on
+      ``sync()``, ``flush()`` and ``close()``): a crash may lose the last writes. Never corrupts.
+    """
+
+    FULL = "full"
+    NORMAL = "normal"
+    FAST = "fast"
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Options of an open store. Construct through :func:`validate_options`.
+
+    ``partitions`` and ``page_size`` are fixed when a store is created and recorded on disk;
+    ``None`` means "what the store has, or the default for a new store".
+    """
+
+    partitions: int | None = None
+    page_size: int | None = None
+    memtable_size: int = 16 * MiB
+    cache_size: int = 256 * MiB
+    durability: Durability = Durability.NORMAL
+    bloom_bits_per_key: int = 10
+    fast_buffer_size: int = 256 * KiB
+    readonly: bool = False
+    create: bool = True
+
+
+DEFAULTS = Options()
+DEFAULT_PARTITIONS = 4
+DEFAULT_PAGE_SIZE = 4096
+MAX_PARTITIONS = 256
+MIN_PAGE_SIZE = 1024
+MAX_PAGE_SIZE = 65536
+
+
+def _int_option(name: str, value: object, low: int, high: int) -> int:
+    if type(value) is not int:
+        raise InterfaceError(f"option {name} must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise InterfaceError(f"option {name}={value} is out of range [{low}, {high}]")
+    return value
+
+
+def validate_page_size(value: object) -> int:
+    """Check a page size: a power of two from 1 KiB to 64 KiB."""
+    size = _int_option("page_size", value, MIN_PAGE_SIZE, MAX_PAGE_SIZE)
+    if size & (size - 1):
+        raise InterfaceError(f"option page_size={size} must be a power of two")
+    return size
+
+
+def validate_options(
+    *,
+    partitions: object = None,
+    page_size: object = None,
+    memtable_size: object = DEFAULTS.memtable_size,
+    cache_size: object = DEFAULTS.cache_size,
+    durability: object = DEFAULTS.durability,
+    bloom_bits_per_key: object = DEFAULTS.bloom_bits_per_key,
+    fast_buffer_size: object = DEFAULTS.fast_buffer_size,
+    readonly: object = False,
+    create: object = True,
+) -> Options:
+    """Return :class:`Options` from user-supplied values, or raise :class:`InterfaceError`."""
+    if isinstance(durability, str) and not isinstance(durability, Durability):
+        try:
+            durability = Durability(durability.lower())
+        except ValueError:
+            choices = ", ".join(repr(d.value) for d in Durability)
+            raise InterfaceError(
+                f"option durability={durability!r} is not one of {choices}"
+            ) from None
+    if not isinstance(durability, Durability):
+        raise InterfaceError(f"option durability must be a str or Durability, not {durability!r}")
+    for name, flag in (("readonly", readonly), ("create", create)):
+        if not isinstance(flag, bool):
+            raise InterfaceError(f"option {name} must be a bool, not {type(flag).__name__}")
+    assert isinstance(readonly, bool) and isinstance(create, bool)
+    return Options(
+        partitions=None
+        if partitions is None
+        else _int_option("partitions", partitions, 1, MAX_PARTITIONS),
+        page_size=None if page_size is None else validate_page_size(page_size),
+        memtable_size=_int_option("memtable_size", memtable_size, 64 * KiB, 4096 * MiB),
+        cache_size=_int_option("cache_size", cache_size, 0, 1 << 40),
+        durability=durability,
+        bloom_bits_per_key=_int_option("bloom_bits_per_key", bloom_bits_per_key, 1, 64),
+        fast_buffer_size=_int_option("fast_buffer_size", fast_buffer_size, 4 * KiB, 256 * MiB),
+        readonly=readonly,
+        create=create and not readonly,
+    )

@@ -1,0 +1,343 @@
+"""Fixed-size pages in one file: two meta pages, a free list and a cache; knows nothing of keys.
+
+Layout: pages 0 and 1 are meta pages; every other page belongs to the tree above, to a free-list
+page, or is free. Every page carries a checksum that covers its page number, so a page read from
+the wrong place (or a misdirected write) is detected.
+
+Updates are copy-on-write and committed in two steps (:meth:`Pager.commit`): new pages and the
+free list are written and fsynced, then the meta page of transaction ``txn`` is written into slot
+``txn % 2`` and fsynced. A crash at any point leaves the last committed meta page and everything
+it reaches intact. Pages freed by a transaction are only reused by the one after it, so the
+previous transaction's tree also stays intact while a new one is being written.
+
+The cache holds decoded nodes (whatever the layer above decodes a page into), keyed by page
+number, least recently used first out. Not thread-safe: its owner serialises calls.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from halodb import format as fmt
+from halodb.errors import CorruptionError
+from halodb.vfs import File, FileSystem
+
+META_PAGES = 2
+_HEADER = fmt.PAGE_HEADER
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """One committed state of the tree file."""
+
+    txn: int
+    root: int
+    root_crc: int
+    height: int
+    """Levels in the tree; 0 for an empty tree, 1 when the root is a leaf."""
+    page_count: int
+    """Pages in use in the file, including the meta pages; pages past it are garbage."""
+    free_head: int
+    free_head_crc: int
+    free_count: int
+    flushed_seq: int
+    """The newest sequence number whose write the tree holds."""
+    key_count: int
+
+
+@dataclass(slots=True)
+class PagerStats:
+    """Counters of one pager."""
+
+    cache_hits: int = 0
+    cache_misses: int = 0
+    pages_written: int = 0
+
+
+def _meta_bytes(meta: Meta, partition: int, page_size: int, slot: int) -> bytes:
+    body = fmt.META.pack(
+        0,
+        fmt.TREE_MAGIC,
+        fmt.FORMAT_VERSION,
+        partition,
+        page_size,
+        meta.txn,
+        meta.root,
+        meta.root_crc,
+        meta.height,
+        0,
+        meta.page_count,
+        meta.free_head,
+        meta.free_head_crc,
+        meta.free_count,
+        meta.flushed_seq,
+        meta.key_count,
+    )
+    checksum = fmt.page_crc(slot, body[4:])
+    page = fmt.U32.pack(checksum) + body[4:]
+    return page + bytes(page_size - len(page))
+
+
+def new_tree_file(partition: int, page_size: int) -> bytes:
+    """The bytes of an empty tree file: two meta pages of an empty tree."""
+    meta = Meta(0, 0, 0, 0, META_PAGES, 0, 0, 0, 0, 0)
+    return _meta_bytes(meta, partition, page_size, 0) + _meta_bytes(
+        replace(meta, txn=1), partition, page_size, 1
+    )
+
+
+class Pager:
+    """Pages of one partition's tree file, with copy-on-write commits and a node cache."""
+
+    def __init__(
+        self,
+        fs: FileSystem,
+        path: str,
+        partition: int,
+        page_size: int,
+        cache_pages: int,
+        readonly: bool,
+    ) -> None:
+        self.path = path
+        self.partition = partition
+        self.page_size = page_size
+        self.readonly = readonly
+        self.file: File = fs.open(path, write=not readonly)
+        self.cache: OrderedDict[int, Any] = OrderedDict()
+        self.cache_pages = max(cache_pages, 16)
+        self.stats = PagerStats()
+        try:
+            self.meta = self._read_meta()
+            self.free: list[int] = []
+            """Pages free to use in the transaction being built."""
+            self.freelist_pages: list[int] = []
+            """Pages holding the committed free list (reachable from the committed meta)."""
+            self._load_free_list()
+        except BaseException:
+            self.file.close()
+            raise
+        self.pending: list[int] = []
+        """Pages the transaction being built stopped using; free from the next one on."""
+
+    # -- meta pages --------------------------------------------------------------------------
+
+    def _parse_meta(self, page: bytes, slot: int) -> Meta | None:
+        size = fmt.META.size
+        if len(page) < size:
+            return None
+        fields = fmt.META.unpack_from(page)
+        if fields[0] != fmt.page_crc(slot, page[4:size]):
+            return None
+        (
+            _,
+            magic,
+            version,
+            partition,
+            page_size,
+            txn,
+            root,
+            root_crc,
+            height,
+            _,
+            page_count,
+            free_head,
+            free_head_crc,
+            free_count,
+            flushed_seq,
+            key_count,
+        ) = fields
+        where = f"{self.path} meta page {slot}"
+        if magic != fmt.TREE_MAGIC:
+            raise CorruptionError(f"{where}: not a HaloDB tree file")
+        if version != fmt.FORMAT_VERSION or partition != self.partition:
+            raise CorruptionError(f"{where}: version {version} of partition {partition}")
+        if page_size != self.page_size:
+            raise CorruptionError(f"{where}: page size {page_size}, store says {self.page_size}")
+        meta = Meta(
+            txn, root, root_crc, height, page_count, free_head, free_head_crc, free_count,
+            flushed_seq, key_count,
+        )
+        file_pages = self.file.size() // self.page_size
+        if not META_PAGES <= page_count <= file_pages:
+            raise CorruptionError(
+                f"{where}: {page_count} pages in use but the file holds {file_pages}"
+            )
+        if height > 64 or (height == 0) != (root == 0) or (root and not 2 <= root < page_count):
+            raise CorruptionError(f"{where}: impossible root {root} at height {height}")
+        if free_count >= page_count or (free_head and not 2 <= free_head < page_count):
+            raise CorruptionError(f"{where}: impossible free list {free_head}/{free_count}")
+        return meta
+
+    def _read_meta(self) -> Meta:
+        first = self.file.read_at(0, self.page_size)
+        second = self.file.read_at(self.page_size, self.page_size)
+        metas = [m for m in (self._parse_meta(first, 0), self._parse_meta(second, 1)) if m]
+        if not metas:
+            raise CorruptionError(f"{self.path}: both meta pages are damaged")
+        return max(metas, key=lambda m: m.txn)
+
+    # -- pages -------------------------------------------------------------------------------
+
+    def read_page(self, page_no: int, expected_crc: int | None, what: str) -> bytes:
+        """Read and verify a page; ``expected_crc`` is the checksum its referrer recorded."""
+        if not META_PAGES <= page_no < self.meta.page_count:
+            raise CorruptionError(
+                f"{self.path}: {what} page number {page_no} is outside the file "
+                f"(pages in use: {self.meta.page_count})"
+            )
+        size = self.page_size
+        page = self.file.read_at(page_no * size, size)
+        if len(page) != size:
+            raise CorruptionError(f"{self.path}: {what} page {page_no} is cut short")
+        (stored,) = fmt.U32.unpack_from(page)
+        if stored != fmt.page_crc(page_no, memoryview(page)[4:]):
+            raise CorruptionError(f"{self.path}: {what} page {page_no} checksum mismatch")
+        if expected_crc is not None and stored != expected_crc:
+            raise CorruptionError(
+                f"{self.path}: {what} page {page_no} is not the version its parent refers to "
+                "(a stale or misplaced page)"
+            )
+        return page
+
+    def write_page(self, page_no: int, body: bytes | bytearray) -> int:
+        """Write a page (``body``: everything after the checksum) and return its checksum.
+
+        Does not fsync: :meth:`commit` does.
+        """
+        size = self.page_size
+        if len(body) < size - 4:
+            body = bytes(body) + bytes(size - 4 - len(body))
+        checksum = fmt.page_crc(page_no, body)
+        self.file.write_at(page_no * size, fmt.U32.pack(checksum) + bytes(body))
+        self.stats.pages_written += 1
+        return checksum
+
+    def allocate(self) -> int:
+        """A page number for the transaction being built: a free page, or a new one."""
+        if self.free:
+            return self.free.pop()
+        page_no = self._page_count
+        self._page_count += 1
+        return page_no
+
+    def release(self, page_no: int) -> None:
+        """The transaction being built no longer uses ``page_no``; reusable from the next one."""
+        self.pending.append(page_no)
+        self.cache.pop(page_no, None)
+
+    # -- cache -------------------------------------------------------------------------------
+
+    def cached(self, page_no: int) -> Any:
+        """The decoded node of ``page_no`` if cached, else ``None``."""
+        node = self.cache.get(page_no)
+        if node is not None:
+            self.cache.move_to_end(page_no)
+            self.stats.cache_hits += 1
+        return node
+
+    def load(self, page_no: int, expected_crc: int | None, what: str, decode: Callable[[int, bytes], Any]) -> Any:
+        """The decoded node of ``page_no``: from the cache, or read, verified and decoded."""
+        node = self.cache.get(page_no)
+        if node is not None:
+            self.cache.move_to_end(page_no)
+            self.stats.cache_hits += 1
+            return node
+        self.stats.cache_misses += 1
+        node = decode(page_no, self.read_page(page_no, expected_crc, what))
+        self.remember(page_no, node)
+        return node
+
+    def remember(self, page_no: int, node: Any) -> None:
+        """Put a decoded node in the cache, evicting the least recently used past capacity."""
+        cache = self.cache
+        cache[page_no] = node
+        if len(cache) > self.cache_pages:
+            cache.popitem(last=False)
+
+    # -- free list and commit ----------------------------------------------------------------
+
+    @property
+    def _page_count(self) -> int:
+        return self._next_page
+
+    @_page_count.setter
+    def _page_count(self, value: int) -> None:
+        self._next_page = value
+
+    def _load_free_list(self) -> None:
+        meta = self.meta
+        self._next_page = meta.page_count
+        page_no, expected = meta.free_head, meta.free_head_crc
+        seen = 0
+        free: list[int] = []
+        while page_no:
+            seen += 1
+            if seen > meta.page_count:
+                raise CorruptionError(f"{self.path}: the free list loops")
+            page = self.read_page(page_no, expected, "free-list")
+            _, ptype, _, count, nxt, nxt_crc = _HEADER.unpack_from(page)
+            if ptype != fmt.PAGE_FREELIST or _HEADER.size + count * 4 > self.page_size:
+                raise CorruptionError(f"{self.path}: page {page_no} is not a free-list page")
+            entries = fmt.struct.unpack_from(f"<{count}I", page, _HEADER.size) if count else ()
+            for entry in entries:
+                if not META_PAGES <= entry < meta.page_count:
+                    raise CorruptionError(
+                        f"{self.path}: free-list page {page_no} lists page {entry}, "
+                        f"outside the file"
+                    )
+            free.extend(entries)
+            self.freelist_pages.append(page_no)
+            page_no, expected = nxt, nxt_crc
+        if len(free) != meta.free_count:
+            raise CorruptionError(
+                f"{self.path}: free list holds {len(free)} pages, meta page says {meta.free_count}"
+            )
+        if len(set(free)) != len(free) or set(free) & set(self.freelist_pages):
+            raise CorruptionError(f"{self.path}: free list names a page twice")
+        self.free = free
+
+    def commit(self, *, root: int, root_crc: int, height: int, flushed_seq: int, key_count: int) -> None:
+        """Make the transaction being built durable and current.
+
+        Writes the free list, fsyncs the file, writes the next meta page and fsyncs again.
+        """
+        pending = self.pending + self.freelist_pages
+        per_page = (self.page_size - _HEADER.size) // 4
+        fl_pages: list[int] = []
+        while len(fl_pages) < -(-(len(self.free) + len(pending)) // per_page):
+            fl_pages.append(self.allocate())
+        entries = self.free + pending
+        head, head_crc = 0, 0
+        for i in range(len(fl_pages) - 1, -1, -1):
+            chunk = entries[i * per_page : (i + 1) * per_page]
+            body = _HEADER.pack(0, fmt.PAGE_FREELIST, 0, len(chunk), head, head_crc)[4:]
+            body += fmt.struct.pack(f"<{len(chunk)}I", *chunk)
+            head, head_crc = fl_pages[i], self.write_page(fl_pages[i], body)
+        self.file.sync()
+        meta = Meta(
+            self.meta.txn + 1,
+            root,
+            root_crc,
+            height,
+            self._page_count,
+            head,
+            head_crc,
+            len(entries),
+            flushed_seq,
+            key_count,
+        )
+        slot = meta.txn % 2
+        self.file.write_at(slot * self.page_size, _meta_bytes(meta, self.partition, self.page_size, slot))
+        self.file.sync()
+        self.meta = meta
+        self.free = entries
+        self.pending = []
+        self.freelist_pages = fl_pages
+
+    def close(self) -> None:
+        """Close the file; idempotent."""
+        self.cache.clear()
+        self.file.close()

@@ -1,0 +1,364 @@
+"""One hash partition: its log, memtable, bloom filter and tree; knows nothing of other partitions.
+
+Write path: a framed record is appended to the log (handed to the OS, or buffered in FAST mode),
+then the memtable takes the entries and the bloom filter the keys. Read path: memtable, then the
+bloom filter (a negative answer skips the tree), then the tree. :meth:`Partition.flush` merges the
+memtable into the tree (durable through the pager's commit), saves the bloom filter, and only then
+replaces the log by an empty one: the log is never cut before the tree holding its records is
+durable.
+
+Every method except ``__init__`` expects the caller (the partition manager) to hold ``lock``.
+The partition keeps an exact count of its live keys, so the store's ``len()`` never scans.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from halodb import format as fmt
+from halodb.bloom import BloomFilter, key_hash
+from halodb.btree import BTree, TreeReport
+from halodb.errors import CorruptionError, InternalError
+from halodb.memtable import MISSING, Memtable
+from halodb.pager import Pager, new_tree_file
+from halodb.vfs import FileSystem
+from halodb.wal import Entry, LogContents, LogWriter, Record, header_bytes, read_log
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStats:
+    """Counters and sizes of one partition at one moment."""
+
+    index: int
+    keys: int
+    memtable_entries: int
+    memtable_bytes: int
+    wal_bytes: int
+    tree_height: int
+    tree_keys: int
+    pages: int
+    free_pages: int
+    cache_hits: int
+    cache_misses: int
+    bloom_negatives: int
+    bloom_rebuilds: int
+    flushes: int
+    recovery_seconds: float
+
+
+def create_files(fs: FileSystem, directory: str, index: int, page_size: int) -> None:
+    """Create one partition's empty tree and log (each written atomically and durably)."""
+    fs.write_new(os.path.join(directory, fmt.partition_file(index, "tree")), new_tree_file(index, page_size))
+    fs.write_new(os.path.join(directory, fmt.partition_file(index, "wal")), header_bytes(index, 0))
+
+
+class Partition:
+    """One partition of a store. See the module docstring for the read and write paths."""
+
+    def __init__(
+        self,
+        fs: FileSystem,
+        directory: str,
+        index: int,
+        *,
+        page_size: int,
+        seed: int,
+        cache_pages: int,
+        bloom_bits_per_key: int,
+        readonly: bool,
+    ) -> None:
+        started = time.perf_counter()
+        self.fs = fs
+        self.index = index
+        self.seed = seed
+        self.readonly = readonly
+        self.bloom_bits_per_key = bloom_bits_per_key
+        self.lock = threading.Lock()
+        self.tree_path = os.path.join(directory, fmt.partition_file(index, "tree"))
+        self.wal_path = os.path.join(directory, fmt.partition_file(index, "wal"))
+        self.bloom_path = os.path.join(directory, fmt.partition_file(index, "bloom"))
+        for path in (self.tree_path, self.wal_path):
+            if not fs.exists(path):
+                raise CorruptionError(f"{path}: file is missing")
+        self.pager = Pager(fs, self.tree_path, index, page_size, cache_pages, readonly)
+        self.tree = BTree(self.pager)
+        self.memtable = Memtable()
+        self.cleared = False
+        """The tree's contents are logically gone (a clear not yet flushed)."""
+        self.log: LogWriter | None = None
+        self.bloom_negatives = 0
+        self.bloom_rebuilds = 0
+        self.flushes = 0
+        try:
+            handle = fs.open(self.wal_path)
+            try:
+                data = handle.read_all()
+            finally:
+                handle.close()
+            self.contents: LogContents = read_log(data, index, self.wal_path)
+            flushed = self.pager.meta.flushed_seq
+            if self.contents.base_seq > flushed:
+                raise CorruptionError(
+                    f"{self.wal_path}: log follows sequence {self.contents.base_seq} but the tree "
+                    f"only holds writes up to {flushed}: the tree's newest meta page is damaged"
+                )
+            self.count = self.pager.meta.key_count
+            self.last_seq = flushed
+            self.bloom = self._load_bloom()
+        except BaseException:
+            self.pager.close()
+            raise
+        self.recovery_seconds = time.perf_counter() - started
+
+    @property
+    def flushed_seq(self) -> int:
+        """The newest sequence number the tree holds."""
+        return self.pager.meta.flushed_seq
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def _load_bloom(self) -> BloomFilter:
+        fs = self.fs
+        txn = self.pager.meta.txn
+        if fs.exists(self.bloom_path):
+            handle = fs.open(self.bloom_path)
+            try:
+                data = handle.read_all()
+            finally:
+                handle.close()
+            try:
+                bloom, bloom_txn = BloomFilter.from_bytes(data, self.index, self.bloom_path)
+                if bloom_txn == txn:
+                    return bloom
+                log.info("%s: bloom filter is of tree txn %d, not %d; rebuilding", self.bloom_path, bloom_txn, txn)
+            except CorruptionError as exc:
+                log.warning("%s; rebuilding it from the tree", exc)
+        return self._rebuild_bloom(save=False)
+
+    def _rebuild_bloom(self, *, save: bool) -> BloomFilter:
+        self.bloom_rebuilds += 1
+        bloom = BloomFilter.for_keys(max(2 * self.count, 1024), self.bloom_bits_per_key)
+        seed = self.seed
+        add = bloom.add
+        if not self.cleared:
+            for key in self.tree.keys():
+                add(key_hash(key, seed))
+        for key, value in self.memtable.data.items():
+            if value is not None:
+                add(key_hash(key, seed))
+        self.bloom = bloom
+        if save and not self.readonly:
+            self.fs.write_new(self.bloom_path, bloom.to_bytes(self.index, self.pager.meta.txn))
+        return bloom
+
+    def replay(self, records: Sequence[Record]) -> None:
+        """Apply recovered log records (already approved by the manager) to the memtable."""
+        for record in records:
+            self.apply(record.entries, record.seq, clear=bool(record.flags & fmt.FLAG_CLEAR))
+
+    def open_log(self, buffer_limit: int | None) -> None:
+        """Start appending to the log after its last good record, cutting a torn tail. Fsyncs
+        the log when it cut a tail."""
+        if self.readonly:
+            return
+        handle = self.fs.open(self.wal_path, write=True)
+        end = self.contents.valid_end
+        if self.contents.torn or handle.size() != end:
+            log.warning("%s: dropping a torn tail after offset %d", self.wal_path, end)
+            handle.truncate(end)
+            handle.sync()
+        self.log = LogWriter(handle, end, buffer_limit=buffer_limit)
+        self.contents = LogContents(self.contents.base_seq, [], end, False)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, key: bytes, h: tuple[int, int]) -> bytes | None:
+        """The value of ``key`` (hashed ``h``), or ``None``."""
+        value = self.memtable.data.get(key, MISSING)
+        if value is not MISSING:
+            return value  # type: ignore[no-any-return]
+        if self.cleared:
+            return None
+        if not self.bloom.might_contain(h):
+            self.bloom_negatives += 1
+            return None
+        return self.tree.get(key)
+
+    def contains(self, key: bytes, h: tuple[int, int]) -> bool:
+        """Whether ``key`` is live, without reading a large value."""
+        value = self.memtable.data.get(key, MISSING)
+        if value is not MISSING:
+            return value is not None
+        if self.cleared or not self.bloom.might_contain(h):
+            return False
+        return self.tree.contains(key)
+
+    def scan(
+        self, lo: bytes | None, hi: bytes | None, reverse: bool, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` live ``(key, value)`` in ``[lo, hi)``, ascending or descending."""
+        out: list[tuple[bytes, bytes]] = []
+        data = self.memtable.data
+        mem = self.memtable.keys(lo, hi, reverse=reverse)
+        disk: Iterator[tuple[bytes, bytes]] = (
+            iter(()) if self.cleared else self.tree.iterate(lo, hi, reverse=reverse)
+        )
+        mkey = next(mem, None)
+        dkv = next(disk, None)
+        while len(out) < limit and (mkey is not None or dkv is not None):
+            if dkv is None or (
+                mkey is not None and (mkey >= dkv[0] if reverse else mkey <= dkv[0])
+            ):
+                assert mkey is not None
+                if dkv is not None and dkv[0] == mkey:
+                    dkv = next(disk, None)
+                value = data[mkey]
+                if value is not None:
+                    out.append((mkey, value))
+                mkey = next(mem, None)
+            else:
+                out.append(dkv)
+                dkv = next(disk, None)
+        return out
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes, h: tuple[int, int], seq: int) -> None:
+        """Apply one logged put to the memtable, bloom filter and key count."""
+        if not self.contains(key, h):
+            self.count += 1
+        self.memtable.put(key, value)
+        self.bloom.add(h)
+        self.last_seq = seq
+
+    def apply(self, entries: Sequence[Entry], seq: int, *, clear: bool) -> None:
+        """Apply logged entries (``None`` value: delete), after a clear when ``clear``."""
+        if clear:
+            self.memtable.clear()
+            self.cleared = True
+            self.count = 0
+        seed = self.seed
+        memtable = self.memtable
+        for key, value in entries:
+            h = key_hash(key, seed)
+            existed = self.contains(key, h)
+            memtable.put(key, value)
+            if value is not None:
+                self.bloom.add(h)
+                self.count += not existed
+            else:
+                self.count -= existed
+        self.last_seq = seq
+
+    def flush(self) -> None:
+        """Merge the memtable into the tree, then replace the log by an empty one.
+
+        Fsyncs: the tree (twice, through the pager), the bloom filter and the new log, each
+        written as temp, fsync, rename, fsync directory.
+        """
+        if not self.memtable.data and not self.cleared:
+            return
+        assert self.log is not None
+        self.log.write_out()
+        changes = list(self.memtable.data.items())
+        cleared = self.cleared
+        count = self.tree.apply(changes, clear=cleared, flushed_seq=self.last_seq)
+        if count != self.count:
+            raise InternalError(
+                f"partition {self.index}: tree holds {count} keys after a flush, "
+                f"but {self.count} were counted"
+            )
+        self.memtable.clear()
+        self.cleared = False
+        if cleared or count > self.bloom.capacity:
+            self._rebuild_bloom(save=False)
+        self.fs.write_new(self.bloom_path, self.bloom.to_bytes(self.index, self.pager.meta.txn))
+        self._rotate_log()
+        self.flushes += 1
+
+    def _rotate_log(self) -> None:
+        assert self.log is not None
+        old = self.log
+        self.fs.write_new(self.wal_path, header_bytes(self.index, self.last_seq))
+        handle = self.fs.open(self.wal_path, write=True)
+        end = handle.size()
+        self.log = LogWriter(handle, end, buffer_limit=None if old.buffer is None else old.buffer_limit)
+        old.retire()
+
+    # -- inspection --------------------------------------------------------------------------
+
+    def stats(self) -> PartitionStats:
+        """This partition's counters."""
+        meta = self.pager.meta
+        return PartitionStats(
+            index=self.index,
+            keys=self.count,
+            memtable_entries=len(self.memtable.data),
+            memtable_bytes=self.memtable.size,
+            wal_bytes=self.log.end if self.log else self.contents.valid_end,
+            tree_height=meta.height,
+            tree_keys=meta.key_count,
+            pages=meta.page_count,
+            free_pages=len(self.pager.free),
+            cache_hits=self.pager.stats.cache_hits,
+            cache_misses=self.pager.stats.cache_misses,
+            bloom_negatives=self.bloom_negatives,
+            bloom_rebuilds=self.bloom_rebuilds,
+            flushes=self.flushes,
+            recovery_seconds=self.recovery_seconds,
+        )
+
+    def check(self) -> TreeReport:
+        """Verify the tree, the log on disk, the bloom filter and the key count.
+
+        Raises :class:`CorruptionError` naming the file and place.
+        """
+        report = self.tree.check()
+        if self.log is not None:
+            self.log.write_out()
+        handle = self.fs.open(self.wal_path)
+        try:
+            read_log(handle.read_all(), self.index, self.wal_path)
+        finally:
+            handle.close()
+        seed = self.seed
+        might = self.bloom.might_contain
+        if not self.cleared:
+            for key in self.tree.keys():
+                if not might(key_hash(key, seed)):
+                    raise CorruptionError(
+                        f"{self.bloom_path}: bloom filter misses a key the tree holds"
+                    )
+        live = 0 if self.cleared else report.keys
+        for key, value in self.memtable.data.items():
+            in_tree = not self.cleared and self.tree.contains(key)
+            if value is None:
+                live -= in_tree
+            else:
+                live += not in_tree
+                if not might(key_hash(key, seed)):
+                    raise CorruptionError(
+                        f"{self.bloom_path}: bloom filter misses a key the memtable holds"
+                    )
+        if live != self.count:
+            raise CorruptionError(
+                f"partition {self.index}: {live} live keys found, {self.count} counted"
+            )
+        return report
+
+    def close(self) -> None:
+        """Close the files (the caller flushed first if it wanted a clean close)."""
+        if self.log is not None:
+            try:
+                self.log.write_out()
+            finally:
+                self.log.retire()
+                self.log = None
+        self.pager.close()

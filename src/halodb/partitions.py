@@ -1,0 +1,584 @@
+"""The partition manager: a store directory of N hash partitions; knows nothing of Python types.
+
+It owns the directory (its manifest, its lock), routes each encoded key to a partition by a stable
+hash (MurmurHash3 with a seed recorded in the manifest, never Python's ``hash()``), hands out the
+store-wide sequence numbers, commits batches atomically across partitions, merges the partitions'
+ordered scans, and recovers the store on open.
+
+Batches across partitions: the batch takes one sequence number and the locks of every partition
+it touches (in index order); each partition's log gets a part naming all the batch's partitions.
+Recovery applies a part only when every partition it names either has its part in its log or has
+a tree that already holds that sequence number; otherwise the whole batch is dropped everywhere
+(and the logs are then flushed away so that the decision can never change).
+
+Locking: one lock per partition; operations on one key take one lock, batches take several in
+index order, ``close`` takes all.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from operator import itemgetter
+
+from halodb import format as fmt
+from halodb.bloom import key_hash
+from halodb.btree import TreeReport, limits
+from halodb.errors import (
+    CorruptionError,
+    InterfaceError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+)
+from halodb.options import DEFAULT_PAGE_SIZE, DEFAULT_PARTITIONS, Durability, Options
+from halodb.partition import Partition, PartitionStats, create_files
+from halodb.vfs import FileSystem, Lock
+from halodb.wal import Entry, LogWriter, encode_batch, encode_entries, encode_put, frame
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "LOCK"
+SCAN_CHUNK = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """The store-wide settings fixed at creation."""
+
+    partitions: int
+    page_size: int
+    hash_seed: int
+    created_ns: int
+    codec: str
+
+
+def _manifest_bytes(m: Manifest) -> bytes:
+    body = fmt.MANIFEST.pack(
+        fmt.MANIFEST_MAGIC,
+        fmt.FORMAT_VERSION,
+        0,
+        m.partitions,
+        0,
+        m.page_size,
+        m.hash_seed,
+        m.created_ns,
+        m.codec.encode("ascii"),
+        0,
+    )
+    return body[:-4] + fmt.U32.pack(fmt.crc(body[:-4]))
+
+
+def _parse_manifest(data: bytes, where: str) -> Manifest:
+    size = fmt.MANIFEST.size
+    if len(data) < size or data[:8] != fmt.MANIFEST_MAGIC:
+        raise InterfaceError(f"{where}: not a HaloDB store (bad manifest)")
+    magic, version, _, partitions, _, page_size, seed, created, codec, crc = fmt.MANIFEST.unpack_from(data)
+    if fmt.crc(data[: size - 4]) != crc or len(data) != size:
+        raise CorruptionError(f"{where}: manifest checksum mismatch")
+    if version > fmt.FORMAT_VERSION:
+        raise NotSupportedError(
+            f"{where}: store has format version {version}; this HaloDB reads up to "
+            f"{fmt.FORMAT_VERSION}. Upgrade HaloDB to open it"
+        )
+    if version < 1 or not 1 <= partitions <= 256 or page_size & (page_size - 1) or not 1024 <= page_size <= 65536:
+        raise CorruptionError(f"{where}: manifest holds impossible settings")
+    try:
+        name = codec.rstrip(b"\x00").decode("ascii")
+    except UnicodeDecodeError:
+        raise CorruptionError(f"{where}: manifest codec name is not ASCII") from None
+    return Manifest(partitions, page_size, seed, created, name)
+
+
+def _is_store_leftover(name: str) -> bool:
+    return name in (LOCK_NAME, fmt.MANIFEST_NAME + ".tmp") or (
+        name.startswith("p") and name.split(".")[-1] in ("wal", "tree", "bloom", "tmp")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """A snapshot of a store's counters: totals and one :class:`PartitionStats` per partition."""
+
+    path: str
+    keys: int
+    durability: str
+    page_size: int
+    partitions: tuple[PartitionStats, ...]
+    last_recovery_seconds: float
+
+
+class PartitionManager:
+    """N partitions under one directory. See the module docstring."""
+
+    def __init__(self, path: str, options: Options, codec: str, fs: FileSystem | None = None) -> None:
+        self.fs = fs = fs or FileSystem()
+        self.path = path = os.path.abspath(path)
+        self.options = options
+        self.readonly = options.readonly
+        self.closed = False
+        self.failure: BaseException | None = None
+        self.pid = os.getpid()
+        self._lock: Lock | None = None
+        started = time.perf_counter()
+        manifest_path = os.path.join(path, fmt.MANIFEST_NAME)
+        if not fs.exists(manifest_path):
+            if not fs.is_dir(path) and fs.exists(path):
+                raise InterfaceError(f"{path}: not a directory, so not a HaloDB store")
+            if not options.create:
+                raise InterfaceError(
+                    f"{path}: no HaloDB store here"
+                    + (" (read-only open never creates one)" if options.readonly else "")
+                )
+            self._create(codec)
+        self._lock = self._take_lock()
+        try:
+            self.manifest = m = self._read_manifest(manifest_path)
+            if options.partitions is not None and options.partitions != m.partitions:
+                raise InterfaceError(
+                    f"{path}: store has {m.partitions} partitions, not {options.partitions} "
+                    "(fixed when the store was created)"
+                )
+            if options.page_size is not None and options.page_size != m.page_size:
+                raise InterfaceError(
+                    f"{path}: store has page size {m.page_size}, not {options.page_size} "
+                    "(fixed when the store was created)"
+                )
+            if m.codec != codec:
+                raise InterfaceError(
+                    f"{path}: store was created with value codec {m.codec!r}, "
+                    f"opened with {codec!r}; open it with the same codec"
+                )
+            self.seed = m.hash_seed
+            self.page_size = m.page_size
+            self.max_key, _ = limits(m.page_size)
+            self.parts: list[Partition] = []
+            cache_pages = options.cache_size // m.page_size // m.partitions
+            for index in range(m.partitions):
+                self.parts.append(
+                    Partition(
+                        fs,
+                        path,
+                        index,
+                        page_size=m.page_size,
+                        seed=m.hash_seed,
+                        cache_pages=cache_pages,
+                        bloom_bits_per_key=options.bloom_bits_per_key,
+                        readonly=self.readonly,
+                    )
+                )
+            next_seq = self._recover()
+            self._seq = itertools.count(next_seq)
+        except BaseException:
+            for part in getattr(self, "parts", []):
+                part.close()
+            self._lock.release()
+            raise
+        self.durability = options.durability
+        self.full = options.durability is Durability.FULL
+        self.recovery_seconds = time.perf_counter() - started
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def _create(self, codec: str) -> None:
+        fs, path, options = self.fs, self.path, self.options
+        if fs.is_dir(path):
+            foreign = [n for n in fs.listdir(path) if not _is_store_leftover(n)]
+            if foreign:
+                raise InterfaceError(
+                    f"{path}: directory is not empty and is not a HaloDB store "
+                    f"(it holds {sorted(foreign)[:3]}); choose an empty or new directory"
+                )
+        else:
+            fs.mkdir(path)
+        lock_path = os.path.join(path, LOCK_NAME)
+        if not fs.exists(lock_path):
+            fs.open(lock_path, create=True).close()
+            fs.sync_dir(path)
+        lock = fs.lock(lock_path, exclusive=True)
+        if lock is None:
+            raise OperationalError(f"{path}: store is being created or opened by another process")
+        try:
+            if fs.exists(os.path.join(path, fmt.MANIFEST_NAME)):
+                return
+            manifest = Manifest(
+                partitions=options.partitions or DEFAULT_PARTITIONS,
+                page_size=options.page_size or DEFAULT_PAGE_SIZE,
+                hash_seed=secrets.randbits(32),
+                created_ns=time.time_ns(),
+                codec=codec,
+            )
+            for index in range(manifest.partitions):
+                create_files(fs, path, index, manifest.page_size)
+            fs.write_new(os.path.join(path, fmt.MANIFEST_NAME), _manifest_bytes(manifest))
+        finally:
+            lock.release()
+
+    def _take_lock(self) -> Lock:
+        lock_path = os.path.join(self.path, LOCK_NAME)
+        if not self.fs.exists(lock_path):
+            raise CorruptionError(f"{lock_path}: lock file is missing")
+        lock = self.fs.lock(lock_path, exclusive=not self.readonly)
+        if lock is None:
+            raise OperationalError(
+                f"{self.path}: store is already open for writing"
+                + ("" if self.readonly else " or reading")
+                + " (in this or another process); close it there first"
+            )
+        return lock
+
+    def _read_manifest(self, manifest_path: str) -> Manifest:
+        handle = self.fs.open(manifest_path)
+        try:
+            data = handle.read_at(0, fmt.MANIFEST.size + 1)
+        finally:
+            handle.close()
+        return _parse_manifest(data, manifest_path)
+
+    def _recover(self) -> int:
+        parts = self.parts
+        n = len(parts)
+        present: dict[int, set[int]] = {}
+        newest = max(p.flushed_seq for p in parts)
+        for part in parts:
+            for record in part.contents.records:
+                newest = max(newest, record.seq)
+                if record.rtype == fmt.REC_BATCH:
+                    if part.index not in record.partitions or any(
+                        not 0 <= q < n for q in record.partitions
+                    ):
+                        raise CorruptionError(
+                            f"{part.wal_path}: batch part at sequence {record.seq} names "
+                            f"partitions {record.partitions}"
+                        )
+                    present.setdefault(record.seq, set()).add(part.index)
+        dropped = 0
+        for part in parts:
+            approved = []
+            for record in part.contents.records:
+                if record.seq <= part.flushed_seq:
+                    continue
+                if record.rtype == fmt.REC_BATCH and not all(
+                    q in present[record.seq] or parts[q].flushed_seq >= record.seq
+                    for q in record.partitions
+                ):
+                    dropped += 1
+                    continue
+                approved.append(record)
+            part.replay(approved)
+        buffer = self.options.fast_buffer_size if self.options.durability is Durability.FAST else None
+        for part in parts:
+            part.open_log(buffer)
+        if dropped:
+            log.warning(
+                "%s: dropped %d parts of batches that a crash interrupted", self.path, dropped
+            )
+            if not self.readonly:
+                for part in parts:
+                    part.flush()
+        return newest + 1
+
+    # -- guards ------------------------------------------------------------------------------
+
+    def check_open(self) -> None:
+        """Raise :class:`ProgrammingError` if the store is closed or used after ``fork()``."""
+        if self.closed:
+            raise ProgrammingError(f"{self.path}: store is closed")
+        if self.pid != os.getpid():
+            raise ProgrammingError(
+                f"{self.path}: store was opened in process {self.pid}; a forked child must "
+                "open the store itself"
+            )
+
+    def _check_writable(self) -> None:
+        self.check_open()
+        if self.readonly:
+            raise ProgrammingError(f"{self.path}: store is open read-only")
+        if self.failure is not None:
+            raise OperationalError(
+                f"{self.path}: store refuses writes after an I/O failure ({self.failure}); "
+                "close and reopen it"
+            ) from self.failure
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+            log.error("%s: I/O failure, refusing further writes: %s", self.path, exc)
+
+    # -- routing and reads -------------------------------------------------------------------
+
+    def part_of(self, key: bytes) -> tuple[Partition, tuple[int, int]]:
+        """The partition of an encoded key, and the key's hash."""
+        h = key_hash(key, self.seed)
+        return self.parts[h[0] % len(self.parts)], h
+
+    def get(self, key: bytes) -> bytes | None:
+        """The encoded value of ``key``, or ``None``."""
+        h = key_hash(key, self.seed)
+        part = self.parts[h[0] % len(self.parts)]
+        with part.lock:
+            if self.closed:
+                self.check_open()
+            return part.get(key, h)
+
+    def contains(self, key: bytes) -> bool:
+        """Whether ``key`` is live."""
+        part, h = self.part_of(key)
+        with part.lock:
+            self.check_open()
+            return part.contains(key, h)
+
+    def __len__(self) -> int:
+        with ExitStack() as stack:
+            for part in self.parts:
+                stack.enter_context(part.lock)
+            self.check_open()
+            return sum(p.count for p in self.parts)
+
+    def scan(
+        self, lo: bytes | None, hi: bytes | None, *, reverse: bool = False, chunk: int = SCAN_CHUNK
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Live ``(key, value)`` in ``[lo, hi)`` across partitions, in key order, lazily.
+
+        Each partition is read in chunks under its lock; a chunk resumes after the last key
+        returned, so keys come strictly in order, never twice, and a write made after a chunk
+        was read shows up only if its key lies ahead of where that partition's chunk ended.
+        """
+        self.check_open()
+        iters = [self._scan_part(p, lo, hi, reverse, chunk) for p in self.parts]
+        if len(iters) == 1:
+            return iters[0]
+        return heapq.merge(*iters, key=itemgetter(0), reverse=reverse)
+
+    def _scan_part(
+        self, part: Partition, lo: bytes | None, hi: bytes | None, reverse: bool, chunk: int
+    ) -> Iterator[tuple[bytes, bytes]]:
+        while True:
+            with part.lock:
+                self.check_open()
+                items = part.scan(lo, hi, reverse, chunk)
+            yield from items
+            if len(items) < chunk:
+                return
+            if reverse:
+                hi = items[-1][0]
+            else:
+                lo = items[-1][0] + b"\x00"
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Store ``value`` under ``key``; durable as the store's durability mode says."""
+        h = key_hash(key, self.seed)
+        part = self.parts[h[0] % len(self.parts)]
+        payload = encode_put(key, value)
+        with part.lock:
+            if self.closed or self.failure is not None or self.readonly:
+                self._check_writable()
+            wal = part.log
+            assert wal is not None
+            seq = next(self._seq)
+            try:
+                end = wal.append(frame(fmt.REC_WRITE, seq, payload))
+            except OperationalError as exc:
+                self._fail(exc)
+                raise
+            part.put(key, value, h, seq)
+            if part.memtable.size > self.options.memtable_size:
+                self._flush_part(part)
+        if self.full:
+            self._sync(wal, end)
+
+    def delete(self, key: bytes, *, want_value: bool = False) -> tuple[bool, bytes | None]:
+        """Delete ``key`` if live; returns whether it was, and (if asked) its old value."""
+        part, h = self.part_of(key)
+        with part.lock:
+            self._check_writable()
+            old = part.get(key, h) if want_value else None
+            if not (old is not None if want_value else part.contains(key, h)):
+                return False, None
+            wal = part.log
+            assert wal is not None
+            seq = next(self._seq)
+            try:
+                end = wal.append(frame(fmt.REC_WRITE, seq, encode_entries(0, [(key, None)])))
+            except OperationalError as exc:
+                self._fail(exc)
+                raise
+            part.apply([(key, None)], seq, clear=False)
+            if part.memtable.size > self.options.memtable_size:
+                self._flush_part(part)
+        if self.full:
+            self._sync(wal, end)
+        return True, old
+
+    def put_if_absent(self, key: bytes, value: bytes) -> bytes | None:
+        """Store ``value`` unless ``key`` is live; returns the live value, or ``None`` if stored."""
+        part, h = self.part_of(key)
+        with part.lock:
+            self._check_writable()
+            old = part.get(key, h)
+            if old is not None:
+                return old
+            wal = part.log
+            assert wal is not None
+            seq = next(self._seq)
+            try:
+                end = wal.append(frame(fmt.REC_WRITE, seq, encode_put(key, value)))
+            except OperationalError as exc:
+                self._fail(exc)
+                raise
+            part.put(key, value, h, seq)
+            if part.memtable.size > self.options.memtable_size:
+                self._flush_part(part)
+        if self.full:
+            self._sync(wal, end)
+        return None
+
+    def commit(self, changes: dict[bytes, bytes | None], *, clear: bool = False) -> None:
+        """Apply ``changes`` (``None``: delete) atomically across partitions, after clearing the
+        whole store when ``clear``. All visible and durable together, or none of it."""
+        n = len(self.parts)
+        groups: dict[int, list[Entry]] = {}
+        if clear:
+            groups = {i: [] for i in range(n)}
+        seed = self.seed
+        for key, value in changes.items():
+            groups.setdefault(key_hash(key, seed)[0] % n, []).append((key, value))
+        if not groups:
+            return
+        ids = sorted(groups)
+        flags = fmt.FLAG_CLEAR if clear else 0
+        parts = [self.parts[i] for i in ids]
+        synced = []
+        with ExitStack() as stack:
+            for part in parts:
+                stack.enter_context(part.lock)
+            self._check_writable()
+            seq = next(self._seq)
+            try:
+                for part in parts:
+                    entries = groups[part.index]
+                    if len(ids) == 1:
+                        record = frame(fmt.REC_WRITE, seq, encode_entries(flags, entries))
+                    else:
+                        record = frame(fmt.REC_BATCH, seq, encode_batch(ids, flags, entries))
+                    assert part.log is not None
+                    synced.append((part.log, part.log.append(record)))
+            except OperationalError as exc:
+                self._fail(exc)
+                raise
+            for part in parts:
+                part.apply(groups[part.index], seq, clear=clear)
+            for part in parts:
+                if part.memtable.size > self.options.memtable_size:
+                    self._flush_part(part)
+        if self.full:
+            for wal, end in synced:
+                self._sync(wal, end)
+
+    def _sync(self, wal: LogWriter, end: int) -> None:
+        try:
+            wal.sync_to(end)
+        except OperationalError as exc:
+            self._fail(exc)
+            raise
+
+    def _flush_part(self, part: Partition) -> None:
+        try:
+            part.flush()
+        except OperationalError as exc:
+            self._fail(exc)
+            raise
+
+    def flush(self) -> None:
+        """Merge every memtable into its tree (durably), emptying the logs."""
+        self._check_writable()
+        for part in self.parts:
+            with part.lock:
+                self._check_writable()
+                self._flush_part(part)
+
+    def sync(self) -> None:
+        """Durability barrier: every write acknowledged before the call is on disk after it."""
+        self.check_open()
+        if self.readonly:
+            return
+        for part in self.parts:
+            with part.lock:
+                self._check_writable()
+                wal = part.log
+                assert wal is not None
+                try:
+                    wal.write_out()
+                except OperationalError as exc:
+                    self._fail(exc)
+                    raise
+                end = wal.written
+            self._sync(wal, end)
+
+    # -- inspection and lifecycle --------------------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        """A snapshot of every partition's counters."""
+        per = []
+        for part in self.parts:
+            with part.lock:
+                self.check_open()
+                per.append(part.stats())
+        return StoreStats(
+            path=self.path,
+            keys=sum(p.keys for p in per),
+            durability=self.durability.value,
+            page_size=self.page_size,
+            partitions=tuple(per),
+            last_recovery_seconds=self.recovery_seconds,
+        )
+
+    def check(self) -> list[TreeReport]:
+        """Verify every structure of every partition; raises :class:`CorruptionError`."""
+        reports = []
+        for part in self.parts:
+            with part.lock:
+                self.check_open()
+                reports.append(part.check())
+        return reports
+
+    def first_key_in(self, part: Partition) -> bytes | None:
+        """The smallest live key of one partition (caller holds no lock)."""
+        with part.lock:
+            items = part.scan(None, None, False, 1)
+        return items[0][0] if items else None
+
+    def close(self) -> None:
+        """Flush (unless read-only or failed) and close every file; idempotent."""
+        if self.closed:
+            return
+        with ExitStack() as stack:
+            for part in self.parts:
+                stack.enter_context(part.lock)
+            if self.closed:
+                return
+            self.closed = True
+            error: BaseException | None = None
+            for part in self.parts:
+                try:
+                    if not self.readonly and self.failure is None and self.pid == os.getpid():
+                        part.flush()
+                except OperationalError as exc:
+                    self._fail(exc)
+                    error = error or exc
+                finally:
+                    part.close()
+            if self._lock is not None:
+                self._lock.release()
+            if error is not None:
+                raise error
+

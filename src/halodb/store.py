@@ -1,0 +1,399 @@
+"""The public API: :func:`open`, :class:`Store` (a ``MutableMapping``) and :class:`Batch`.
+
+This layer turns Python keys and values into bytes (order-preserving key encoding, a safe value
+codec) and speaks the dict protocol; the partition manager below it knows only bytes.
+
+Iteration semantics: every iterator (``iter(db)``, ``keys()``, ``values()``, ``items()``,
+``range()``) is lazy and reads each partition in chunks of a few hundred keys. Keys come in
+strictly increasing (or, reversed, decreasing) order and never twice; each value is a value the
+key really had, never half-written. Writes made by other threads while an iterator is running may
+or may not be seen, depending on whether their key lies ahead of the chunk already read. Closing
+the store makes running iterators raise :class:`ProgrammingError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
+from types import TracebackType
+from typing import Any
+
+from halodb.errors import DataError, InterfaceError, ProgrammingError
+from halodb.keys import Key, KeyLike, decode_key, encode_key, prefix_range
+from halodb.options import Options, validate_options
+from halodb.partitions import PartitionManager, StoreStats
+from halodb.btree import TreeReport
+from halodb.values import DefaultCodec, ValueCodec
+from halodb.vfs import FileSystem
+
+MAX_VALUE_SIZE = (1 << 31) - 1
+OPTION_NAMES = frozenset(Options.__dataclass_fields__)
+_MISSING: Any = object()
+
+
+class Store(MutableMapping[Key, Any]):
+    """A persistent, ordered, thread-safe dict. Create one with :func:`halodb.open`.
+
+    >>> import halodb, tempfile
+    >>> with halodb.open(tempfile.mkdtemp()) as db:
+    ...     db["user:2"] = "bob"
+    ...     db["user:1"] = {"name": "alice"}
+    ...     list(db.range(prefix="user:"))
+    [('user:1', {'name': 'alice'}), ('user:2', 'bob')]
+    """
+
+    def __init__(self, manager: PartitionManager, codec: ValueCodec) -> None:
+        self._m = manager
+        self._codec = codec
+        self._encode_value = codec.encode
+        self._decode_value = codec.decode
+        self._max_key = manager.max_key
+
+    # -- encoding ------------------------------------------------------------------------------
+
+    def _key(self, key: KeyLike) -> bytes:
+        encoded = encode_key(key)
+        if len(encoded) > self._max_key:
+            raise DataError(
+                f"key encodes to {len(encoded)} bytes; the limit is {self._max_key} for page size "
+                f"{self._m.page_size} (a larger page_size allows longer keys)"
+            )
+        return encoded
+
+    def _value(self, value: object) -> bytes:
+        encoded = self._encode_value(value)
+        if len(encoded) > MAX_VALUE_SIZE:
+            raise DataError(f"value encodes to {len(encoded)} bytes; the limit is {MAX_VALUE_SIZE}")
+        return encoded
+
+    # -- the dict protocol -------------------------------------------------------------------
+
+    def __getitem__(self, key: KeyLike) -> Any:
+        """The value of ``key``; ``KeyError`` if absent. O(log n)."""
+        value = self._m.get(self._key(key))
+        if value is None:
+            raise KeyError(key)
+        return self._decode_value(value)
+
+    def get(self, key: KeyLike, default: Any = None) -> Any:
+        """The value of ``key``, or ``default``. O(log n)."""
+        value = self._m.get(self._key(key))
+        if value is None:
+            return default
+        return self._decode_value(value)
+
+    def __setitem__(self, key: KeyLike, value: Any) -> None:
+        """Store ``value`` under ``key``; durable as the store's durability mode says."""
+        encoded_value = self._value(value)
+        self._m.put(self._key(key), encoded_value)
+
+    def __delitem__(self, key: KeyLike) -> None:
+        """Delete ``key``; ``KeyError`` (and nothing written) if absent."""
+        deleted, _ = self._m.delete(self._key(key))
+        if not deleted:
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            encoded = self._key(key)  # type: ignore[arg-type]
+        except (TypeError, DataError):
+            return False
+        return self._m.contains(encoded)
+
+    def __len__(self) -> int:
+        """The exact number of keys; O(partitions), never a scan."""
+        return len(self._m)
+
+    def __iter__(self) -> Iterator[Key]:
+        """Keys in order (see the module docstring for concurrent writes)."""
+        for key, _ in self._m.scan(None, None):
+            yield decode_key(key)
+
+    def __reversed__(self) -> Iterator[Key]:
+        for key, _ in self._m.scan(None, None, reverse=True):
+            yield decode_key(key)
+
+    def keys(self) -> KeysView[Key]:
+        """A view of the keys, in order."""
+        return KeysView(self)
+
+    def items(self) -> ItemsView[Key, Any]:
+        """A view of ``(key, value)`` pairs, in key order, read in one pass."""
+        return _ItemsView(self)
+
+    def values(self) -> ValuesView[Any]:
+        """A view of the values, in key order, read in one pass."""
+        return _ValuesView(self)
+
+    def pop(self, key: KeyLike, default: Any = _MISSING) -> Any:
+        """Remove ``key`` and return its value; ``default`` (or ``KeyError``) if absent. Atomic."""
+        deleted, old = self._m.delete(self._key(key), want_value=True)
+        if not deleted:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        assert old is not None
+        return self._decode_value(old)
+
+    def popitem(self) -> tuple[Key, Any]:
+        """Remove and return the first ``(key, value)`` in key order; ``KeyError`` if empty."""
+        while True:
+            first = next(iter(self._m.scan(None, None, chunk=1)), None)
+            if first is None:
+                raise KeyError("popitem(): store is empty")
+            deleted, old = self._m.delete(first[0], want_value=True)
+            if deleted:
+                assert old is not None
+                return decode_key(first[0]), self._decode_value(old)
+
+    def setdefault(self, key: KeyLike, default: Any = None) -> Any:
+        """``db[key]`` if present, else store ``default`` and return it. Atomic."""
+        old = self._m.put_if_absent(self._key(key), self._value(default))
+        return default if old is None else self._decode_value(old)
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """Store every pair of ``other`` and ``kwargs`` as one atomic batch."""
+        with self.batch() as batch:
+            if isinstance(other, Mapping):
+                for key in other:
+                    batch[key] = other[key]
+            elif hasattr(other, "keys"):
+                for key in other.keys():
+                    batch[key] = other[key]
+            else:
+                for key, value in other:
+                    batch[key] = value
+            for key, value in kwargs.items():
+                batch[key] = value
+
+    def clear(self) -> None:
+        """Delete every key, atomically. O(partitions) now; the space is reclaimed on flush."""
+        self._m.commit({}, clear=True)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        if len(self) != len(other):
+            return False
+        for key, value in self.items():
+            try:
+                if other[key] != value:
+                    return False
+            except KeyError:
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- ordered access ----------------------------------------------------------------------
+
+    def range(
+        self,
+        start: KeyLike | None = None,
+        stop: KeyLike | None = None,
+        *,
+        reverse: bool = False,
+        prefix: str | bytes | tuple[KeyLike, ...] | None = None,
+    ) -> Iterator[tuple[Key, Any]]:
+        """``(key, value)`` pairs with ``start <= key < stop`` and the given prefix, lazily.
+
+        ``reverse`` walks from the high end down. Costs O(log n) to start and O(1) per item.
+        """
+        lo = None if start is None else self._key(start)
+        hi = None if stop is None else self._key(stop)
+        if prefix is not None:
+            plo, phi = prefix_range(prefix)
+            lo = plo if lo is None else max(lo, plo)
+            hi = phi if hi is None else min(hi, phi)
+        if lo is not None and hi is not None and lo >= hi:
+            return iter(())
+        return self._decoded(self._m.scan(lo, hi, reverse=reverse))
+
+    def _decoded(self, items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[Key, Any]]:
+        decode = self._decode_value
+        for key, value in items:
+            yield decode_key(key), decode(value)
+
+    def first(self) -> tuple[Key, Any] | None:
+        """The smallest ``(key, value)``, or ``None`` if the store is empty. O(log n)."""
+        return next(self._decoded(self._m.scan(None, None, chunk=1)), None)
+
+    def last(self) -> tuple[Key, Any] | None:
+        """The largest ``(key, value)``, or ``None`` if the store is empty. O(log n)."""
+        return next(self._decoded(self._m.scan(None, None, reverse=True, chunk=1)), None)
+
+    # -- batches, durability, inspection, lifecycle -----------------------------------------
+
+    def batch(self) -> Batch:
+        """A batch of writes applied atomically when its ``with`` block ends without error."""
+        self._m.check_open()
+        return Batch(self)
+
+    def sync(self) -> None:
+        """Durability barrier: every write acknowledged before this call survives power loss."""
+        self._m.sync()
+
+    def flush(self) -> None:
+        """Merge every memtable into its on-disk tree (durably) and empty the logs."""
+        self._m.flush()
+
+    def stats(self) -> StoreStats:
+        """Counters and sizes, per partition and in total."""
+        return self._m.stats()
+
+    def check(self) -> list[TreeReport]:
+        """Verify every on-disk and in-memory structure; raises ``CorruptionError`` if damaged.
+
+        Returns each partition's tree report (shape and page accounting). O(store size).
+        """
+        return self._m.check()
+
+    @property
+    def path(self) -> str:
+        """The store's directory."""
+        return self._m.path
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._m.closed
+
+    @property
+    def readonly(self) -> bool:
+        """Whether the store was opened read-only."""
+        return self._m.readonly
+
+    def close(self) -> None:
+        """Flush and close the store; idempotent. Any later use raises ``ProgrammingError``."""
+        self._m.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("read-only" if self.readonly else "open")
+        return f"<halodb.Store {self.path!r} {state}>"
+
+
+class _ItemsView(ItemsView[Key, Any]):
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self._store = store
+
+    def __iter__(self) -> Iterator[tuple[Key, Any]]:
+        return self._store.range()
+
+
+class _ValuesView(ValuesView[Any]):
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self._store = store
+
+    def __iter__(self) -> Iterator[Any]:
+        for _, value in self._store.range():
+            yield value
+
+
+class Batch:
+    """Writes collected in memory and committed atomically, across partitions.
+
+    ``with db.batch() as b:`` commits when the block ends normally and discards everything if
+    it raises. Keys and values are checked when set, so a bad one raises at once. Deleting an
+    absent key in a batch is not an error. Reads inside the block see the store, not the batch.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._changes: dict[bytes, bytes | None] = {}
+        self._done = False
+
+    def __setitem__(self, key: KeyLike, value: Any) -> None:
+        self._check()
+        encoded_value = self._store._value(value)
+        self._changes[self._store._key(key)] = encoded_value
+
+    def __delitem__(self, key: KeyLike) -> None:
+        self._check()
+        self._changes[self._store._key(key)] = None
+
+    def put(self, key: KeyLike, value: Any) -> None:
+        """Same as ``batch[key] = value``."""
+        self[key] = value
+
+    def delete(self, key: KeyLike) -> None:
+        """Same as ``del batch[key]``."""
+        del self[key]
+
+    def __len__(self) -> int:
+        return len(self._changes)
+
+    def _check(self) -> None:
+        if self._done:
+            raise ProgrammingError("batch was already committed or discarded")
+
+    def commit(self) -> None:
+        """Apply every change atomically (visible and durable together). Once only."""
+        self._check()
+        self._done = True
+        self._store._m.commit(self._changes)
+        self._changes = {}
+
+    def discard(self) -> None:
+        """Drop every change."""
+        self._done = True
+        self._changes = {}
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and not self._done:
+            self.commit()
+        else:
+            self.discard()
+
+
+def open(  # noqa: A001
+    path: str | os.PathLike[str] | bytes,
+    *,
+    value_codec: ValueCodec | None = None,
+    filesystem: FileSystem | None = None,
+    **options: Any,
+) -> Store:
+    """Open (creating it if needed) the store in directory ``path``.
+
+    Options (all validated before anything touches the disk): ``durability`` (``"full"``,
+    ``"normal"`` (default) or ``"fast"``), ``readonly``, ``create``, ``partitions`` and
+    ``page_size`` (fixed at creation), ``memtable_size``, ``cache_size``,
+    ``bloom_bits_per_key``, ``fast_buffer_size``. ``value_codec`` replaces the default safe
+    codec (bytes, str and JSON values); the codec's name is recorded at creation and must match.
+
+    Raises ``OperationalError`` at once if another process (or another handle in this one) has
+    the store open for writing.
+    """
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be str or os.PathLike, not {type(path).__name__}")
+    unknown = sorted(set(options) - OPTION_NAMES)
+    if unknown:
+        raise InterfaceError(
+            f"unknown option {unknown[0]!r}; the options are {', '.join(sorted(OPTION_NAMES))}"
+        )
+    opts: Options = validate_options(**options)
+    codec = value_codec if value_codec is not None else DefaultCodec()
+    manager = PartitionManager(os.fspath(path), opts, codec.name, filesystem)
+    return Store(manager, codec)

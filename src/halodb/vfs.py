@@ -1,0 +1,207 @@
+"""The one seam through which HaloDB touches the operating system; knows nothing of formats.
+
+Every open, read, write, fsync, rename, unlink, truncate and lock goes through a
+:class:`FileSystem`, so that tests can subclass it to inject faults or to drop writes that were
+never synced. Every ``OSError`` leaves this module as an :class:`OperationalError` that names the
+file and chains the original error.
+
+Files are created ``0600`` and directories ``0700``; files are opened with ``O_NOFOLLOW`` so a
+planted symlink is never followed. Nothing here fsyncs unless a method says so.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from halodb.errors import OperationalError
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+@contextmanager
+def _oserror(action: str, path: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise OperationalError(f"{action} {path!r} failed: {exc.strerror or exc}") from exc
+
+
+class File:
+    """An open file: positional reads and writes, appends, fsync and truncate.
+
+    Not thread-safe by itself; its owner serialises access.
+    """
+
+    __slots__ = ("closed", "fd", "fs", "path")
+
+    def __init__(self, fs: FileSystem, path: str, fd: int) -> None:
+        self.fs = fs
+        self.path = path
+        self.fd = fd
+        self.closed = False
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Read up to ``size`` bytes at ``offset`` (fewer at the end of the file)."""
+        with _oserror("reading", self.path):
+            return os.pread(self.fd, size, offset)
+
+    def read_all(self) -> bytes:
+        """The whole file."""
+        size = self.size()
+        chunks = []
+        offset = 0
+        while offset < size:
+            chunk = self.read_at(offset, min(size - offset, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write all of ``data`` at ``offset``. Does not fsync."""
+        view = memoryview(data)
+        with _oserror("writing", self.path):
+            while view:
+                done = os.pwrite(self.fd, view, offset)
+                if done <= 0:
+                    raise OSError(errno.EIO, "short write")
+                view = view[done:]
+                offset += done
+
+    def append(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        """Write ``data`` at ``offset``, the current end of the file. Does not fsync."""
+        self.write_at(offset, data)
+
+    def sync(self) -> None:
+        """fsync: everything written so far is durable when this returns."""
+        with _oserror("syncing", self.path):
+            os.fsync(self.fd)
+
+    def truncate(self, size: int) -> None:
+        """Cut or extend the file to ``size`` bytes. Does not fsync."""
+        with _oserror("truncating", self.path):
+            os.ftruncate(self.fd, size)
+
+    def size(self) -> int:
+        """The file's current size in bytes."""
+        with _oserror("reading the size of", self.path):
+            return os.fstat(self.fd).st_size
+
+    def close(self) -> None:
+        """Close the descriptor; idempotent."""
+        if not self.closed:
+            self.closed = True
+            with _oserror("closing", self.path):
+                os.close(self.fd)
+
+
+class Lock:
+    """An advisory lock (``flock``) on a file, held until :meth:`release`."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        """Release the lock and close its descriptor; idempotent."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            with _oserror("unlocking", self.path):
+                os.close(fd)
+
+
+class FileSystem:
+    """Operating-system file access. Subclass to inject faults in tests."""
+
+    def open(self, path: str, *, write: bool = False, create: bool = False) -> File:
+        """Open ``path``; ``create`` makes it (0600) if missing, implying ``write``."""
+        flags = _NOFOLLOW | _CLOEXEC
+        if create:
+            flags |= os.O_RDWR | os.O_CREAT
+        elif write:
+            flags |= os.O_RDWR
+        else:
+            flags |= os.O_RDONLY
+        with _oserror("opening", path):
+            fd = os.open(path, flags, FILE_MODE)
+        return File(self, path, fd)
+
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` exists (without following a final symlink)."""
+        return os.path.lexists(path)
+
+    def is_dir(self, path: str) -> bool:
+        """Whether ``path`` is a directory."""
+        return os.path.isdir(path)
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in directory ``path``."""
+        with _oserror("listing", path):
+            return os.listdir(path)
+
+    def mkdir(self, path: str) -> None:
+        """Create directory ``path`` (0700) and its missing parents; fsyncs the new one's parent."""
+        with _oserror("creating directory", path):
+            os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+        self.sync_dir(os.path.dirname(os.path.abspath(path)))
+
+    def rename(self, src: str, dst: str) -> None:
+        """Atomically replace ``dst`` by ``src``. Does not fsync the directory."""
+        with _oserror("renaming", f"{src} -> {dst}"):
+            os.replace(src, dst)
+
+    def unlink(self, path: str) -> None:
+        """Remove ``path``. Does not fsync the directory."""
+        with _oserror("removing", path):
+            os.unlink(path)
+
+    def sync_dir(self, path: str) -> None:
+        """fsync directory ``path`` so that creates, renames and unlinks in it are durable."""
+        with _oserror("syncing directory", path):
+            fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def lock(self, path: str, *, exclusive: bool) -> Lock | None:
+        """Take a non-blocking ``flock`` on existing file ``path``; ``None`` if another holds it."""
+        with _oserror("opening", path):
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError as exc:
+            os.close(fd)
+            raise OperationalError(f"locking {path!r} failed: {exc.strerror}") from exc
+        return Lock(path, fd)
+
+    def write_new(self, path: str, data: bytes) -> None:
+        """Make ``path`` hold exactly ``data``, atomically and durably.
+
+        Writes a temporary file, fsyncs it, renames it over ``path`` and fsyncs the directory:
+        after a crash ``path`` holds either its old content or ``data``, never a mix.
+        """
+        tmp = path + ".tmp"
+        if self.exists(tmp):
+            self.unlink(tmp)
+        handle = self.open(tmp, create=True)
+        try:
+            handle.write_at(0, data)
+            handle.sync()
+        finally:
+            handle.close()
+        self.rename(tmp, path)
+        self.sync_dir(os.path.dirname(os.path.abspath(path)))

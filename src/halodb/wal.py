@@ -1,0 +1,270 @@
+"""One partition's write-ahead log: framed, checksummed records; knows nothing of trees or keys.
+
+A log file is a header (magic, version, partition, ``base_seq``: every record in it is newer than
+that) followed by records. Each record carries a header checksum, so its length can be trusted
+before anything is read, and a record checksum over the header and the payload. An all-zero
+header never checks out (the checksums are masked).
+
+Reading tells a torn tail (a crash in the middle of appending: a partial header, a record that
+runs past the end of the file, or a zero-filled tail) from damage (anything else that does not
+check out), which raises :class:`CorruptionError` instead of dropping good records.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from halodb import format as fmt
+from halodb.errors import CorruptionError
+from halodb.vfs import File
+
+Entry = tuple[bytes, bytes | None]
+"""An encoded key and its encoded value, or ``None`` for a delete."""
+
+_REC = fmt.WAL_RECORD
+_TAIL = fmt.WAL_RECORD_HEADER_TAIL
+_U32 = fmt.U32
+_ENTRY = fmt.ENTRY
+_crc = fmt.crc
+
+
+def header_bytes(partition: int, base_seq: int) -> bytes:
+    """The header of a new, empty log whose records will all be newer than ``base_seq``."""
+    head = fmt.WAL_HEADER.pack(fmt.WAL_MAGIC, fmt.FORMAT_VERSION, partition, 0, base_seq, 0)
+    return head[:-4] + _U32.pack(_crc(head[:-4]))
+
+
+def frame(rtype: int, seq: int, payload: bytes) -> bytes:
+    """A whole record: header with both checksums, then ``payload``."""
+    tail = _TAIL.pack(len(payload), rtype, seq)
+    rest = _U32.pack(_crc(tail)) + tail + payload
+    return _U32.pack(_crc(rest)) + rest
+
+
+def encode_entries(flags: int, entries: Sequence[Entry]) -> bytes:
+    """The payload of a write record: flags, then each entry (op, lengths, key, value)."""
+    parts = [fmt.WRITE_FLAGS.pack(flags)]
+    append = parts.append
+    pack = _ENTRY.pack
+    for key, value in entries:
+        if value is None:
+            append(pack(fmt.OP_DELETE, len(key), 0))
+            append(key)
+        else:
+            append(pack(fmt.OP_PUT, len(key), len(value)))
+            append(key)
+            append(value)
+    return b"".join(parts)
+
+
+def encode_put(key: bytes, value: bytes) -> bytes:
+    """The payload of a write record holding one put (the hot path of :func:`encode_entries`)."""
+    return b"\x00" + _ENTRY.pack(fmt.OP_PUT, len(key), len(value)) + key + value
+
+
+def encode_batch(partitions: Sequence[int], flags: int, entries: Sequence[Entry]) -> bytes:
+    """The payload of one partition's part of a batch over ``partitions``."""
+    head = fmt.BATCH_HEADER.pack(len(partitions)) + b"".join(
+        fmt.PARTITION_ID.pack(p) for p in partitions
+    )
+    return head + encode_entries(flags, entries)
+
+
+@dataclass(slots=True)
+class Record:
+    """A decoded log record."""
+
+    rtype: int
+    seq: int
+    flags: int
+    entries: list[Entry]
+    partitions: tuple[int, ...]
+    """The partitions a batch part's batch touches; empty for a plain write."""
+
+
+@dataclass(slots=True)
+class LogContents:
+    """What :func:`read_log` found."""
+
+    base_seq: int
+    records: list[Record]
+    valid_end: int
+    """Offset just past the last good record; a torn tail starts here."""
+    torn: bool
+
+
+def _decode_payload(payload: bytes, rtype: int, where: str) -> tuple[tuple[int, ...], int, list[Entry]]:
+    pos = 0
+    n = len(payload)
+    partitions: tuple[int, ...] = ()
+    if rtype == fmt.REC_BATCH:
+        if n < fmt.BATCH_HEADER.size:
+            raise CorruptionError(f"{where}: batch record too short")
+        (count,) = fmt.BATCH_HEADER.unpack_from(payload, 0)
+        pos = fmt.BATCH_HEADER.size
+        end = pos + count * fmt.PARTITION_ID.size
+        if count < 2 or end > n:
+            raise CorruptionError(f"{where}: batch record names {count} partitions")
+        partitions = tuple(
+            fmt.PARTITION_ID.unpack_from(payload, pos + i * 2)[0] for i in range(count)
+        )
+        pos = end
+    elif rtype != fmt.REC_WRITE:
+        raise CorruptionError(f"{where}: unknown record type {rtype}")
+    if pos >= n:
+        raise CorruptionError(f"{where}: record has no flags")
+    flags = payload[pos]
+    pos += 1
+    if flags & ~fmt.FLAG_CLEAR:
+        raise CorruptionError(f"{where}: unknown record flags {flags:#x}")
+    entries: list[Entry] = []
+    append = entries.append
+    esize = _ENTRY.size
+    unpack = _ENTRY.unpack_from
+    while pos < n:
+        if pos + esize > n:
+            raise CorruptionError(f"{where}: truncated entry header")
+        op, klen, vlen = unpack(payload, pos)
+        pos += esize
+        kend = pos + klen
+        if op == fmt.OP_PUT:
+            vend = kend + vlen
+            if vend > n:
+                raise CorruptionError(f"{where}: entry runs past its record")
+            append((payload[pos:kend], payload[kend:vend]))
+            pos = vend
+        elif op == fmt.OP_DELETE:
+            if vlen or kend > n:
+                raise CorruptionError(f"{where}: malformed delete entry")
+            append((payload[pos:kend], None))
+            pos = kend
+        else:
+            raise CorruptionError(f"{where}: unknown entry op {op}")
+    return partitions, flags, entries
+
+
+def read_log(data: bytes, partition: int, where: str) -> LogContents:
+    """Parse a whole log file.
+
+    A torn tail is reported (``torn``, ``valid_end``), not raised; any other damage raises
+    :class:`CorruptionError` naming ``where`` and the offset.
+    """
+    hsize = fmt.WAL_HEADER.size
+    if len(data) < hsize:
+        raise CorruptionError(f"{where}: log file is {len(data)} bytes, shorter than its header")
+    magic, version, part, _, base_seq, head_crc = fmt.WAL_HEADER.unpack_from(data)
+    if _crc(data[: hsize - 4]) != head_crc:
+        raise CorruptionError(f"{where}: log header checksum mismatch")
+    if magic != fmt.WAL_MAGIC:
+        raise CorruptionError(f"{where}: not a HaloDB log file")
+    if version != fmt.FORMAT_VERSION or part != partition:
+        raise CorruptionError(f"{where}: log is version {version} of partition {part}")
+    records: list[Record] = []
+    n = len(data)
+    pos = hsize
+    rsize = _REC.size
+    last_seq = base_seq
+    torn = False
+    while pos < n:
+        if n - pos < rsize:
+            torn = True
+            break
+        rec_crc, head_crc, length, rtype, seq = _REC.unpack_from(data, pos)
+        if _crc(data[pos + 8 : pos + rsize]) != head_crc:
+            if not data[pos:].strip(b"\x00"):
+                torn = True
+                break
+            raise CorruptionError(f"{where}: record header checksum mismatch at offset {pos}")
+        end = pos + rsize + length
+        if end > n:
+            torn = True
+            break
+        if _crc(data[pos + 4 : end]) != rec_crc:
+            raise CorruptionError(f"{where}: record checksum mismatch at offset {pos}")
+        if seq <= last_seq:
+            raise CorruptionError(
+                f"{where}: record at offset {pos} has sequence {seq} after {last_seq}"
+            )
+        partitions, flags, entries = _decode_payload(
+            data[pos + rsize : end], rtype, f"{where} offset {pos}"
+        )
+        records.append(Record(rtype, seq, flags, entries, partitions))
+        last_seq = seq
+        pos = end
+    return LogContents(base_seq, records, pos, torn)
+
+
+class LogWriter:
+    """Appends records to an open log file, and makes them durable on request.
+
+    ``append`` is called with the owner's lock held. In buffered mode records collect in memory
+    and reach the OS when the buffer fills or on :meth:`write_out`; otherwise each append is one
+    write to the OS. :meth:`sync_to` is group commit: any number of threads may call it at once,
+    and one fsync covers every record written before it started. It fsyncs.
+    """
+
+    __slots__ = ("buffer", "buffer_limit", "cond", "end", "file", "synced", "syncing", "written")
+
+    def __init__(self, file: File, end: int, *, buffer_limit: int | None) -> None:
+        self.file = file
+        self.end = end
+        """Offset after the last appended record, buffered or not."""
+        self.written = end
+        """Offset after the last record handed to the OS."""
+        self.synced = end
+        """Offset up to which the log is known durable."""
+        self.buffer: bytearray | None = None if buffer_limit is None else bytearray()
+        self.buffer_limit = buffer_limit or 0
+        self.syncing = False
+        self.cond = threading.Condition(threading.Lock())
+
+    def append(self, record: bytes) -> int:
+        """Append one framed record; returns the log offset after it. Does not fsync."""
+        buffer = self.buffer
+        if buffer is None:
+            self.file.write_at(self.written, record)
+            self.written += len(record)
+        else:
+            buffer += record
+            if len(buffer) >= self.buffer_limit:
+                self.write_out()
+        self.end += len(record)
+        return self.end
+
+    def write_out(self) -> None:
+        """Hand buffered records to the OS. Does not fsync. Caller holds the owner's lock."""
+        buffer = self.buffer
+        if buffer:
+            self.file.write_at(self.written, buffer)
+            self.written += len(buffer)
+            buffer.clear()
+
+    def sync_to(self, offset: int) -> None:
+        """Return once the log is durable up to ``offset`` (already handed to the OS). Fsyncs."""
+        cond = self.cond
+        with cond:
+            while self.synced < offset:
+                if self.syncing:
+                    cond.wait()
+                    continue
+                self.syncing = True
+                goal = self.written
+                cond.release()
+                try:
+                    self.file.sync()
+                finally:
+                    cond.acquire()
+                    self.syncing = False
+                    cond.notify_all()
+                self.synced = max(self.synced, goal)
+
+    def retire(self) -> None:
+        """Close the log once its records are durable elsewhere (flushed into the tree)."""
+        with self.cond:
+            while self.syncing:
+                self.cond.wait()
+            self.synced = self.end
+            self.cond.notify_all()
+            self.file.close()
