@@ -18,8 +18,8 @@ import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
-from typing import NamedTuple
+from itertools import accumulate, pairwise
+from typing import Any, NamedTuple
 
 from halodb import format as fmt
 from halodb.errors import CorruptionError
@@ -120,7 +120,9 @@ class BTree:
                 vbase = kbase + kends[-1]
                 if vbase + vends[-1] > size:
                     raise CorruptionError(f"{where}: leaf contents run past the page")
-                keys = [page[kbase + a : kbase + b] for a, b in zip((0, *kends), kends, strict=False)]
+                keys = [
+                    page[kbase + a : kbase + b] for a, b in zip((0, *kends), kends, strict=False)
+                ]
                 values: list[bytes | Overflow] = [
                     page[vbase + a : vbase + b] for a, b in zip((0, *vends), vends, strict=False)
                 ]
@@ -150,7 +152,9 @@ class BTree:
                     a > b for a, b in zip((0, *kends), kends, strict=False)
                 ):
                     raise CorruptionError(f"{where}: internal node keys run past the page")
-                keys = [page[kbase + a : kbase + b] for a, b in zip((0, *kends), kends, strict=False)]
+                keys = [
+                    page[kbase + a : kbase + b] for a, b in zip((0, *kends), kends, strict=False)
+                ]
                 self._check_sorted(keys, where)
                 return Internal(keys, list(refs[0::2]), list(refs[1::2]))
         except struct.error as exc:
@@ -159,17 +163,20 @@ class BTree:
 
     @staticmethod
     def _check_sorted(keys: list[bytes], where: str) -> None:
-        for a, b in zip(keys, keys[1:], strict=False):
+        for a, b in pairwise(keys):
             if not a < b:
                 raise CorruptionError(f"{where}: keys out of order")
 
     def _node(self, page_no: int, crc: int, level: int) -> Leaf | Internal:
+        node: Leaf | Internal | None = self.pager.cache.get(page_no)
+        if node is None:
+            node = self._load(page_no, crc, level)
+        else:
+            self.pager.stats.cache_hits += 1
+        return node
+
+    def _load(self, page_no: int, crc: int, level: int) -> Any:
         pager = self.pager
-        node = pager.cache.get(page_no)
-        if node is not None:
-            pager.cache.move_to_end(page_no)
-            pager.stats.cache_hits += 1
-            return node  # type: ignore[no-any-return]
         pager.stats.cache_misses += 1
         node = self._decode(page_no, pager.read_page(page_no, crc, "tree node"), level)
         pager.remember(page_no, node)
@@ -177,23 +184,37 @@ class BTree:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def get(self, key: bytes) -> bytes | None:
-        """The value of ``key``, or ``None``. O(height * log(fanout))."""
-        meta = self.pager.meta
+    def _leaf_for(self, key: bytes) -> Leaf | None:
+        """The leaf whose key range holds ``key``; ``None`` for an empty tree. The hot path:
+        cache lookups are inlined, and cache hits are counted once per descent."""
+        pager = self.pager
+        meta = pager.meta
         level = meta.height - 1
         if level < 0:
             return None
         page_no, crc = meta.root, meta.root_crc
-        node = self._node
+        cache = pager.cache
+        misses = pager.stats.cache_misses
         while level:
-            inner = node(page_no, crc, level)
-            assert isinstance(inner, Internal)
+            inner = cache.get(page_no)
+            if inner is None:
+                inner = self._load(page_no, crc, level)
             i = bisect_right(inner.keys, key)
             page_no = inner.children[i]
             crc = inner.crcs[i]
             level -= 1
-        leaf = node(page_no, crc, 0)
+        leaf = cache.get(page_no)
+        if leaf is None:
+            leaf = self._load(page_no, crc, 0)
+        pager.stats.cache_hits += meta.height - (pager.stats.cache_misses - misses)
         assert isinstance(leaf, Leaf)
+        return leaf
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of ``key``, or ``None``. O(height * log(fanout))."""
+        leaf = self._leaf_for(key)
+        if leaf is None:
+            return None
         keys = leaf.keys
         i = bisect_left(keys, key)
         if i < len(keys) and keys[i] == key:
@@ -203,18 +224,10 @@ class BTree:
 
     def contains(self, key: bytes) -> bool:
         """Whether ``key`` is in the tree, without reading an overflow value."""
-        meta = self.pager.meta
-        level = meta.height - 1
-        if level < 0:
+        leaf = self._leaf_for(key)
+        if leaf is None:
             return False
-        page_no, crc = meta.root, meta.root_crc
-        while level:
-            inner = self._node(page_no, crc, level)
-            assert isinstance(inner, Internal)
-            i = bisect_right(inner.keys, key)
-            page_no, crc = inner.children[i], inner.crcs[i]
-            level -= 1
-        keys = self._node(page_no, crc, 0).keys
+        keys = leaf.keys
         i = bisect_left(keys, key)
         return i < len(keys) and keys[i] == key
 
@@ -234,7 +247,9 @@ class BTree:
             page_no, crc = nxt, nxt_crc
         value = b"".join(parts)
         if len(value) != ref.length:
-            raise CorruptionError(f"{self.where}: overflow value is {len(value)} bytes, not {ref.length}")
+            raise CorruptionError(
+                f"{self.where}: overflow value is {len(value)} bytes, not {ref.length}"
+            )
         return value
 
     def _leaves(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[Leaf]:
@@ -284,7 +299,7 @@ class BTree:
             if (reverse and a > 0) or (not reverse and b < len(keys)):
                 return
 
-    def keys(self) -> Iterator[bytes]:
+    def iter_keys(self) -> Iterator[bytes]:
         """Every key, ascending (values are not read)."""
         for leaf in self._leaves(None, None, False):
             yield from leaf.keys
@@ -343,7 +358,9 @@ class BTree:
     _ckeys: list[bytes] = []  # noqa: RUF012
     _count = 0
 
-    def _update(self, page_no: int, crc: int, level: int, lo: int, hi: int, lower: bytes) -> list[Ref]:
+    def _update(
+        self, page_no: int, crc: int, level: int, lo: int, hi: int, lower: bytes
+    ) -> list[Ref]:
         node = self._node(page_no, crc, level)
         self.pager.release(page_no)
         if level == 0:
@@ -438,10 +455,12 @@ class BTree:
             return []
         pages = -(-total // capacity)
         target = total / pages
-        groups = []
+        groups: list[tuple[int, int]] = []
         start, size, done = 0, 0, 0
         for i, cost in enumerate(costs):
-            if i > start and (size + cost > capacity or done + size + cost / 2 > target * (len(groups) + 1)):
+            if i > start and (
+                size + cost > capacity or done + size + cost / 2 > target * (len(groups) + 1)
+            ):
                 groups.append((start, i))
                 done += size
                 start, size = i, 0
@@ -454,11 +473,13 @@ class BTree:
         stored: list[bytes | Overflow] = []
         for i, (key, value) in enumerate(entries):
             if type(value) is bytes and len(value) > max_inline:
-                value = self._write_overflow(value)
-                entries[i] = (key, value)
-            stored.append(value)
+                ref = self._write_overflow(value)
+                entries[i] = (key, ref)
+                stored.append(ref)
+            else:
+                stored.append(value)
         costs = [
-            5 + len(k) + (len(v) if type(v) is bytes else _REF.size)  # type: ignore[arg-type]
+            5 + len(k) + (len(v) if type(v) is bytes else _REF.size)
             for k, v in entries
         ]
         pager = self.pager
@@ -467,8 +488,10 @@ class BTree:
             keys = [k for k, _ in entries[a:b]]
             values = stored[a:b]
             n = b - a
-            flags = bytes(fmt.VALUE_INLINE if type(v) is bytes else fmt.VALUE_OVERFLOW for v in values)
-            raw = [v if type(v) is bytes else _REF.pack(*v) for v in values]  # type: ignore[misc]
+            flags = bytes(
+                fmt.VALUE_INLINE if type(v) is bytes else fmt.VALUE_OVERFLOW for v in values
+            )
+            raw = [v if type(v) is bytes else _REF.pack(*v) for v in values]
             body = b"".join(
                 (
                     _HEADER.pack(0, fmt.PAGE_LEAF, 0, n, 0, 0)[4:],
@@ -538,8 +561,13 @@ class BTree:
             node = self._decode(page_no, page, level)
             depth = meta.height - 1 - level
             report.nodes_per_level[depth] += 1
-            if node.keys and ((low is not None and node.keys[0] < low) or (high is not None and node.keys[-1] >= high)):
-                raise CorruptionError(f"{self.where} page {page_no}: keys outside the parent's bounds")
+            if node.keys and (
+                (low is not None and node.keys[0] < low)
+                or (high is not None and node.keys[-1] >= high)
+            ):
+                raise CorruptionError(
+                    f"{self.where} page {page_no}: keys outside the parent's bounds"
+                )
             if isinstance(node, Leaf):
                 report.keys += len(node.keys)
                 used = 5 * len(node.keys) + sum(map(len, node.keys))
@@ -549,7 +577,7 @@ class BTree:
                         self._claim_overflow(value, claim)
                         report.overflow_pages += -(-value.length // self.usable)
                     else:
-                        used += len(value)  # type: ignore[arg-type]
+                        used += len(value)
                 report.bytes_used_per_level[depth] += used
                 return
             report.bytes_used_per_level[depth] += 8 + sum(10 + len(k) for k in node.keys)

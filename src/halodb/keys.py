@@ -316,13 +316,7 @@ def decode_key(data: bytes | bytearray | memoryview) -> Key:
     elif tag == TAG_FLOAT:
         value, end = _decode_float(data, 1)
     elif tag == TAG_TUPLE:
-        items: list[Key] = []
-        pos = 1
-        n = len(data)
-        while pos < n:
-            item, pos = _decode_element(data, pos, 1)
-            items.append(item)
-        return tuple(items)
+        return _decode_items(data, 1, 1, nested=False)[0]
     else:
         raise CorruptionError(f"key: unknown type tag 0x{tag:02x} at offset 0")
     if end != len(data):
@@ -382,55 +376,67 @@ def _decode_float(data: bytes, pos: int) -> tuple[float, int]:
     return value, end
 
 
-def _decode_escaped(data: bytes, pos: int) -> tuple[bytes, int]:
-    """Undo 0x00 0xFF escaping from ``pos`` up to the 0x00 terminator.
+def _unescape(data: bytes, pos: int, end: int) -> tuple[bytes, int]:
+    """Undo 0x00 0xFF escaping from ``pos``; ``data[end]`` is the first 0x00, an escape.
 
-    Return the raw bytes and the offset just past the terminator.
+    Return the raw bytes and the offset of the 0x00 terminator.
     """
     find = data.find
     n = len(data)
-    end = find(_B_ZERO, pos)
-    if end < 0:
-        raise CorruptionError(f"key: unterminated element at offset {pos}")
-    if end + 1 >= n or data[end + 1] != _ESC:
-        return data[pos:end], end + 1
     pieces: list[bytes] = []
     start = pos
-    while True:
-        if end + 1 < n and data[end + 1] == _ESC:
-            pieces.append(data[start : end + 1])  # keep the 0x00, drop the 0xFF
-            start = end + 2
-            end = find(_B_ZERO, start)
+    while end + 1 < n and data[end + 1] == _ESC:
+        pieces.append(data[start : end + 1])  # keep the 0x00, drop the 0xFF
+        start = end + 2
+        end = find(_B_ZERO, start)
+        if end < 0:
+            raise CorruptionError(f"key: unterminated element at offset {pos - 1}")
+    pieces.append(data[start:end])
+    return b"".join(pieces), end
+
+
+def _decode_items(
+    data: bytes, pos: int, depth: int, *, nested: bool
+) -> tuple[tuple[Key, ...], int]:
+    """Decode tuple elements from ``pos``: up to the 0x00 terminator if ``nested``, else to
+    the end. Return the tuple and the offset after it.
+
+    Str, bytes and int elements are handled inline: this loop is on every tuple get.
+    """
+    items: list[Key] = []
+    append = items.append
+    find = data.find
+    n = len(data)
+    while pos < n:
+        tag = data[pos]
+        pos += 1
+        if tag in (TAG_STR, TAG_BYTES):
+            end = find(_B_ZERO, pos)
             if end < 0:
-                raise CorruptionError(f"key: unterminated element at offset {pos}")
-            continue
-        pieces.append(data[start:end])
-        return b"".join(pieces), end + 1
-
-
-def _decode_element(data: bytes, pos: int, depth: int) -> tuple[Key, int]:
-    """Decode one tuple element at ``data[pos]``; return it and the offset after it."""
-    tag = data[pos]
-    start = pos + 1
-    if tag == TAG_STR:
-        raw, end = _decode_escaped(data, start)
-        return _decode_utf8(raw, start), end
-    if tag == TAG_INT:
-        return _decode_int(data, start)
-    if tag == TAG_BYTES:
-        return _decode_escaped(data, start)
-    if tag == TAG_FLOAT:
-        return _decode_float(data, start)
-    if tag == TAG_TUPLE:
-        if depth >= MAX_DEPTH:
-            raise CorruptionError(f"key: tuples nested deeper than {MAX_DEPTH} at offset {pos}")
-        items: list[Key] = []
-        n = len(data)
-        while True:
-            if start >= n:
-                raise CorruptionError(f"key: unterminated tuple at offset {pos}")
-            if data[start] == _END:
-                return tuple(items), start + 1
-            item, start = _decode_element(data, start, depth + 1)
-            items.append(item)
-    raise CorruptionError(f"key: unknown type tag 0x{tag:02x} at offset {pos}")
+                raise CorruptionError(f"key: unterminated element at offset {pos - 1}")
+            if end + 1 < n and data[end + 1] == _ESC:
+                raw, end = _unescape(data, pos, end)
+            else:
+                raw = data[pos:end]
+            append(_decode_utf8(raw, pos) if tag == TAG_STR else raw)
+            pos = end + 1
+        elif tag == TAG_INT:
+            number, pos = _decode_int(data, pos)
+            append(number)
+        elif tag == TAG_FLOAT:
+            real, pos = _decode_float(data, pos)
+            append(real)
+        elif tag == TAG_TUPLE:
+            if depth >= MAX_DEPTH:
+                raise CorruptionError(
+                    f"key: tuples nested deeper than {MAX_DEPTH} at offset {pos - 1}"
+                )
+            inner, pos = _decode_items(data, pos, depth + 1, nested=True)
+            append(inner)
+        elif tag == _END and nested:
+            return tuple(items), pos
+        else:
+            raise CorruptionError(f"key: unknown type tag 0x{tag:02x} at offset {pos - 1}")
+    if nested:
+        raise CorruptionError(f"key: unterminated tuple ending at offset {n}")
+    return tuple(items), pos

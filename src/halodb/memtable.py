@@ -42,8 +42,9 @@ class Memtable:
         data[key] = value
 
     def keys(self, lo: bytes | None, hi: bytes | None, *, reverse: bool) -> Iterator[bytes]:
-        """Keys in ``[lo, hi)`` (``None``: unbounded), ascending or descending. O(log n) to start."""
-        it: Iterator[bytes] = self.data.irange(lo, hi, inclusive=(True, False), reverse=reverse)
+        """Keys in ``[lo, hi)`` (``None``: unbounded), in either order. O(log n) to start."""
+        data = self.data
+        it: Iterator[bytes] = data.irange(lo, hi, inclusive=(True, False), reverse=reverse)
         return it
 
     def clear(self) -> None:

@@ -11,13 +11,14 @@ it reaches intact. Pages freed by a transaction are only reused by the one after
 previous transaction's tree also stays intact while a new one is being written.
 
 The cache holds decoded nodes (whatever the layer above decodes a page into), keyed by page
-number, least recently used first out. Not thread-safe: its owner serialises calls.
+number; past its capacity the oldest entry goes first (a hit costs one dict lookup, no
+bookkeeping, which matters more in Python than the better hit rate of LRU). Not thread-safe:
+its owner serialises calls.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable
+import struct
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -106,7 +107,7 @@ class Pager:
         self.page_size = page_size
         self.readonly = readonly
         self.file: File = fs.open(path, write=not readonly)
-        self.cache: OrderedDict[int, Any] = OrderedDict()
+        self.cache: dict[int, Any] = {}
         self.cache_pages = max(cache_pages, 16)
         self.stats = PagerStats()
         try:
@@ -157,8 +158,16 @@ class Pager:
         if page_size != self.page_size:
             raise CorruptionError(f"{where}: page size {page_size}, store says {self.page_size}")
         meta = Meta(
-            txn, root, root_crc, height, page_count, free_head, free_head_crc, free_count,
-            flushed_seq, key_count,
+            txn,
+            root,
+            root_crc,
+            height,
+            page_count,
+            free_head,
+            free_head_crc,
+            free_count,
+            flushed_seq,
+            key_count,
         )
         file_pages = self.file.size() // self.page_size
         if not META_PAGES <= page_count <= file_pages:
@@ -230,32 +239,12 @@ class Pager:
 
     # -- cache -------------------------------------------------------------------------------
 
-    def cached(self, page_no: int) -> Any:
-        """The decoded node of ``page_no`` if cached, else ``None``."""
-        node = self.cache.get(page_no)
-        if node is not None:
-            self.cache.move_to_end(page_no)
-            self.stats.cache_hits += 1
-        return node
-
-    def load(self, page_no: int, expected_crc: int | None, what: str, decode: Callable[[int, bytes], Any]) -> Any:
-        """The decoded node of ``page_no``: from the cache, or read, verified and decoded."""
-        node = self.cache.get(page_no)
-        if node is not None:
-            self.cache.move_to_end(page_no)
-            self.stats.cache_hits += 1
-            return node
-        self.stats.cache_misses += 1
-        node = decode(page_no, self.read_page(page_no, expected_crc, what))
-        self.remember(page_no, node)
-        return node
-
     def remember(self, page_no: int, node: Any) -> None:
-        """Put a decoded node in the cache, evicting the least recently used past capacity."""
+        """Put a decoded node in the cache, evicting the oldest past capacity."""
         cache = self.cache
         cache[page_no] = node
         if len(cache) > self.cache_pages:
-            cache.popitem(last=False)
+            del cache[next(iter(cache))]
 
     # -- free list and commit ----------------------------------------------------------------
 
@@ -281,7 +270,7 @@ class Pager:
             _, ptype, _, count, nxt, nxt_crc = _HEADER.unpack_from(page)
             if ptype != fmt.PAGE_FREELIST or _HEADER.size + count * 4 > self.page_size:
                 raise CorruptionError(f"{self.path}: page {page_no} is not a free-list page")
-            entries = fmt.struct.unpack_from(f"<{count}I", page, _HEADER.size) if count else ()
+            entries = struct.unpack_from(f"<{count}I", page, _HEADER.size) if count else ()
             for entry in entries:
                 if not META_PAGES <= entry < meta.page_count:
                     raise CorruptionError(
@@ -299,7 +288,9 @@ class Pager:
             raise CorruptionError(f"{self.path}: free list names a page twice")
         self.free = free
 
-    def commit(self, *, root: int, root_crc: int, height: int, flushed_seq: int, key_count: int) -> None:
+    def commit(
+        self, *, root: int, root_crc: int, height: int, flushed_seq: int, key_count: int
+    ) -> None:
         """Make the transaction being built durable and current.
 
         Writes the free list, fsyncs the file, writes the next meta page and fsyncs again.
@@ -314,7 +305,7 @@ class Pager:
         for i in range(len(fl_pages) - 1, -1, -1):
             chunk = entries[i * per_page : (i + 1) * per_page]
             body = _HEADER.pack(0, fmt.PAGE_FREELIST, 0, len(chunk), head, head_crc)[4:]
-            body += fmt.struct.pack(f"<{len(chunk)}I", *chunk)
+            body += struct.pack(f"<{len(chunk)}I", *chunk)
             head, head_crc = fl_pages[i], self.write_page(fl_pages[i], body)
         self.file.sync()
         meta = Meta(
@@ -330,7 +321,9 @@ class Pager:
             key_count,
         )
         slot = meta.txn % 2
-        self.file.write_at(slot * self.page_size, _meta_bytes(meta, self.partition, self.page_size, slot))
+        self.file.write_at(
+            slot * self.page_size, _meta_bytes(meta, self.partition, self.page_size, slot)
+        )
         self.file.sync()
         self.meta = meta
         self.free = entries

@@ -55,7 +55,9 @@ class PartitionStats:
 
 def create_files(fs: FileSystem, directory: str, index: int, page_size: int) -> None:
     """Create one partition's empty tree and log (each written atomically and durably)."""
-    fs.write_new(os.path.join(directory, fmt.partition_file(index, "tree")), new_tree_file(index, page_size))
+    fs.write_new(
+        os.path.join(directory, fmt.partition_file(index, "tree")), new_tree_file(index, page_size)
+    )
     fs.write_new(os.path.join(directory, fmt.partition_file(index, "wal")), header_bytes(index, 0))
 
 
@@ -137,7 +139,12 @@ class Partition:
                 bloom, bloom_txn = BloomFilter.from_bytes(data, self.index, self.bloom_path)
                 if bloom_txn == txn:
                     return bloom
-                log.info("%s: bloom filter is of tree txn %d, not %d; rebuilding", self.bloom_path, bloom_txn, txn)
+                log.info(
+                    "%s: bloom filter is of tree txn %d, not %d; rebuilding",
+                    self.bloom_path,
+                    bloom_txn,
+                    txn,
+                )
             except CorruptionError as exc:
                 log.warning("%s; rebuilding it from the tree", exc)
         return self._rebuild_bloom(save=False)
@@ -148,7 +155,7 @@ class Partition:
         seed = self.seed
         add = bloom.add
         if not self.cleared:
-            for key in self.tree.keys():
+            for key in self.tree.iter_keys():
                 add(key_hash(key, seed))
         for key, value in self.memtable.data.items():
             if value is not None:
@@ -289,7 +296,9 @@ class Partition:
         self.fs.write_new(self.wal_path, header_bytes(self.index, self.last_seq))
         handle = self.fs.open(self.wal_path, write=True)
         end = handle.size()
-        self.log = LogWriter(handle, end, buffer_limit=None if old.buffer is None else old.buffer_limit)
+        self.log = LogWriter(
+            handle, end, buffer_limit=None if old.buffer is None else old.buffer_limit
+        )
         old.retire()
 
     # -- inspection --------------------------------------------------------------------------
@@ -331,7 +340,7 @@ class Partition:
         seed = self.seed
         might = self.bloom.might_contain
         if not self.cleared:
-            for key in self.tree.keys():
+            for key in self.tree.iter_keys():
                 if not might(key_hash(key, seed)):
                     raise CorruptionError(
                         f"{self.bloom_path}: bloom filter misses a key the tree holds"

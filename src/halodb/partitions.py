@@ -80,7 +80,9 @@ def _parse_manifest(data: bytes, where: str) -> Manifest:
     size = fmt.MANIFEST.size
     if len(data) < size or data[:8] != fmt.MANIFEST_MAGIC:
         raise InterfaceError(f"{where}: not a HaloDB store (bad manifest)")
-    magic, version, _, partitions, _, page_size, seed, created, codec, crc = fmt.MANIFEST.unpack_from(data)
+    _, version, _, partitions, _, page_size, seed, created, codec, crc = fmt.MANIFEST.unpack_from(
+        data
+    )
     if fmt.crc(data[: size - 4]) != crc or len(data) != size:
         raise CorruptionError(f"{where}: manifest checksum mismatch")
     if version > fmt.FORMAT_VERSION:
@@ -88,7 +90,12 @@ def _parse_manifest(data: bytes, where: str) -> Manifest:
             f"{where}: store has format version {version}; this HaloDB reads up to "
             f"{fmt.FORMAT_VERSION}. Upgrade HaloDB to open it"
         )
-    if version < 1 or not 1 <= partitions <= 256 or page_size & (page_size - 1) or not 1024 <= page_size <= 65536:
+    if (
+        version < 1
+        or not 1 <= partitions <= 256
+        or page_size & (page_size - 1)
+        or not 1024 <= page_size <= 65536
+    ):
         raise CorruptionError(f"{where}: manifest holds impossible settings")
     try:
         name = codec.rstrip(b"\x00").decode("ascii")
@@ -99,7 +106,7 @@ def _parse_manifest(data: bytes, where: str) -> Manifest:
 
 def _is_store_leftover(name: str) -> bool:
     return name in (LOCK_NAME, fmt.MANIFEST_NAME + ".tmp") or (
-        name.startswith("p") and name.split(".")[-1] in ("wal", "tree", "bloom", "tmp")
+        name.startswith("p") and name.rsplit(".", maxsplit=1)[-1] in ("wal", "tree", "bloom", "tmp")
     )
 
 
@@ -118,7 +125,9 @@ class StoreStats:
 class PartitionManager:
     """N partitions under one directory. See the module docstring."""
 
-    def __init__(self, path: str, options: Options, codec: str, fs: FileSystem | None = None) -> None:
+    def __init__(
+        self, path: str, options: Options, codec: str, fs: FileSystem | None = None
+    ) -> None:
         self.fs = fs = fs or FileSystem()
         self.path = path = os.path.abspath(path)
         self.options = options
@@ -273,7 +282,9 @@ class PartitionManager:
                     continue
                 approved.append(record)
             part.replay(approved)
-        buffer = self.options.fast_buffer_size if self.options.durability is Durability.FAST else None
+        buffer = (
+            self.options.fast_buffer_size if self.options.durability is Durability.FAST else None
+        )
         for part in parts:
             part.open_log(buffer)
         if dropped:
@@ -581,4 +592,3 @@ class PartitionManager:
                 self._lock.release()
             if error is not None:
                 raise error
-

@@ -14,15 +14,22 @@ the store makes running iterators raise :class:`ProgrammingError`.
 from __future__ import annotations
 
 import os
-from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
+from collections.abc import (
+    ItemsView,
+    Iterator,
+    KeysView,
+    Mapping,
+    MutableMapping,
+    ValuesView,
+)
 from types import TracebackType
 from typing import Any
 
+from halodb.btree import TreeReport
 from halodb.errors import DataError, InterfaceError, ProgrammingError
 from halodb.keys import Key, KeyLike, decode_key, encode_key, prefix_range
 from halodb.options import Options, validate_options
 from halodb.partitions import PartitionManager, StoreStats
-from halodb.btree import TreeReport
 from halodb.values import DefaultCodec, ValueCodec
 from halodb.vfs import FileSystem
 
@@ -158,7 +165,7 @@ class Store(MutableMapping[Key, Any]):
                 for key in other:
                     batch[key] = other[key]
             elif hasattr(other, "keys"):
-                for key in other.keys():
+                for key in other.keys():  # noqa: SIM118 - the dict.update protocol
                     batch[key] = other[key]
             else:
                 for key, value in other:
@@ -366,7 +373,7 @@ class Batch:
             self.discard()
 
 
-def open(  # noqa: A001
+def open(
     path: str | os.PathLike[str] | bytes,
     *,
     value_codec: ValueCodec | None = None,

@@ -49,8 +49,10 @@ class File:
 
     def read_at(self, offset: int, size: int) -> bytes:
         """Read up to ``size`` bytes at ``offset`` (fewer at the end of the file)."""
-        with _oserror("reading", self.path):
+        try:
             return os.pread(self.fd, size, offset)
+        except OSError as exc:
+            raise OperationalError(f"reading {self.path!r} failed: {exc.strerror or exc}") from exc
 
     def read_all(self) -> bytes:
         """The whole file."""
@@ -67,14 +69,22 @@ class File:
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data`` at ``offset``. Does not fsync."""
-        view = memoryview(data)
-        with _oserror("writing", self.path):
+        try:
+            done = os.pwrite(self.fd, data, offset)
+            if done == len(data):
+                return
+            view = memoryview(data)[done:]
+            offset += done
             while view:
                 done = os.pwrite(self.fd, view, offset)
                 if done <= 0:
-                    raise OSError(errno.EIO, "short write")
+                    raise OSError(errno.ENOSPC, "no progress writing")
                 view = view[done:]
                 offset += done
+        except OSError as exc:
+            raise OperationalError(
+                f"writing {self.path!r} failed: {exc.strerror or exc}"
+            ) from exc
 
     def append(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         """Write ``data`` at ``offset``, the current end of the file. Does not fsync."""

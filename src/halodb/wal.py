@@ -95,7 +95,9 @@ class LogContents:
     torn: bool
 
 
-def _decode_payload(payload: bytes, rtype: int, where: str) -> tuple[tuple[int, ...], int, list[Entry]]:
+def _decode_payload(
+    payload: bytes, rtype: int, where: str
+) -> tuple[tuple[int, ...], int, list[Entry]]:
     pos = 0
     n = len(payload)
     partitions: tuple[int, ...] = ()
