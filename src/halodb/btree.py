@@ -478,10 +478,7 @@ class BTree:
                 stored.append(ref)
             else:
                 stored.append(value)
-        costs = [
-            5 + len(k) + (len(v) if type(v) is bytes else _REF.size)
-            for k, v in entries
-        ]
+        costs = [5 + len(k) + (len(v) if type(v) is bytes else _REF.size) for k, v in entries]
         pager = self.pager
         refs: list[Ref] = []
         for a, b in self._groups(costs, self.usable):

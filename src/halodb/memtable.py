@@ -1,28 +1,39 @@
 """One partition's in-memory table of recent writes; knows nothing of logs, trees or files.
 
 A :class:`Memtable` maps encoded keys to encoded values, or to ``None`` for a tombstone (a delete
-that the tree below has not yet seen). It is ordered (``sortedcontainers.SortedDict``): a point
-lookup is a hash lookup, O(1); an insert of a new key is O(log n); an ordered scan from any key
-is O(log n) to start. Its owner (the partition) serialises every call; it is not thread-safe.
+that the tree below has not yet seen). It is ordered (a ``sortedcontainers.SortedList`` of its
+keys beside a dict): a point lookup is a hash lookup, O(1); an insert is O(1) (new keys join the
+order in bulk when an ordered read needs it); an ordered scan from any key is O(log n) to
+start. Its owner (the partition) serialises every call; it is not thread-safe.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedList
 
 ENTRY_OVERHEAD = 64
 """Bytes charged per entry on top of key and value, for the Python objects that hold them."""
 
 
 class Memtable:
-    """Recent writes of one partition, ordered by key. ``None`` values are tombstones."""
+    """Recent writes of one partition, ordered by key. ``None`` values are tombstones.
 
-    __slots__ = ("data", "size")
+    ``data`` is a plain dict (point lookups and overwrites are one hash operation); the key order
+    lives in a ``SortedList`` that new keys join lazily, in bulk, the next time an ordered read
+    needs it. A put of a new key is therefore O(1), and the first ordered read after k new keys
+    pays O(k log n) once.
+    """
+
+    __slots__ = ("data", "order", "pending", "size")
 
     def __init__(self) -> None:
-        self.data: SortedDict = SortedDict()
+        self.data: dict[bytes, bytes | None] = {}
+        self.order = SortedList()
+        """Every key of ``data`` except those still in ``pending``, sorted."""
+        self.pending: list[bytes] = []
+        """Keys added to ``data`` since ``order`` last took them in."""
         self.size = 0
         """Approximate bytes held, used to decide when to flush."""
 
@@ -30,26 +41,41 @@ class Memtable:
         return len(self.data)
 
     def put(self, key: bytes, value: bytes | None) -> None:
-        """Record ``value`` (``None``: a tombstone) for ``key``. O(log n) for a new key."""
+        """Record ``value`` (``None``: a tombstone) for ``key``. O(1)."""
         data = self.data
-        old = data.get(key, _MISSING)
-        if old is _MISSING:
+        if key not in data:
             self.size += len(key) + ENTRY_OVERHEAD
-        elif old is not None:
-            self.size -= len(old)
+            self.pending.append(key)
+        else:
+            old = data[key]
+            if old is not None:
+                self.size -= len(old)
         if value is not None:
             self.size += len(value)
         data[key] = value
 
+    def _sorted(self) -> SortedList:
+        if self.pending:
+            self.order.update(self.pending)
+            self.pending = []
+        return self.order
+
     def keys(self, lo: bytes | None, hi: bytes | None, *, reverse: bool) -> Iterator[bytes]:
         """Keys in ``[lo, hi)`` (``None``: unbounded), in either order. O(log n) to start."""
-        data = self.data
-        it: Iterator[bytes] = data.irange(lo, hi, inclusive=(True, False), reverse=reverse)
+        order = self._sorted()
+        it: Iterator[bytes] = order.irange(lo, hi, inclusive=(True, False), reverse=reverse)
         return it
+
+    def items(self) -> list[tuple[bytes, bytes | None]]:
+        """Every ``(key, value or None)``, in key order."""
+        data = self.data
+        return [(key, data[key]) for key in self._sorted()]
 
     def clear(self) -> None:
         """Forget every entry."""
-        self.data = SortedDict()
+        self.data = {}
+        self.order = SortedList()
+        self.pending = []
         self.size = 0
 
 

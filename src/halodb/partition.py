@@ -190,7 +190,7 @@ class Partition:
         """The value of ``key`` (hashed ``h``), or ``None``."""
         value = self.memtable.data.get(key, MISSING)
         if value is not MISSING:
-            return value  # type: ignore[no-any-return]
+            return value  # type: ignore[return-value]
         if self.cleared:
             return None
         if not self.bloom.might_contain(h):
@@ -274,7 +274,7 @@ class Partition:
             return
         assert self.log is not None
         self.log.write_out()
-        changes = list(self.memtable.data.items())
+        changes = self.memtable.items()
         cleared = self.cleared
         count = self.tree.apply(changes, clear=cleared, flushed_seq=self.last_seq)
         if count != self.count:

@@ -46,7 +46,10 @@ from halodb.wal import Entry, LogWriter, encode_batch, encode_entries, encode_pu
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "LOCK"
-SCAN_CHUNK = 256
+SCAN_CHUNK = 1024
+FIRST_CHUNK = 16
+"""A scan reads each partition FIRST_CHUNK items at first, doubling up to SCAN_CHUNK: short
+range scans read little, long ones take few locks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +361,7 @@ class PartitionManager:
     ) -> Iterator[tuple[bytes, bytes]]:
         """Live ``(key, value)`` in ``[lo, hi)`` across partitions, in key order, lazily.
 
-        Each partition is read in chunks under its lock; a chunk resumes after the last key
+        Each partition is read in growing chunks under its lock; a chunk resumes after the last key
         returned, so keys come strictly in order, never twice, and a write made after a chunk
         was read shows up only if its key lies ahead of where that partition's chunk ended.
         """
@@ -371,13 +374,15 @@ class PartitionManager:
     def _scan_part(
         self, part: Partition, lo: bytes | None, hi: bytes | None, reverse: bool, chunk: int
     ) -> Iterator[tuple[bytes, bytes]]:
+        limit = min(chunk, FIRST_CHUNK)
         while True:
             with part.lock:
                 self.check_open()
-                items = part.scan(lo, hi, reverse, chunk)
+                items = part.scan(lo, hi, reverse, limit)
             yield from items
-            if len(items) < chunk:
+            if len(items) < limit:
                 return
+            limit = min(limit * 2, chunk)
             if reverse:
                 hi = items[-1][0]
             else:

@@ -82,9 +82,7 @@ class File:
                 view = view[done:]
                 offset += done
         except OSError as exc:
-            raise OperationalError(
-                f"writing {self.path!r} failed: {exc.strerror or exc}"
-            ) from exc
+            raise OperationalError(f"writing {self.path!r} failed: {exc.strerror or exc}") from exc
 
     def append(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         """Write ``data`` at ``offset``, the current end of the file. Does not fsync."""
