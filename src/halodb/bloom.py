@@ -6,7 +6,7 @@ damaged or out-of-date filter is rejected by :meth:`BloomFilter.from_bytes` and 
 it from the tree, because trusting it could hide keys (a false negative loses data).
 
 Hashing: one 128-bit MurmurHash3 (``mmh3.hash64``) per key gives ``h1, h2``; probe ``i`` tests
-bit ``(h1 + i * h2) mod m`` (Kirsch-Mitzenmacher double hashing). The same ``h1`` routes the key
+bit ``(h1 + i * h2) mod m`` (Kirsch-Mitzenmacher double hashing). The same hash routes the key
 to its partition, so a key is hashed once per operation.
 """
 

@@ -52,7 +52,10 @@ class Leaf:
 
 
 class Internal:
-    """A decoded internal node: ``len(keys) + 1`` children with their checksums."""
+    """A decoded internal node: ``len(keys) + 1`` children with their checksums.
+
+    After deletes an internal node may be left with a single child and no key.
+    """
 
     __slots__ = ("children", "crcs", "keys")
 
@@ -143,12 +146,12 @@ class BTree:
                 return Leaf(keys, values)
             if ptype == fmt.PAGE_INTERNAL and level > 0:
                 children_end = _HSIZE + 8 * (n + 1)
-                if n == 0 or children_end + 2 * n > size:
+                if children_end + 2 * n > size:
                     raise CorruptionError(f"{where}: internal node with impossible count {n}")
                 refs = struct.unpack_from(f"<{2 * (n + 1)}I", page, _HSIZE)
                 kends = struct.unpack_from(f"<{n}H", page, children_end)
                 kbase = children_end + 2 * n
-                if kbase + kends[-1] > size or any(
+                if (n and kbase + kends[-1] > size) or any(
                     a > b for a, b in zip((0, *kends), kends, strict=False)
                 ):
                     raise CorruptionError(f"{where}: internal node keys run past the page")
@@ -525,8 +528,7 @@ class BTree:
             )
             page_no = pager.allocate()
             crc = pager.write_page(page_no, body)
-            if n:
-                pager.remember(page_no, Internal(keys, children, crcs))
+            pager.remember(page_no, Internal(keys, children, crcs))
             out.append((group[0][0], page_no, crc))
         return out
 

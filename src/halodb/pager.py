@@ -192,10 +192,10 @@ class Pager:
 
     def read_page(self, page_no: int, expected_crc: int | None, what: str) -> bytes:
         """Read and verify a page; ``expected_crc`` is the checksum its referrer recorded."""
-        if not META_PAGES <= page_no < self.meta.page_count:
+        if not META_PAGES <= page_no < self._next_page:
             raise CorruptionError(
                 f"{self.path}: {what} page number {page_no} is outside the file "
-                f"(pages in use: {self.meta.page_count})"
+                f"(pages in use: {self._next_page})"
             )
         size = self.page_size
         page = self.file.read_at(page_no * size, size)
@@ -228,8 +228,8 @@ class Pager:
         """A page number for the transaction being built: a free page, or a new one."""
         if self.free:
             return self.free.pop()
-        page_no = self._page_count
-        self._page_count += 1
+        page_no = self._next_page
+        self._next_page += 1
         return page_no
 
     def release(self, page_no: int) -> None:
@@ -247,14 +247,6 @@ class Pager:
             del cache[next(iter(cache))]
 
     # -- free list and commit ----------------------------------------------------------------
-
-    @property
-    def _page_count(self) -> int:
-        return self._next_page
-
-    @_page_count.setter
-    def _page_count(self, value: int) -> None:
-        self._next_page = value
 
     def _load_free_list(self) -> None:
         meta = self.meta
@@ -313,7 +305,7 @@ class Pager:
             root,
             root_crc,
             height,
-            self._page_count,
+            self._next_page,
             head,
             head_crc,
             len(entries),

@@ -95,6 +95,8 @@ class Partition:
         self.cleared = False
         """The tree's contents are logically gone (a clear not yet flushed)."""
         self.log: LogWriter | None = None
+        self.batch_seen = False
+        """The memtable holds part of a batch that spans partitions (see the manager's flush)."""
         self.bloom_negatives = 0
         self.bloom_rebuilds = 0
         self.flushes = 0
@@ -168,7 +170,12 @@ class Partition:
     def replay(self, records: Sequence[Record]) -> None:
         """Apply recovered log records (already approved by the manager) to the memtable."""
         for record in records:
-            self.apply(record.entries, record.seq, clear=bool(record.flags & fmt.FLAG_CLEAR))
+            self.apply(
+                record.entries,
+                record.seq,
+                clear=bool(record.flags & fmt.FLAG_CLEAR),
+                batch=record.rtype == fmt.REC_BATCH,
+            )
 
     def open_log(self, buffer_limit: int | None) -> None:
         """Start appending to the log after its last good record, cutting a torn tail. Fsyncs
@@ -245,8 +252,12 @@ class Partition:
         self.bloom.add(h)
         self.last_seq = seq
 
-    def apply(self, entries: Sequence[Entry], seq: int, *, clear: bool) -> None:
-        """Apply logged entries (``None`` value: delete), after a clear when ``clear``."""
+    def apply(
+        self, entries: Sequence[Entry], seq: int, *, clear: bool, batch: bool = False
+    ) -> None:
+        """Apply logged entries (``None`` value: delete), after a clear when ``clear``;
+        ``batch`` says they are one part of a batch that spans partitions."""
+        self.batch_seen |= batch
         if clear:
             self.memtable.clear()
             self.cleared = True
@@ -264,15 +275,19 @@ class Partition:
                 self.count -= existed
         self.last_seq = seq
 
-    def flush(self) -> None:
+    def flush(self, *, force: bool = False) -> None:
         """Merge the memtable into the tree, then replace the log by an empty one.
 
-        Fsyncs: the tree (twice, through the pager), the bloom filter and the new log, each
-        written as temp, fsync, rename, fsync directory.
+        With nothing to merge, does nothing unless ``force`` (then the log is still replaced,
+        dropping records that recovery decided not to apply). Fsyncs: the tree (twice, through
+        the pager), the bloom filter and the new log, each written as temp, fsync, rename,
+        fsync directory.
         """
-        if not self.memtable.data and not self.cleared:
-            return
         assert self.log is not None
+        if not self.memtable.data and not self.cleared:
+            if force:
+                self._rotate_log()
+            return
         self.log.write_out()
         changes = self.memtable.items()
         cleared = self.cleared
@@ -288,6 +303,7 @@ class Partition:
             self._rebuild_bloom(save=False)
         self.fs.write_new(self.bloom_path, self.bloom.to_bytes(self.index, self.pager.meta.txn))
         self._rotate_log()
+        self.batch_seen = False
         self.flushes += 1
 
     def _rotate_log(self) -> None:

@@ -1,9 +1,10 @@
 """The partition manager: a store directory of N hash partitions; knows nothing of Python types.
 
 It owns the directory (its manifest, its lock), routes each encoded key to a partition by a stable
-hash (MurmurHash3 with a seed recorded in the manifest, never Python's ``hash()``), hands out the
-store-wide sequence numbers, commits batches atomically across partitions, merges the partitions'
-ordered scans, and recovers the store on open.
+hash (MurmurHash3 with a seed recorded in the manifest, never Python's ``hash()``; the partition
+is ``(h2 >> 32) % partitions``, bits that the bloom filter's first probe does not use), hands out
+the store-wide sequence numbers, commits batches atomically across partitions, merges the
+partitions' ordered scans, and recovers the store on open.
 
 Batches across partitions: the batch takes one sequence number and the locks of every partition
 it touches (in index order); each partition's log gets a part naming all the batch's partitions.
@@ -296,7 +297,7 @@ class PartitionManager:
             )
             if not self.readonly:
                 for part in parts:
-                    part.flush()
+                    part.flush(force=True)
         return newest + 1
 
     # -- guards ------------------------------------------------------------------------------
@@ -331,12 +332,12 @@ class PartitionManager:
     def part_of(self, key: bytes) -> tuple[Partition, tuple[int, int]]:
         """The partition of an encoded key, and the key's hash."""
         h = key_hash(key, self.seed)
-        return self.parts[h[0] % len(self.parts)], h
+        return self.parts[(h[1] >> 32) % len(self.parts)], h
 
     def get(self, key: bytes) -> bytes | None:
         """The encoded value of ``key``, or ``None``."""
         h = key_hash(key, self.seed)
-        part = self.parts[h[0] % len(self.parts)]
+        part = self.parts[(h[1] >> 32) % len(self.parts)]
         with part.lock:
             if self.closed:
                 self.check_open()
@@ -393,7 +394,7 @@ class PartitionManager:
     def put(self, key: bytes, value: bytes) -> None:
         """Store ``value`` under ``key``; durable as the store's durability mode says."""
         h = key_hash(key, self.seed)
-        part = self.parts[h[0] % len(self.parts)]
+        part = self.parts[(h[1] >> 32) % len(self.parts)]
         payload = encode_put(key, value)
         with part.lock:
             if self.closed or self.failure is not None or self.readonly:
@@ -467,7 +468,7 @@ class PartitionManager:
             groups = {i: [] for i in range(n)}
         seed = self.seed
         for key, value in changes.items():
-            groups.setdefault(key_hash(key, seed)[0] % n, []).append((key, value))
+            groups.setdefault((key_hash(key, seed)[1] >> 32) % n, []).append((key, value))
         if not groups:
             return
         ids = sorted(groups)
@@ -491,8 +492,18 @@ class PartitionManager:
             except OperationalError as exc:
                 self._fail(exc)
                 raise
+            if len(parts) > 1:
+                # Every part reaches the OS now, even in FAST mode, so that a flush of one
+                # partition can make its siblings durable first (see _flush_part).
+                try:
+                    for part in parts:
+                        assert part.log is not None
+                        part.log.write_out()
+                except OperationalError as exc:
+                    self._fail(exc)
+                    raise
             for part in parts:
-                part.apply(groups[part.index], seq, clear=clear)
+                part.apply(groups[part.index], seq, clear=clear, batch=len(parts) > 1)
             for part in parts:
                 if part.memtable.size > self.options.memtable_size:
                     self._flush_part(part)
@@ -508,7 +519,19 @@ class PartitionManager:
             raise
 
     def _flush_part(self, part: Partition) -> None:
+        """Flush one partition (caller holds its lock).
+
+        When its memtable holds parts of batches that span partitions, the other partitions'
+        logs are fsynced first: once this tree holds a batch's sequence number, recovery treats
+        this part as present, so the sibling parts must already be durable in their logs.
+        Syncing a log takes no partition lock, only the log's own, so no lock order is broken.
+        """
         try:
+            if part.batch_seen:
+                for other in self.parts:
+                    wal = other.log
+                    if other is not part and wal is not None:
+                        wal.sync_to(wal.written)
             part.flush()
         except OperationalError as exc:
             self._fail(exc)

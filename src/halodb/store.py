@@ -34,6 +34,7 @@ from halodb.values import DefaultCodec, ValueCodec
 from halodb.vfs import FileSystem
 
 MAX_VALUE_SIZE = (1 << 31) - 1
+MAX_CODEC_NAME = 16
 OPTION_NAMES = frozenset(Options.__dataclass_fields__)
 _MISSING: Any = object()
 
@@ -402,5 +403,10 @@ def open(
         )
     opts: Options = validate_options(**options)
     codec = value_codec if value_codec is not None else DefaultCodec()
+    name = getattr(codec, "name", None)
+    if not isinstance(name, str) or not name.isascii() or not 1 <= len(name) <= MAX_CODEC_NAME:
+        raise InterfaceError(
+            f"value_codec.name must be 1 to {MAX_CODEC_NAME} ASCII characters, not {name!r}"
+        )
     manager = PartitionManager(os.fspath(path), opts, codec.name, filesystem)
     return Store(manager, codec)
