@@ -19,6 +19,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
+from operator import add, itemgetter
 from typing import Any, NamedTuple
 
 from halodb import format as fmt
@@ -44,11 +45,13 @@ class Overflow(NamedTuple):
 class Leaf:
     """A decoded leaf: sorted keys and their values (bytes, or an :class:`Overflow`)."""
 
-    __slots__ = ("keys", "values")
+    __slots__ = ("big", "keys", "values")
 
-    def __init__(self, keys: list[bytes], values: list[bytes | Overflow]) -> None:
+    def __init__(self, keys: list[bytes], values: list[bytes | Overflow], big: bool) -> None:
         self.keys = keys
         self.values = values
+        self.big = big
+        """Whether any value is an :class:`Overflow`."""
 
 
 class Internal:
@@ -143,7 +146,7 @@ class BTree:
                     elif flag != fmt.VALUE_INLINE:
                         raise CorruptionError(f"{where}: unknown value flag {flag}")
                 self._check_sorted(keys, where)
-                return Leaf(keys, values)
+                return Leaf(keys, values, fmt.VALUE_OVERFLOW in flags)
             if ptype == fmt.PAGE_INTERNAL and level > 0:
                 children_end = _HSIZE + 8 * (n + 1)
                 if children_end + 2 * n > size:
@@ -322,11 +325,12 @@ class BTree:
         if clear and meta.height:
             self._release_subtree(meta.root, meta.root_crc, meta.height - 1)
         if height == 0:
-            refs = self._write_leaves([(k, v) for k, v in changes if v is not None])
-            self._count = sum(1 for _, v in changes if v is not None)
+            live = [(k, v) for k, v in changes if v is not None]
+            refs = self._write_leaves([k for k, _ in live], [v for _, v in live], False)
+            self._count = len(live)
             level = 0
         else:
-            self._ckeys = [k for k, _ in changes]
+            self._ckeys = list(map(itemgetter(0), changes))
             self._changes = changes
             refs = self._update(meta.root, meta.root_crc, height - 1, 0, len(changes), b"")
             level = height - 1
@@ -368,7 +372,7 @@ class BTree:
         self.pager.release(page_no)
         if level == 0:
             assert isinstance(node, Leaf)
-            refs = self._write_leaves(self._merge(node, lo, hi))
+            refs = self._write_leaves(*self._merge(node, lo, hi))
         else:
             assert isinstance(node, Internal)
             keys, children, crcs = node.keys, node.children, node.crcs
@@ -388,35 +392,28 @@ class BTree:
             refs[0] = (lower, refs[0][1], refs[0][2])
         return refs
 
-    def _merge(self, leaf: Leaf, lo: int, hi: int) -> list[tuple[bytes, bytes | Overflow]]:
-        keys, values = leaf.keys, leaf.values
-        changes = self._changes
-        out: list[tuple[bytes, bytes | Overflow]] = []
-        append = out.append
-        i, n = 0, len(keys)
-        count = self._count
-        for c in range(lo, hi):
-            key, value = changes[c]
-            while i < n and keys[i] < key:
-                append((keys[i], values[i]))
-                i += 1
-            if i < n and keys[i] == key:
-                old = values[i]
+    def _merge(
+        self, leaf: Leaf, lo: int, hi: int
+    ) -> tuple[list[bytes], list[bytes | Overflow], bool]:
+        """A leaf's entries with ``changes[lo:hi]`` applied: keys, values, and whether any value
+        may be an :class:`Overflow`. Overflow chains of replaced values are released."""
+        changes = self._changes[lo:hi]
+        merged: dict[bytes, bytes | Overflow | None] = dict(
+            zip(leaf.keys, leaf.values, strict=True)
+        )
+        if leaf.big:
+            for key, _ in changes:
+                old = merged.get(key)
                 if type(old) is Overflow:
                     self._release_overflow(old)
-                i += 1
-                if value is None:
-                    count -= 1
-                else:
-                    append((key, value))
-            elif value is not None:
-                append((key, value))
-                count += 1
-        while i < n:
-            append((keys[i], values[i]))
-            i += 1
-        self._count = count
-        return out
+        before = len(merged)
+        merged.update(changes)
+        for key in [k for k, v in changes if v is None]:
+            del merged[key]
+        self._count += len(merged) - before
+        keys = sorted(merged)
+        values: list[bytes | Overflow] = list(map(merged.__getitem__, keys))  # type: ignore[arg-type]
+        return keys, values, leaf.big
 
     def _write_overflow(self, value: bytes) -> Overflow:
         chunk = self.usable
@@ -451,68 +448,84 @@ class BTree:
                     self._release_overflow(value)
 
     @staticmethod
-    def _groups(costs: list[int], capacity: int) -> list[tuple[int, int]]:
-        """Split items into runs of balanced size, each within ``capacity``."""
-        total = sum(costs)
-        if not costs:
-            return []
-        pages = -(-total // capacity)
-        target = total / pages
+    def _split(cum: list[int], capacity: int) -> list[tuple[int, int]]:
+        """Split items into runs of balanced size, each within ``capacity`` (unless one item
+        alone is larger). ``cum[i]`` is the total size of the first ``i`` items."""
+        n = len(cum) - 1
+        total = cum[n]
+        pages = max(1, -(-total // capacity))
         groups: list[tuple[int, int]] = []
-        start, size, done = 0, 0, 0
-        for i, cost in enumerate(costs):
-            if i > start and (
-                size + cost > capacity or done + size + cost / 2 > target * (len(groups) + 1)
-            ):
-                groups.append((start, i))
-                done += size
-                start, size = i, 0
-            size += cost
-        groups.append((start, len(costs)))
+        start = 0
+        while start < n:
+            left = pages - len(groups)
+            if left <= 1:
+                end = n
+            else:
+                end = bisect_left(cum, cum[start] + (total - cum[start]) / left, start + 1, n)
+            limit = bisect_right(cum, cum[start] + capacity, start + 1, n + 1) - 1
+            end = max(min(end, limit), start + 1)
+            groups.append((start, end))
+            start = end
         return groups
 
-    def _write_leaves(self, entries: list[tuple[bytes, bytes | Overflow]]) -> list[Ref]:
+    def _write_leaves(
+        self, keys: list[bytes], values: list[bytes | Overflow], big: bool
+    ) -> list[Ref]:
+        """Write sorted entries as balanced leaves; ``big``: some values may be overflows."""
+        if not keys:
+            return []
         max_inline = self.max_inline
-        stored: list[bytes | Overflow] = []
-        for i, (key, value) in enumerate(entries):
-            if type(value) is bytes and len(value) > max_inline:
-                ref = self._write_overflow(value)
-                entries[i] = (key, ref)
-                stored.append(ref)
-            else:
-                stored.append(value)
-        costs = [5 + len(k) + (len(v) if type(v) is bytes else _REF.size) for k, v in entries]
+        flags: bytearray | None = None
+        raw: list[bytes] = values  # type: ignore[assignment]
+        if big or max(map(len, raw)) > max_inline:
+            flags = bytearray(len(values))
+            values = list(values)
+            raw = []
+            for i, value in enumerate(values):
+                stored = value
+                if type(value) is bytes and len(value) > max_inline:
+                    stored = values[i] = self._write_overflow(value)
+                if type(stored) is Overflow:
+                    flags[i] = fmt.VALUE_OVERFLOW
+                    raw.append(_REF.pack(*stored))
+                else:
+                    raw.append(stored)  # type: ignore[arg-type]
+        klens = list(map(len, keys))
+        rlens = list(map(len, raw))
+        cum = list(accumulate(map((5).__add__, map(add, klens, rlens)), initial=0))
         pager = self.pager
+        header = _HEADER.pack
         refs: list[Ref] = []
-        for a, b in self._groups(costs, self.usable):
-            keys = [k for k, _ in entries[a:b]]
-            values = stored[a:b]
+        for a, b in self._split(cum, self.usable):
             n = b - a
-            flags = bytes(
-                fmt.VALUE_INLINE if type(v) is bytes else fmt.VALUE_OVERFLOW for v in values
-            )
-            raw = [v if type(v) is bytes else _REF.pack(*v) for v in values]
+            group_keys = keys[a:b]
+            group_flags = bytes(n) if flags is None else bytes(flags[a:b])
             body = b"".join(
                 (
-                    _HEADER.pack(0, fmt.PAGE_LEAF, 0, n, 0, 0)[4:],
-                    flags,
-                    struct.pack(f"<{n}H", *accumulate(map(len, keys))),
-                    struct.pack(f"<{n}H", *accumulate(map(len, raw))),
-                    *keys,
-                    *raw,
+                    header(0, fmt.PAGE_LEAF, 0, n, 0, 0)[4:],
+                    group_flags,
+                    struct.pack(f"<{n}H", *accumulate(klens[a:b])),
+                    struct.pack(f"<{n}H", *accumulate(rlens[a:b])),
+                    *group_keys,
+                    *raw[a:b],
                 )
             )
             page_no = pager.allocate()
             crc = pager.write_page(page_no, body)
-            pager.remember(page_no, Leaf(keys, values))
-            refs.append((keys[0], page_no, crc))
+            pager.remember(
+                page_no,
+                Leaf(
+                    group_keys, values[a:b], flags is not None and fmt.VALUE_OVERFLOW in group_flags
+                ),
+            )
+            refs.append((group_keys[0], page_no, crc))
         return refs
 
     def _write_internals(self, refs: list[Ref], level: int) -> list[Ref]:
-        costs = [10 + len(k) for k, _, _ in refs]
+        cum = list(accumulate((10 + len(k) for k, _, _ in refs), initial=0))
         pager = self.pager
         out: list[Ref] = []
-        for a, b in self._groups(costs, self.usable - 8):
+        for a, b in self._split(cum, self.usable - 8):
             group = refs[a:b]
             keys = [k for k, _, _ in group[1:]]
             children = [p for _, p, _ in group]

@@ -68,8 +68,8 @@ class Memtable:
 
     def items(self) -> list[tuple[bytes, bytes | None]]:
         """Every ``(key, value or None)``, in key order."""
-        data = self.data
-        return [(key, data[key]) for key in self._sorted()]
+        order = self._sorted()
+        return list(zip(order, map(self.data.__getitem__, order), strict=True))
 
     def clear(self) -> None:
         """Forget every entry."""

@@ -82,12 +82,18 @@ def _manifest_bytes(m: Manifest) -> bytes:
 
 def _parse_manifest(data: bytes, where: str) -> Manifest:
     size = fmt.MANIFEST.size
-    if len(data) < size or data[:8] != fmt.MANIFEST_MAGIC:
-        raise InterfaceError(f"{where}: not a HaloDB store (bad manifest)")
+    if data[:8] != fmt.MANIFEST_MAGIC:
+        raise InterfaceError(f"{where}: not a HaloDB store (no HaloDB manifest magic)")
+    if len(data) != size:
+        if len(data) >= 10 and fmt.U16.unpack_from(data, 8)[0] > fmt.FORMAT_VERSION:
+            raise NotSupportedError(
+                f"{where}: store has a newer format version; upgrade HaloDB to open it"
+            )
+        raise CorruptionError(f"{where}: manifest is {len(data)} bytes, not {size}")
     _, version, _, partitions, _, page_size, seed, created, codec, crc = fmt.MANIFEST.unpack_from(
         data
     )
-    if fmt.crc(data[: size - 4]) != crc or len(data) != size:
+    if fmt.crc(data[: size - 4]) != crc:
         raise CorruptionError(f"{where}: manifest checksum mismatch")
     if version > fmt.FORMAT_VERSION:
         raise NotSupportedError(
@@ -297,7 +303,7 @@ class PartitionManager:
             )
             if not self.readonly:
                 for part in parts:
-                    part.flush(force=True)
+                    self._flush_part(part, force=True)
         return newest + 1
 
     # -- guards ------------------------------------------------------------------------------
@@ -518,7 +524,7 @@ class PartitionManager:
             self._fail(exc)
             raise
 
-    def _flush_part(self, part: Partition) -> None:
+    def _flush_part(self, part: Partition, *, force: bool = False) -> None:
         """Flush one partition (caller holds its lock).
 
         When its memtable holds parts of batches that span partitions, the other partitions'
@@ -532,7 +538,7 @@ class PartitionManager:
                     wal = other.log
                     if other is not part and wal is not None:
                         wal.sync_to(wal.written)
-            part.flush()
+            part.flush(force=force)
         except OperationalError as exc:
             self._fail(exc)
             raise
@@ -607,16 +613,23 @@ class PartitionManager:
                 return
             self.closed = True
             error: BaseException | None = None
-            for part in self.parts:
-                try:
-                    if not self.readonly and self.failure is None and self.pid == os.getpid():
-                        part.flush()
-                except OperationalError as exc:
-                    self._fail(exc)
-                    error = error or exc
-                finally:
-                    part.close()
-            if self._lock is not None:
-                self._lock.release()
+            try:
+                for part in self.parts:
+                    try:
+                        if not self.readonly and self.failure is None and self.pid == os.getpid():
+                            self._flush_part(part)
+                    except OperationalError as exc:
+                        self._fail(exc)
+                        error = error or exc
+                    except BaseException as exc:
+                        # Interrupted (KeyboardInterrupt, ...): close the rest without flushing;
+                        # the logs still hold every write.
+                        self._fail(exc)
+                        error = error or exc
+                    finally:
+                        part.close()
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
             if error is not None:
                 raise error

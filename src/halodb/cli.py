@@ -1,0 +1,1719 @@
+"""The ``halodb`` command: an interactive shell and subcommands for scripts; the only module that
+talks to a terminal. It must not know how the engine stores anything.
+
+Everything goes through the public API (:func:`halodb.open` and :class:`halodb.Store`), with one
+exception kept in :func:`_read_tree_top`: the public API reports a B+ tree's shape
+(``Store.check()``) but not its nodes, so drawing the top of a tree reads them directly.
+
+Exit codes (also documented in ``docs/cli.md``)::
+
+    0    success
+    1    key not found (get, delete)
+    2    usage error: unknown command or option, missing argument, bad key literal, bad input data
+    3    store error: locked by another process, corrupted, not a store, I/O failure
+    130  interrupted (Ctrl-C)
+
+No user mistake prints a traceback; set ``HALODB_DEBUG=1`` to see one for an internal error.
+
+Typed keys: by default every key typed is a ``str``. With ``-t``/``--typed`` keys (and values) are
+Python literals (``42``, ``2.5``, ``b'\\x00'``, ``('user', 42)``), read by a small AST walker that
+accepts only literals: nothing is ever evaluated.
+
+JSON Lines (``dump``, ``load``, ``list --json``): one ``{"key": K, "value": V}`` object a line,
+where str, int, float, bool, null, lists and dicts are plain JSON and the types JSON lacks are
+tagged single-key objects: ``{"$bytes": base64}``, ``{"$tuple": [...]}``, ``{"$float": "inf"}``,
+``{"$int": "0x..."}`` (ints too long for decimal JSON) and ``{"$dict": {...}}`` (a dict whose only
+key starts with ``$``, so that it is not read as a tag).
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import binascii
+import contextlib
+import dataclasses
+import difflib
+import inspect
+import io
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from types import FrameType, TracebackType
+from typing import IO, Annotated, Any, Final, cast
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+from typer.core import TyperCommand, TyperGroup
+
+import halodb
+from halodb.btree import Internal, TreeReport
+from halodb.keys import Key, encode_key
+from halodb.values import DefaultCodec
+
+__all__ = ["EXIT_NOT_FOUND", "EXIT_STORE", "EXIT_USAGE", "Shell", "app", "main"]
+
+EXIT_OK: Final = 0
+EXIT_NOT_FOUND: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_STORE: Final = 3
+EXIT_INTERRUPTED: Final = 130
+
+DEFAULT_PATH: Final = "./halodb-data"
+HISTORY_LENGTH: Final = 1000
+TREE_FANOUT: Final = 6
+"""Children drawn per internal node by ``tree``; the rest are summarised as "... N more"."""
+
+_MISSING: Any = object()
+_CODEC = DefaultCodec()
+
+
+class CliError(Exception):
+    """A failure to report in one line, with the exit status it maps to."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# ----------------------------------------------------------------------------- typed literals
+
+_KEY_HINT = (
+    "a typed key is a Python literal: 'text', b'bytes', 42, 2.5 or a tuple such as ('user', 42)"
+)
+_MAX_LITERAL_DEPTH = 100
+
+
+class _LiteralError(ValueError):
+    """Text that is not one of the literals the CLI accepts."""
+
+
+def parse_literal(text: str, *, value: bool = False) -> object:
+    """The Python literal ``text`` stands for, without evaluating anything.
+
+    Accepts str, bytes, int, float (also ``inf`` and ``nan``) and tuples of these; with
+    ``value`` also ``True``, ``False``, ``None``, lists and dicts with str keys (what the value
+    codec stores). Anything else (names, calls, operators, f-strings) raises ``ValueError``.
+
+    >>> parse_literal("('user', -7, b'\\\\x00')")
+    ('user', -7, b'\\x00')
+    """
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise _LiteralError(f"not a Python literal ({exc.msg})") from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise _LiteralError(f"not a usable literal ({exc})") from None
+    return _literal(tree.body, value, 0)
+
+
+def _literal(node: ast.expr, value: bool, depth: int) -> object:
+    if depth > _MAX_LITERAL_DEPTH:
+        raise _LiteralError(f"nested deeper than {_MAX_LITERAL_DEPTH}")
+    if isinstance(node, ast.Constant):
+        v = node.value
+        if type(v) in (str, bytes, int, float) or (value and (v is None or type(v) is bool)):
+            return v
+        raise _LiteralError(f"{v!r} is not allowed here")
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        operand = _literal(node.operand, False, depth + 1)
+        if type(operand) in (int, float):
+            number = cast(int | float, operand)
+            return -number if isinstance(node.op, ast.USub) else number
+    elif isinstance(node, ast.Name) and node.id in ("inf", "nan"):
+        return float(node.id)
+    elif isinstance(node, ast.Tuple):
+        return tuple(_literal(item, value, depth + 1) for item in node.elts)
+    elif value and isinstance(node, ast.List):
+        return [_literal(item, value, depth + 1) for item in node.elts]
+    elif value and isinstance(node, ast.Dict):
+        result: dict[str, object] = {}
+        for key_node, value_node in zip(node.keys, node.values, strict=True):
+            if not (isinstance(key_node, ast.Constant) and type(key_node.value) is str):
+                raise _LiteralError("dict keys must be str literals")
+            result[key_node.value] = _literal(value_node, value, depth + 1)
+        return result
+    raise _LiteralError(f"{ast.unparse(node)[:40]!r} is not a literal (nothing is evaluated)")
+
+
+def parse_key(text: str, typed: bool) -> Key:
+    """The key a command-line word names: the word itself, or with ``typed`` a literal."""
+    if not typed:
+        return text
+    try:
+        key = parse_literal(text)
+        encode_key(key)  # type: ignore[arg-type]  # validates the type, NaN, size
+    except (_LiteralError, TypeError, halodb.DataError) as exc:
+        raise CliError(EXIT_USAGE, f"bad typed key {text!r}: {exc}; {_KEY_HINT}") from None
+    return cast(Key, key)
+
+
+def parse_prefix(text: str, typed: bool) -> str | bytes | tuple[Key, ...]:
+    """A ``--prefix``: a str, or with ``typed`` a str, bytes or tuple literal."""
+    if not typed:
+        return text
+    key = parse_key(text, typed)
+    if not isinstance(key, str | bytes | tuple):
+        raise CliError(EXIT_USAGE, f"bad prefix {text!r}: a prefix is a str, bytes or tuple")
+    return key
+
+
+def parse_value(raw: str | bytes, *, typed: bool = False, as_bytes: bool = False) -> object:
+    """The value to store for ``raw`` (a command-line word, or bytes read from stdin).
+
+    Text is stored as ``str``; stdin bytes as ``str`` when they are UTF-8 without a NUL byte,
+    else as ``bytes``;
+    ``as_bytes`` always stores ``bytes``; ``typed`` reads a literal (str, bytes, numbers, True,
+    False, None, lists and dicts).
+    """
+    if as_bytes:
+        return raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogateescape")
+    if isinstance(raw, bytes):
+        try:
+            if b"\x00" in raw and not typed:
+                return raw  # NUL: binary data, even if it decodes
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            if typed:
+                raise CliError(EXIT_USAGE, "bad typed value: stdin is not UTF-8 text") from None
+            return raw
+    if not typed:
+        return raw
+    try:
+        value = parse_literal(raw, value=True)
+        _CODEC.encode(value)
+    except (_LiteralError, TypeError, halodb.DataError) as exc:
+        raise CliError(EXIT_USAGE, f"bad typed value {raw[:60]!r}: {exc}") from None
+    return value
+
+
+# ----------------------------------------------------------------------------- showing data
+
+# Characters that could move the cursor, ring the bell, start an escape sequence or not encode.
+_UNSAFE_BLOCK = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_UNSAFE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_BIG_INT = 10**4000
+
+
+def literal_text(obj: object) -> str:
+    """``obj`` as a Python literal that :func:`parse_literal` reads back (repr, but total)."""
+    if type(obj) is int and not -_BIG_INT < obj < _BIG_INT:
+        return hex(obj)  # repr() refuses ints beyond sys.get_int_max_str_digits()
+    if type(obj) is tuple:
+        items = [literal_text(item) for item in obj]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if type(obj) is list:
+        return "[" + ", ".join(literal_text(item) for item in obj) + "]"
+    if type(obj) is dict:
+        return "{" + ", ".join(f"{k!r}: {literal_text(v)}" for k, v in obj.items()) + "}"
+    return repr(obj)
+
+
+def show_key(key: Key, *, typed: bool = False) -> str:
+    """A key on one line: a printable str as is, anything else (or everything, if ``typed``)
+    as a Python literal."""
+    if type(key) is str and not typed and not _UNSAFE_LINE.search(key):
+        return key
+    return literal_text(key)
+
+
+def show_value(value: object, *, typed: bool = False, one_line: bool = False) -> str:
+    """A value for a terminal: text as is (unless it holds control characters), bytes as a
+    ``b'...'`` literal, other values as JSON; with ``typed``, always a Python literal."""
+    if typed:
+        return literal_text(value)
+    if type(value) is str:
+        unsafe = _UNSAFE_LINE if one_line else _UNSAFE_BLOCK
+        return repr(value) if unsafe.search(value) else value
+    if type(value) is bytes:
+        return repr(value)
+    text = json.dumps(value, ensure_ascii=False)
+    return json.dumps(value) if _UNSAFE_BLOCK.search(text) else text
+
+
+# ----------------------------------------------------------------------------- JSON Lines
+
+_TAGS = ("$bytes", "$tuple", "$float", "$int", "$dict")
+
+
+def to_json(obj: object) -> Any:
+    """``obj`` as plain JSON data, with the types JSON lacks tagged (see the module docstring).
+
+    >>> to_json(("user", b"\\x00", float("inf")))
+    {'$tuple': ['user', {'$bytes': 'AA=='}, {'$float': 'inf'}]}
+    """
+    t = type(obj)
+    if t is str or t is bool or obj is None:
+        return obj
+    if t is int:
+        n = cast(int, obj)
+        return n if -_BIG_INT < n < _BIG_INT else {"$int": hex(n)}
+    if t is float:
+        f = cast(float, obj)
+        return f if math.isfinite(f) else {"$float": repr(f)}
+    if t is bytes:
+        return {"$bytes": base64.b64encode(cast(bytes, obj)).decode("ascii")}
+    if t is tuple:
+        return {"$tuple": [to_json(item) for item in cast(tuple[object, ...], obj)]}
+    if t is list:
+        return [to_json(item) for item in cast(list[object], obj)]
+    if t is dict:
+        d = {k: to_json(v) for k, v in cast(dict[str, object], obj).items()}
+        return {"$dict": d} if len(d) == 1 and next(iter(d)).startswith("$") else d
+    raise TypeError(f"{t.__name__} has no JSON form")
+
+
+def from_json(obj: Any) -> Any:
+    """The inverse of :func:`to_json`; ``ValueError`` for a malformed or unknown tag."""
+    if isinstance(obj, list):
+        return [from_json(item) for item in obj]
+    if isinstance(obj, dict):
+        if len(obj) == 1:
+            ((tag, inner),) = obj.items()
+            if tag.startswith("$"):
+                return _untag(tag, inner)
+        return {k: from_json(v) for k, v in obj.items()}
+    return obj
+
+
+def _untag(tag: str, inner: Any) -> Any:
+    if tag == "$bytes" and isinstance(inner, str):
+        return base64.b64decode(inner, validate=True)
+    if tag == "$tuple" and isinstance(inner, list):
+        return tuple(from_json(item) for item in inner)
+    if tag == "$float" and inner in ("inf", "-inf", "nan"):
+        return float(inner)
+    if tag == "$int" and isinstance(inner, str):
+        return int(inner, 0)
+    if tag == "$dict" and isinstance(inner, dict):
+        return {k: from_json(v) for k, v in inner.items()}
+    if tag in _TAGS:
+        raise ValueError(f"malformed {tag} tag: {json.dumps(inner)[:60]}")
+    raise ValueError(f"unknown tag {tag!r} (the tags are {', '.join(_TAGS)})")
+
+
+def json_line(key: Key, value: object) -> str:
+    """One JSON Lines record, always encodable as UTF-8."""
+    record = {"key": to_json(key), "value": to_json(value)}
+    text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    if _UNSAFE_BLOCK.search(text):  # lone surrogates in a str: escape them as \\udxxx
+        text = json.dumps(record, allow_nan=False)
+    return text
+
+
+def parse_record(raw: bytes, where: str) -> tuple[Key, object]:
+    """The key and value of one JSON Lines record; ``CliError`` (usage) if malformed."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CliError(EXIT_USAGE, f"{where}: not UTF-8 (byte {exc.start})") from None
+    except (ValueError, RecursionError) as exc:
+        raise CliError(EXIT_USAGE, f"{where}: bad JSON ({exc})") from None
+    if not isinstance(obj, dict) or set(obj) != {"key", "value"}:
+        raise CliError(EXIT_USAGE, f'{where}: expected {{"key": ..., "value": ...}}')
+    try:
+        key, value = from_json(obj["key"]), from_json(obj["value"])
+        encode_key(key)
+    except (ValueError, TypeError, RecursionError, binascii.Error, halodb.DataError) as exc:
+        raise CliError(EXIT_USAGE, f"{where}: {exc}") from None
+    return cast(Key, key), value
+
+
+# ----------------------------------------------------------------------------- terminal output
+
+
+def _console(*, stderr: bool = False) -> Console:
+    """A console over the current ``sys.stdout``/``sys.stderr`` (tests swap them)."""
+    return Console(stderr=stderr, highlight=False, markup=False, emoji=False, soft_wrap=True)
+
+
+def _error(message: str) -> None:
+    _console(stderr=True).print(Text.assemble(("error: ", "bold red"), message))
+
+
+def _warn(message: str) -> None:
+    _console(stderr=True).print(Text.assemble(("warning: ", "bold yellow"), message))
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n:,} " + (word if n == 1 else plural or word + "s")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _store_exists(path: str) -> bool:
+    """Whether opening ``path`` could find something: anything but a missing or empty directory."""
+    if not os.path.exists(path):
+        return False
+    return not (os.path.isdir(path) and not os.listdir(path))
+
+
+class _StopPaging(Exception):
+    """The reader pressed q at a ``-- more --`` prompt."""
+
+
+class _Pager:
+    """Writes lines to stdout, stopping after each screenful at a ``-- more --`` prompt.
+
+    Paging is on only in the shell with both stdin and stdout on a terminal; space or Enter
+    shows the next page, ``a`` all the rest, ``q`` stops. Ctrl-C interrupts as anywhere else.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        size = shutil.get_terminal_size()
+        self.rows = size.lines - 1
+        self.columns = max(size.columns, 20)
+        self.enabled = enabled and self.rows >= 3
+        self.used = 0
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            need = max(1, -(-len(text) // self.columns))
+            if self.used + need > self.rows:
+                self._more()
+                self.used = 0
+            self.used += need
+        sys.stdout.write(text + "\n")
+
+    def _more(self) -> None:
+        out = sys.stdout
+        out.write("-- more -- (space: next page, a: all, q: stop)")
+        out.flush()
+        try:
+            key = _read_key()
+        finally:
+            out.write("\r\x1b[K")
+            out.flush()
+        if key in ("q", "Q", "\x04", "\x1b"):
+            raise _StopPaging
+        if key in ("a", "A"):
+            self.enabled = False
+
+
+def _read_key() -> str:
+    """One key press from the terminal, without waiting for Enter."""
+    try:
+        import termios
+        import tty
+    except ImportError:  # not POSIX: fall back to a line
+        return input()[:1] or " "
+    fd = sys.stdin.fileno()
+    old = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        data = os.read(fd, 1)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)
+    return data.decode("latin-1") or "q"
+
+
+@contextlib.contextmanager
+def _progress(
+    enabled: bool, description: str, total: float | None
+) -> Iterator[Callable[[float], None]]:
+    """A transient progress bar on stderr; yields ``update(completed)``."""
+    if not enabled:
+        yield lambda _completed: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()]
+    if total is not None:
+        columns.append(TimeRemainingColumn())
+    else:
+        columns.append(MofNCompleteColumn())
+    with Progress(*columns, console=_console(stderr=True), transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda completed: progress.update(task, completed=completed)
+
+
+class _NoInterrupt:
+    """Holds Ctrl-C back while a store write runs, then raises it: an interrupt never lands in
+    the middle of a write (the shell goes on afterwards with the same open store)."""
+
+    def __init__(self) -> None:
+        self._installed = False
+        self._old: Any = None
+        self._pending = False
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self._pending = True
+
+    def __enter__(self) -> _NoInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._installed:
+            signal.signal(
+                signal.SIGINT, self._old if self._old is not None else signal.default_int_handler
+            )
+        if self._pending and exc_type is None:
+            raise KeyboardInterrupt
+
+
+# ----------------------------------------------------------------------------- the session
+
+
+class Session:
+    """What a command works on: the store path, and in the shell the open store and batch.
+
+    On the command line each command opens the store (read-only for reads, so that several
+    readers can run together) and closes it. In the shell the store stays open, is created on
+    the first write, and falls back to read-only when another process is reading it.
+    """
+
+    def __init__(
+        self, path: str, *, in_shell: bool = False, ask: Callable[[str], str] = input
+    ) -> None:
+        self.path = path
+        self.in_shell = in_shell
+        self.ask = ask
+        self.db: halodb.Store | None = None
+        self.batch: halodb.Batch | None = None
+        self.batch_note_shown = False
+
+    # -- the store -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def store(self, *, write: bool, create: bool = True) -> Iterator[halodb.Store | None]:
+        """The store, open for ``write`` or reading. ``None`` when there is none yet and the
+        command needs none: a read in the shell, or a write with ``create=False``.
+
+        On the command line a read of a missing store raises (exit status 3): it never creates.
+        """
+        if self.in_shell:
+            yield self._shell_store(write, create)
+            return
+        if write and not create and not _store_exists(self.path):
+            yield None
+            return
+        db = halodb.open(self.path) if write else halodb.open(self.path, readonly=True)
+        try:
+            yield db
+        finally:
+            db.close()
+
+    def _shell_store(self, write: bool, create: bool) -> halodb.Store | None:
+        if self.db is None:
+            if _store_exists(self.path):
+                self.open_existing()
+            elif write and create:
+                self.db = halodb.open(self.path)
+                self.info(f"created a new store at {self.db.path}")
+            else:
+                return None
+        assert self.db is not None
+        if write and self.db.readonly:
+            raise CliError(
+                EXIT_STORE,
+                f"{self.db.path}: this shell has the store open read-only (another process was "
+                "reading it when the shell opened it); close that one and restart the shell",
+            )
+        return self.db
+
+    def open_existing(self) -> None:
+        """Open the existing store for writing, or read-only if other processes are reading it."""
+        try:
+            self.db = halodb.open(self.path, create=False)
+        except halodb.OperationalError:
+            self.db = halodb.open(self.path, readonly=True)  # raises if a writer holds it
+            _warn(f"{self.db.path}: another process is reading the store; this shell is read-only")
+
+    def close(self) -> None:
+        """Discard an open batch and close the store (which flushes it)."""
+        if self.batch is not None:
+            pending = len(self.batch)
+            self.batch.discard()
+            self.batch = None
+            if pending:
+                _warn(f"discarded the uncommitted batch of {_plural(pending, 'change')}")
+        if self.db is not None:
+            db, self.db = self.db, None
+            db.close()
+
+    # -- output ----------------------------------------------------------------------------
+
+    def out(self, text: str) -> None:
+        """A line of data, on stdout."""
+        sys.stdout.write(text + "\n")
+
+    def info(self, text: str) -> None:
+        """A status line: on stdout in the shell, on stderr on the command line (stdout is data)."""
+        if self.in_shell:
+            sys.stdout.write(text + "\n")
+        else:
+            _console(stderr=True).print(text, style="dim")
+
+    def pager(self) -> _Pager:
+        return _Pager(self.in_shell and sys.stdin.isatty() and sys.stdout.isatty())
+
+    def confirm(self, question: str) -> bool:
+        try:
+            answer = self.ask(f"{question} [y/N] ")
+        except EOFError:
+            return False
+        return answer.strip().lower() in ("y", "yes")
+
+    def note_batch_reads(self) -> None:
+        if self.batch is not None and not self.batch_note_shown:
+            self.batch_note_shown = True
+            self.info("(note: reads see the store, not the uncommitted batch)")
+
+    # -- errors ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Turn every failure inside into one line on stderr and ``typer.Exit(status)``."""
+        try:
+            yield
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except CliError as exc:
+            _error(exc.message)
+            raise typer.Exit(exc.code) from None
+        except KeyboardInterrupt:
+            sys.stdout.flush()
+            _error("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            raise  # typer exits quietly when stdout is a closed pipe (`halodb list | head`)
+        except halodb.DataError as exc:
+            _error(str(exc))
+            raise typer.Exit(EXIT_USAGE) from None
+        except halodb.CorruptionError as exc:
+            _error(f"the store is damaged: {exc} (restore it from a dump or a backup)")
+            raise typer.Exit(EXIT_STORE) from None
+        except halodb.Error as exc:
+            _error(str(exc))
+            raise typer.Exit(EXIT_STORE) from None
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            _error(f"{where}{exc.strerror or exc}")
+            raise typer.Exit(EXIT_STORE) from None
+        except Exception as exc:
+            if os.environ.get("HALODB_DEBUG"):
+                raise
+            _error(
+                f"internal error: {type(exc).__name__}: {exc} (a bug in HaloDB; please report "
+                "it; HALODB_DEBUG=1 shows the traceback)"
+            )
+            raise typer.Exit(EXIT_STORE) from None
+
+
+def _session(ctx: typer.Context) -> Session:
+    obj = ctx.obj
+    if isinstance(obj, Session):
+        return obj
+    return Session(os.environ.get("HALODB_PATH") or DEFAULT_PATH)
+
+
+# ----------------------------------------------------------------------------- the commands
+
+app = typer.Typer(
+    name="halodb",
+    help=(
+        "HaloDB: an embeddable, crash-safe, ordered key-value store.\n\n"
+        "Without a command, opens the interactive shell on the store. The store is the "
+        "directory given by --path, else the HALODB_PATH environment variable, else "
+        "./halodb-data (created on first write).\n\n"
+        "Exit status: 0 success, 1 key not found, 2 usage error, 3 store error "
+        "(locked, corrupted, not a store)."
+    ),
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+Typed = Annotated[
+    bool,
+    typer.Option(
+        "--typed", "-t", help="Read keys and values as Python literals: 42, b'\\x00', ('user', 1)."
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+KeyArg = Annotated[
+    str, typer.Argument(metavar="KEY", help="The key: a string, or with -t a Python literal.")
+]
+Prefix = Annotated[str | None, typer.Option("--prefix", help="Only keys with this prefix.")]
+Start = Annotated[str | None, typer.Option("--start", help="Only keys >= START.")]
+Stop = Annotated[str | None, typer.Option("--stop", help="Only keys < STOP.")]
+Progress = Annotated[
+    bool | None,
+    typer.Option("--progress/--no-progress", help="Show a progress bar (default: on a terminal)."),
+]
+
+
+def _command(
+    name: str | None = None, *, panel: str
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """``app.command`` with the docstring's paragraphs reflowed for typer's rich help."""
+
+    def register(func: Callable[..., None]) -> Callable[..., None]:
+        paragraphs = inspect.cleandoc(func.__doc__ or "").split("\n\n")
+        text = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+        return app.command(name, help=text, rich_help_panel=panel)(func)
+
+    return register
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"halodb {halodb.__version__}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    path: Annotated[
+        str,
+        typer.Option(
+            "--path",
+            "-p",
+            envvar="HALODB_PATH",
+            metavar="DIR",
+            help="The store directory: this, else $HALODB_PATH, else ./halodb-data "
+            "(created on first write).",
+        ),
+    ] = DEFAULT_PATH,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    if not isinstance(ctx.obj, Session):
+        ctx.obj = Session(path)
+    if ctx.invoked_subcommand is None:
+        raise typer.Exit(Shell(path).run())
+
+
+@_command(panel="Data")
+def put(
+    ctx: typer.Context,
+    key: KeyArg,
+    value: Annotated[str, typer.Argument(metavar="VALUE", help="The value; - reads stdin.")],
+    typed: Typed = False,
+    as_bytes: Annotated[
+        bool, typer.Option("--bytes", "-b", help="Store the value as bytes, not text.")
+    ] = False,
+) -> None:
+    """Store VALUE under KEY.
+
+    VALUE is stored as text (str); with --bytes as bytes; with -t as the Python literal it
+    spells (a number, a list, a dict...). '-' reads the value from stdin: stored as text if it
+    is UTF-8 without NUL bytes, else as bytes. A value that starts with '-' goes after '--'.
+    """
+    s = _session(ctx)
+    with s.guard():
+        k = parse_key(key, typed)
+        raw: str | bytes = value
+        if value == "-":
+            if s.in_shell:
+                raise CliError(EXIT_USAGE, "'-' (read stdin) works on the command line only")
+            raw = sys.stdin.buffer.read()
+        v = parse_value(raw, typed=typed, as_bytes=as_bytes)
+        if s.batch is not None:
+            s.batch[k] = v
+            s.info(f"queued ({_plural(len(s.batch), 'change')} in the batch)")
+            return
+        with _NoInterrupt(), s.store(write=True) as db:
+            assert db is not None
+            db[k] = v
+        if s.in_shell:
+            s.info("OK")
+
+
+@_command(panel="Data")
+def get(
+    ctx: typer.Context,
+    key: KeyArg,
+    typed: Typed = False,
+    as_json: AsJson = False,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Write the value's exact bytes (for binary values).")
+    ] = False,
+) -> None:
+    """Print the value of KEY.
+
+    Text is printed as is, bytes as a b'...' literal (--raw writes the exact bytes), other
+    values as JSON. Exit status 1 if KEY is absent.
+    """
+    s = _session(ctx)
+    with s.guard():
+        k = parse_key(key, typed)
+        with s.store(write=False) as db:
+            value = _MISSING if db is None else db.get(k, _MISSING)
+        if value is _MISSING:
+            s.note_batch_reads()
+            raise CliError(EXIT_NOT_FOUND, f"not found: {literal_text(k)}")
+        if as_json:
+            s.out(json_line(k, value))
+        elif raw:
+            if isinstance(value, bytes):
+                data = value
+            elif isinstance(value, str):
+                data = value.encode("utf-8", "surrogatepass")
+            else:
+                data = json.dumps(value).encode()
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        else:
+            s.out(show_value(value, typed=typed))
+        s.note_batch_reads()
+
+
+@_command(panel="Data")
+def delete(ctx: typer.Context, key: KeyArg, typed: Typed = False) -> None:
+    """Delete KEY.
+
+    Exit status 1 if KEY is absent.
+    """
+    s = _session(ctx)
+    with s.guard():
+        k = parse_key(key, typed)
+        if s.batch is not None:
+            del s.batch[k]
+            s.info(f"queued ({_plural(len(s.batch), 'change')} in the batch)")
+            return
+        with _NoInterrupt(), s.store(write=True, create=False) as db:
+            try:
+                if db is None:
+                    raise KeyError(k)
+                del db[k]
+            except KeyError:
+                raise CliError(EXIT_NOT_FOUND, f"not found: {literal_text(k)}") from None
+        if s.in_shell:
+            s.info("OK")
+
+
+def _scan(
+    db: halodb.Store | None,
+    prefix: str | None,
+    start: str | None,
+    stop: str | None,
+    *,
+    typed: bool,
+    reverse: bool = False,
+) -> Iterator[tuple[Key, Any]]:
+    lo = None if start is None else parse_key(start, typed)
+    hi = None if stop is None else parse_key(stop, typed)
+    pre = None if prefix is None else parse_prefix(prefix, typed)
+    if db is None:
+        return iter(())
+    return db.range(lo, hi, reverse=reverse, prefix=pre)
+
+
+@_command("list", panel="Data")
+def list_(
+    ctx: typer.Context,
+    prefix: Prefix = None,
+    start: Start = None,
+    stop: Stop = None,
+    reverse: Annotated[bool, typer.Option("--reverse", "-r", help="Largest key first.")] = False,
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", min=0, help="At most this many keys.")
+    ] = None,
+    keys_only: Annotated[bool, typer.Option("--keys-only", "-k", help="Keys only.")] = False,
+    typed: Typed = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON Lines, one {key, value} object a line.")
+    ] = False,
+) -> None:
+    """List keys and values in key order.
+
+    One 'key TAB value' a line; text that would break the line (tabs, newlines, control
+    characters) is shown as a Python literal, as are keys that are not text.
+    """
+    s = _session(ctx)
+    with s.guard():
+        with s.store(write=False) as db:
+            items = _scan(db, prefix, start, stop, typed=typed, reverse=reverse)
+            if limit is not None:
+                items = islice(items, limit)
+            pager = s.pager()
+            shown = 0
+            try:
+                for key, value in items:
+                    if as_json:
+                        line = json_line(key, value)
+                    elif keys_only:
+                        line = show_key(key, typed=typed)
+                    else:
+                        line = show_key(key, typed=typed) + "\t"
+                        line += show_value(value, typed=typed, one_line=True)
+                    pager.line(line)
+                    shown += 1
+            except _StopPaging:
+                s.info(f"(stopped after {_plural(shown, 'key')})")
+                return
+        if s.in_shell and not as_json:
+            more = "; --limit reached" if limit is not None and shown == limit else ""
+            s.info(f"({_plural(shown, 'key')}{more})" if shown else "(no keys)")
+        s.note_batch_reads()
+
+
+@_command(panel="Data")
+def count(
+    ctx: typer.Context,
+    prefix: Prefix = None,
+    start: Start = None,
+    stop: Stop = None,
+    typed: Typed = False,
+) -> None:
+    """Print the number of keys.
+
+    All keys: at once. In a range or with a prefix: by a scan.
+    """
+    s = _session(ctx)
+    with s.guard(), s.store(write=False) as db:
+        if db is not None and prefix is None and start is None and stop is None:
+            n = len(db)
+        else:
+            n = sum(1 for _ in _scan(db, prefix, start, stop, typed=typed))
+        s.out(str(n))
+
+
+@_command(panel="Data")
+def clear(
+    ctx: typer.Context,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete every key, atomically.
+
+    Asks first; --yes skips the question (needed when stdin is not a terminal).
+    """
+    s = _session(ctx)
+    with s.guard():
+        if s.batch is not None:
+            raise CliError(EXIT_USAGE, "clear cannot be part of a batch; 'commit' or 'abort' first")
+        with s.store(write=True, create=False) as db:
+            if db is None:
+                s.info("no store yet: nothing to clear")
+                return
+            n = len(db)
+            if not n:
+                s.info("the store is empty already")
+                return
+            if not yes:
+                question = f"Delete every key in {db.path} ({_plural(n, 'key')})?"
+                if s.in_shell:
+                    confirmed = s.confirm(question)
+                elif sys.stdin.isatty():
+                    confirmed = typer.confirm(question)
+                else:
+                    raise CliError(
+                        EXIT_USAGE,
+                        "clear deletes every key: confirm with --yes (no terminal to ask)",
+                    )
+                if not confirmed:
+                    s.info("nothing deleted")
+                    return
+            with _NoInterrupt():
+                db.clear()
+            s.info(f"deleted {_plural(n, 'key')}")
+
+
+def _hit_rate(hits: int, misses: int) -> str:
+    return f"{100 * hits / (hits + misses):.0f}%" if hits + misses else "-"
+
+
+def _stats_rows(st: halodb.StoreStats) -> list[tuple[str, list[str], str]]:
+    """(counter, value per partition, total) for every counter ``stats`` shows."""
+    parts = st.partitions
+
+    def counts(values: list[int]) -> tuple[list[str], str]:
+        return [f"{v:,}" for v in values], f"{sum(values):,}"
+
+    def sizes(values: list[int]) -> tuple[list[str], str]:
+        return [_size(v) for v in values], _size(sum(values))
+
+    rows: list[tuple[str, tuple[list[str], str]]] = [
+        ("keys", counts([p.keys for p in parts])),
+        ("memtable entries", counts([p.memtable_entries for p in parts])),
+        ("memtable size", sizes([p.memtable_bytes for p in parts])),
+        ("log size", sizes([p.wal_bytes for p in parts])),
+        ("tree height", ([str(p.tree_height) for p in parts],
+                         str(max((p.tree_height for p in parts), default=0)))),
+        ("tree keys", counts([p.tree_keys for p in parts])),
+        ("pages", counts([p.pages for p in parts])),
+        ("free pages", counts([p.free_pages for p in parts])),
+        ("cache hits", ([_hit_rate(p.cache_hits, p.cache_misses) for p in parts],
+                        _hit_rate(sum(p.cache_hits for p in parts),
+                                  sum(p.cache_misses for p in parts)))),
+        ("bloom skips", counts([p.bloom_negatives for p in parts])),
+        ("flushes", counts([p.flushes for p in parts])),
+    ]  # fmt: skip
+    return [(name, per, total) for name, (per, total) in rows]
+
+
+def _stats_table(st: halodb.StoreStats, width: int) -> Table:
+    """The counters: a column per partition and the total when that fits in ``width``,
+    else a row per partition and a total row."""
+    title = (
+        f"{st.path}: {_plural(st.keys, 'key')} in {_plural(len(st.partitions), 'partition')}, "
+        f"page size {st.page_size}, durability {st.durability}, "
+        f"opened in {st.last_recovery_seconds:.3f} s"
+    )
+    rows = _stats_rows(st)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    cell = max(len(v) for _, per, total in rows for v in (*per, total)) + 2
+    if 18 + cell * (len(st.partitions) + 1) <= width:
+        table.add_column("partition", style="bold")
+        for p in st.partitions:
+            table.add_column(str(p.index), justify="right")
+        table.add_column("total", justify="right", style="bold")
+        for name, per, total in rows:
+            table.add_row(name, *per, total)
+        return table
+    table.add_column("partition", style="bold")
+    for name, _, _ in rows:
+        table.add_column(name, justify="right")
+    for i in range(len(st.partitions)):
+        table.add_row(str(i), *(per[i] for _, per, _ in rows))
+    table.add_section()
+    table.add_row("total", *(total for _, _, total in rows), style="bold")
+    return table
+
+
+@_command(panel="Inspect")
+def stats(ctx: typer.Context, as_json: AsJson = False) -> None:
+    """Show counters and sizes per partition, and totals."""
+    s = _session(ctx)
+    with s.guard(), s.store(write=False) as db:
+        if db is None:
+            s.info(f"no store at {s.path} yet (it is created on first write)")
+            return
+        st = db.stats()
+        if as_json:
+            s.out(json.dumps(dataclasses.asdict(st), indent=2))
+        else:
+            console = _console()
+            console.print(_stats_table(st, console.width))
+
+
+@dataclass
+class _NodeView:
+    """One drawn B+ tree node: page, kind, key count and key range, drawn children."""
+
+    page: int
+    leaf: bool
+    size: int
+    first: bytes | None
+    last: bytes | None
+    children: list[_NodeView | int] = field(default_factory=list)
+    """Drawn children; an int stands for that many children left out."""
+
+
+def _read_tree_top(db: halodb.Store, index: int, depth: int) -> _NodeView | None:
+    """The top ``depth`` levels of partition ``index``'s B+ tree, or ``None`` if it is empty.
+
+    ENGINE INTERNALS, read-only, kept to this one function: the public API reports a tree's
+    shape (``Store.check()``) but not its nodes. Reads ``PartitionManager.parts[i].tree``
+    (a ``BTree``: ``pager.meta`` root and height, ``_node(page, crc, level)``) under the
+    partition's lock. Change this function if those internals change.
+    """
+    part = db._m.parts[index]
+    with part.lock:
+        tree = part.tree
+        meta = tree.pager.meta
+        if meta.height == 0:
+            return None
+
+        def visit(page: int, crc: int, level: int, remaining: int) -> _NodeView:
+            node = tree._node(page, crc, level)
+            keys = node.keys
+            view = _NodeView(page, level == 0, len(keys), keys[0] if keys else None,
+                             keys[-1] if keys else None)  # fmt: skip
+            if isinstance(node, Internal) and remaining > 1:
+                n = len(node.children)
+                shown = range(n) if n <= TREE_FANOUT else [*range(TREE_FANOUT - 1), n - 1]
+                previous = -1
+                for i in shown:
+                    if i - previous > 1:
+                        view.children.append(i - previous - 1)
+                    child = visit(node.children[i], node.crcs[i], level - 1, remaining - 1)
+                    view.children.append(child)
+                    previous = i
+            return view
+
+        return visit(meta.root, meta.root_crc, meta.height - 1, depth)
+
+
+def _short_key(encoded: bytes | None) -> str:
+    from halodb.keys import decode_key
+
+    if encoded is None:
+        return "-"
+    text = literal_text(decode_key(encoded))
+    return text if len(text) <= 32 else text[:31] + "…"
+
+
+def _node_label(view: _NodeView) -> str:
+    kind, what = ("leaf", "key") if view.leaf else ("internal", "separator")
+    if view.size == 1:
+        span = _short_key(view.first)
+    else:
+        span = f"{_short_key(view.first)} … {_short_key(view.last)}" if view.size else ""
+    return f"page {view.page} · {kind} · {_plural(view.size, what)}" + (
+        f" · {span}" if span else ""
+    )
+
+
+def _draw(branch: Tree, view: _NodeView) -> None:
+    for child in view.children:
+        if isinstance(child, int):
+            branch.add(f"… {_plural(child, 'more node')}", style="dim")
+        else:
+            _draw(branch.add(_node_label(child)), child)
+
+
+def _tree_json(index: int, report: TreeReport, page_size: int, memtable: int) -> dict[str, Any]:
+    return {
+        "partition": index,
+        **dataclasses.asdict(report),
+        "fill_factor": report.fill_factor(page_size),
+        "memtable_entries": memtable,
+    }
+
+
+@_command(panel="Inspect")
+def tree(
+    ctx: typer.Context,
+    depth: Annotated[
+        int, typer.Option("--depth", "-d", min=1, max=8, help="Levels to draw, from the root.")
+    ] = 2,
+    partition: Annotated[
+        int | None, typer.Option("--partition", "-P", min=0, help="Only this partition.")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show each partition's B+ tree.
+
+    Its height, nodes per level, fill factor, and a drawing of its top levels. Verifies the
+    whole store on the way (like check).
+    """
+    s = _session(ctx)
+    with s.guard(), s.store(write=False) as db:
+        if db is None:
+            s.info(f"no store at {s.path} yet (it is created on first write)")
+            return
+        reports = db.check()
+        st = db.stats()
+        indexes = range(len(reports)) if partition is None else [partition]
+        if partition is not None and partition >= len(reports):
+            raise CliError(EXIT_USAGE, f"no partition {partition}: the store has {len(reports)}")
+        if as_json:
+            data = [
+                _tree_json(i, reports[i], st.page_size, st.partitions[i].memtable_entries)
+                for i in indexes
+            ]
+            s.out(json.dumps(data, indent=2))
+            return
+        console = _console()
+        for i in indexes:
+            r = reports[i]
+            fill = r.fill_factor(st.page_size)
+            title = Text.assemble(
+                (f"partition {i}", "bold"),
+                f": height {r.height}, {_plural(r.keys, 'key')} in the tree, fill factor "
+                f"{fill:.0%}, {_plural(r.page_count, 'page')} "
+                f"({r.free_pages} free, {r.overflow_pages} overflow)",
+            )
+            console.print(title)
+            levels = [
+                f"{_plural(n, 'node')} {TreeReport(1, [n], [b]).fill_factor(st.page_size):.0%} full"
+                for n, b in zip(r.nodes_per_level, r.bytes_used_per_level, strict=True)
+            ]
+            if levels:
+                console.print("  nodes per level, root first: " + " → ".join(levels))
+            pending = st.partitions[i].memtable_entries
+            if pending:
+                console.print(
+                    f"  memtable: {_plural(pending, 'entry', 'entries')} "
+                    "not in the tree yet ('flush' moves them)"
+                )
+            top = _read_tree_top(db, i, depth)
+            if top is None:
+                console.print("  (empty tree)")
+            else:
+                drawing = Tree(_node_label(top), guide_style="dim")
+                _draw(drawing, top)
+                console.print(drawing)
+
+
+@_command(panel="Inspect")
+def check(ctx: typer.Context, as_json: AsJson = False) -> None:
+    """Verify every page, checksum and structure.
+
+    Exit status 3 if anything is damaged.
+    """
+    s = _session(ctx)
+    with s.guard(), s.store(write=False) as db:
+        if db is None:
+            s.info(f"no store at {s.path} yet: nothing to check")
+            return
+        try:
+            reports = db.check()
+        except halodb.CorruptionError as exc:
+            if as_json:
+                s.out(json.dumps({"ok": False, "error": str(exc)}))
+            raise
+        st = db.stats()
+        pages = sum(r.page_count for r in reports)
+        if as_json:
+            s.out(json.dumps({"ok": True, "partitions": len(reports), "keys": st.keys,
+                              "pages": pages}))  # fmt: skip
+        else:
+            s.out(
+                f"ok: {_plural(len(reports), 'partition')}, {_plural(st.keys, 'key')}, "
+                f"{_plural(pages, 'page')} verified"
+            )
+
+
+@_command(panel="Inspect")
+def flush(ctx: typer.Context) -> None:
+    """Move the memtables into the on-disk trees."""
+    s = _session(ctx)
+    with s.guard(), _NoInterrupt(), s.store(write=True, create=False) as db:
+        if db is None:
+            s.info("no store yet: nothing to flush")
+            return
+        pending = sum(p.memtable_entries for p in db.stats().partitions)
+        db.flush()
+        s.info(f"flushed {_plural(pending, 'memtable entry', 'memtable entries')}")
+
+
+@_command(panel="Bulk")
+def dump(
+    ctx: typer.Context,
+    file: Annotated[
+        str | None, typer.Argument(metavar="FILE", help="Where to write; stdout if omitted or -.")
+    ] = None,
+    prefix: Prefix = None,
+    start: Start = None,
+    stop: Stop = None,
+    typed: Typed = False,
+    progress: Progress = None,
+) -> None:
+    """Write keys and values as JSON Lines.
+
+    One {"key": ..., "value": ...} object a line; bytes, tuples and non-finite floats are
+    tagged ({"$bytes": base64}, {"$tuple": [...]}, {"$float": "inf"}) so that load gives back
+    exactly the same keys and values.
+    """
+    s = _session(ctx)
+    with s.guard(), s.store(write=False) as db:
+        items = _scan(db, prefix, start, stop, typed=typed)
+        to_stdout = file in (None, "-")
+        total = len(db) if db is not None and prefix is start is stop is None else None
+        show = progress if progress is not None else (
+            sys.stderr.isatty() and not (to_stdout and sys.stdout.isatty())
+        )  # fmt: skip
+        tmp = None if to_stdout else f"{file}.tmp"
+        n = 0
+        try:
+            out: IO[str]
+            with contextlib.ExitStack() as stack:
+                if tmp is None:
+                    out = sys.stdout
+                else:
+                    out = stack.enter_context(open(tmp, "w", encoding="utf-8", newline="\n"))
+                update = stack.enter_context(_progress(show, "dumping", total))
+                for key, value in items:
+                    out.write(json_line(key, value) + "\n")
+                    n += 1
+                    if not n & 1023:
+                        update(n)
+                out.flush()
+                if tmp is not None:
+                    os.fsync(out.fileno())
+            if tmp is not None:
+                os.replace(tmp, cast(str, file))
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+        s.info(f"dumped {_plural(n, 'record')}" + ("" if to_stdout else f" to {file}"))
+
+
+@_command(panel="Bulk")
+def load(
+    ctx: typer.Context,
+    file: Annotated[
+        str, typer.Argument(metavar="FILE", help="JSON Lines as written by dump; - for stdin.")
+    ],
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size", min=0, help="Records applied atomically together; 0: the whole file."
+        ),
+    ] = 10_000,
+    progress: Progress = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Add the records of a JSON Lines file.
+
+    Reads what dump writes. Each batch of records is applied atomically; on a bad line the
+    batches before it stay, the rest is not applied, and the error says what was loaded.
+    """
+    s = _session(ctx)
+    with s.guard():
+        if s.batch is not None:
+            raise CliError(EXIT_USAGE, "load cannot be part of a batch; 'commit' or 'abort' first")
+        name = "stdin" if file == "-" else file
+        try:
+            source: IO[bytes] = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115
+        except OSError as exc:
+            raise CliError(EXIT_USAGE, f"cannot read {file}: {exc.strerror}") from None
+        with contextlib.ExitStack() as stack:
+            if file != "-":
+                stack.enter_context(source)
+            try:
+                total: float | None = os.fstat(source.fileno()).st_size or None
+            except (OSError, ValueError, io.UnsupportedOperation):
+                total = None
+            show = progress if progress is not None else sys.stderr.isatty()
+            update = stack.enter_context(_progress(show, f"loading {name}", total))
+            db = stack.enter_context(s.store(write=True))
+            assert db is not None
+            records, batches = _load_lines(db, source, name, batch_size, update)
+        if as_json:
+            s.out(json.dumps({"records": records, "batches": batches, "source": name}))
+        s.info(
+            f"loaded {_plural(records, 'record')} in {_plural(batches, 'batch', 'batches')} "
+            f"from {name} into {db.path}"
+        )
+
+
+def _load_lines(
+    db: halodb.Store,
+    source: IO[bytes],
+    name: str,
+    batch_size: int,
+    update: Callable[[float], None],
+) -> tuple[int, int]:
+    """Apply the records of ``source``; returns (records, batches) committed."""
+    records = batches = pending_records = position = 0
+    pending = db.batch()
+
+    def commit() -> None:
+        nonlocal records, batches, pending_records, pending
+        with _NoInterrupt():
+            pending.commit()
+        records += pending_records
+        batches += 1
+        pending_records = 0
+        pending = db.batch()
+        update(position)
+
+    def done_so_far() -> str:
+        if not batches:
+            return "nothing was loaded"
+        done = f"{_plural(records, 'record')} in {_plural(batches, 'batch', 'batches')}"
+        return f"{done} were loaded before it"
+
+    try:
+        for lineno, raw in enumerate(source, 1):
+            position += len(raw)
+            if not raw.strip():
+                continue
+            where = f"{name} line {lineno}"
+            key, value = parse_record(raw, where)
+            try:
+                pending[key] = value
+            except (TypeError, halodb.DataError) as exc:
+                raise CliError(EXIT_USAGE, f"{where}: {exc}") from None
+            pending_records += 1
+            if batch_size and pending_records >= batch_size:
+                commit()
+        if pending_records:
+            commit()
+    except CliError as exc:
+        pending.discard()
+        raise CliError(exc.code, f"{exc.message}; {done_so_far()}") from None
+    except KeyboardInterrupt:
+        pending.discard()
+        _warn(f"interrupted at {name}: {done_so_far().replace(' before it', '')}")
+        raise
+    return records, batches
+
+
+@_command("shell", panel="Shell")
+def shell_command(
+    ctx: typer.Context,
+    directory: Annotated[
+        str | None, typer.Argument(metavar="DIR", help="The store (default: --path).")
+    ] = None,
+) -> None:
+    """Open the interactive shell (as plain 'halodb' does)."""
+    s = _session(ctx)
+    if s.in_shell:
+        _error("this is the shell already")
+        raise typer.Exit(EXIT_USAGE)
+    raise typer.Exit(Shell(directory or s.path).run())
+
+
+# ----------------------------------------------------------------------------- the shell
+
+_SHELL_ONLY: dict[str, str] = {
+    "batch": "Queue puts and deletes until commit.",
+    "commit": "Apply the batch's changes atomically.",
+    "abort": "Discard the batch's changes.",
+    "help": "List commands; 'help COMMAND' shows its options.",
+    "quit": "Leave the shell (also Ctrl-D).",
+}
+_ORDER = (
+    "put", "get", "delete", "list", "count", "clear", "batch", "commit", "abort",
+    "stats", "tree", "check", "flush", "dump", "load", "help", "quit",
+)  # fmt: skip
+ALIASES: dict[str, str] = {
+    "set": "put", "del": "delete", "rm": "delete", "ls": "list", "exit": "quit",
+    "begin": "batch", "multi": "batch", "exec": "commit", "rollback": "abort", "discard": "abort",
+    "\\q": "quit", ".quit": "quit", ".exit": "quit", ".help": "help", "\\?": "help", "?": "help",
+}  # fmt: skip
+
+
+class Shell:
+    """The interactive shell: one store kept open, a prompt with readline editing and history,
+    lines split like a POSIX shell (``put "my key" "a value"``).
+
+    :meth:`onecmd` runs one line and returns ``True`` when the shell should end; the terminal
+    loop (:meth:`run`) and the tests both drive it. Commands other than the shell's own
+    (batch, commit, abort, help, quit) are the command-line subcommands, run on the open store.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        input_func: Callable[[str], str] = input,
+        interactive: bool | None = None,
+    ) -> None:
+        self.session = Session(path, in_shell=True, ask=input_func)
+        self.input_func = input_func
+        self.interactive = (
+            sys.stdin.isatty() and sys.stdout.isatty() if interactive is None else interactive
+        )
+        self.status = EXIT_OK
+        """Exit status of the last failed command (what a non-interactive shell exits with)."""
+        group = typer.main.get_command(app)
+        assert isinstance(group, TyperGroup)
+        self.commands: dict[str, TyperCommand] = {
+            name: cast(TyperCommand, cmd) for name, cmd in group.commands.items() if name != "shell"
+        }
+        self._matches: list[str] = []
+
+    @property
+    def prompt(self) -> str:
+        s = self.session
+        if s.batch is not None:
+            return f"halodb (batch: {_plural(len(s.batch), 'change')})> "
+        if s.db is not None and s.db.readonly:
+            return "halodb (read-only)> "
+        return "halodb> "
+
+    # -- running -------------------------------------------------------------------------
+
+    def start(self) -> int:
+        """Open the store if there is one; print the banner. Returns an exit status."""
+        s = self.session
+        try:
+            with s.guard():
+                if _store_exists(s.path):
+                    s.open_existing()
+        except typer.Exit as exc:
+            return exc.exit_code
+        if self.interactive:
+            if s.db is not None:
+                state = " (read-only)" if s.db.readonly else ""
+                sys.stdout.write(
+                    f"HaloDB {halodb.__version__} shell on {s.db.path}{state}: "
+                    f"{_plural(len(s.db), 'key')}.\n"
+                )
+            else:
+                where = os.path.abspath(s.path)
+                sys.stdout.write(
+                    f"HaloDB {halodb.__version__} shell: no store at {where} yet; "
+                    "the first write creates it.\n"
+                )
+            sys.stdout.write("Type 'help' for the commands, 'quit' or Ctrl-D to leave.\n")
+        return EXIT_OK
+
+    def run(self) -> int:
+        """The read-eval loop until quit or end of input; returns the exit status."""
+        code = self.start()
+        if code:
+            return code
+        history = self._setup_readline() if self.interactive else None
+        try:
+            while True:
+                try:
+                    line = self.input_func(self.prompt if self.interactive else "")
+                except EOFError:
+                    if self.interactive:
+                        sys.stdout.write("\n")
+                    break
+                except KeyboardInterrupt:
+                    sys.stdout.write("\n")  # Ctrl-C cancels the line, not the shell
+                    continue
+                if self.onecmd(line):
+                    break
+        finally:
+            self._save_history(history)
+            try:
+                self.close()
+            except typer.Exit as exc:
+                return exc.exit_code
+        return EXIT_OK if self.interactive else self.status
+
+    def close(self) -> None:
+        """Discard an open batch, close the store."""
+        with self.session.guard():
+            self.session.close()
+
+    def onecmd(self, line: str) -> bool:
+        """Run one line; ``True`` means the shell should end."""
+        try:
+            return self._onecmd(line)
+        except KeyboardInterrupt:
+            sys.stdout.flush()
+            _error("interrupted")
+            self.status = EXIT_INTERRUPTED
+            return False
+        finally:
+            sys.stdout.flush()
+
+    def _onecmd(self, line: str) -> bool:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            return False
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            return self._fail(EXIT_USAGE, f'bad quoting: {exc} (quote keys and values like "a b")')
+        if not words:
+            return False
+        name = ALIASES.get(words[0].lower(), words[0].lower())
+        args = words[1:]
+        if name == "quit":
+            return True
+        if name == "help":
+            self._help(args)
+        elif name in ("batch", "commit", "abort"):
+            if args:
+                return self._fail(EXIT_USAGE, f"{name} takes no arguments")
+            self._guarded(getattr(self, f"_{name}"))
+        elif name == "shell":
+            self._fail(EXIT_USAGE, "this is the shell already")
+        elif name in self.commands:
+            self._run(self.commands[name], name, args)
+        else:
+            known = [*self.commands, *_SHELL_ONLY, *ALIASES]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean '{ALIASES.get(close[0], close[0])}'?" if close else ""
+            self._fail(EXIT_USAGE, f"unknown command '{words[0]}'{hint} (type 'help' for the list)")
+        return False
+
+    def _fail(self, code: int, message: str) -> bool:
+        _error(message)
+        self.status = code
+        return False
+
+    def _run(self, command: TyperCommand, name: str, args: list[str]) -> None:
+        try:
+            code = command.main(args=args, prog_name=name, standalone_mode=False, obj=self.session)
+        except typer.TyperException as exc:  # a usage error (exit status 2) or like it
+            hint = f" (see 'help {name}')" if exc.exit_code == EXIT_USAGE else ""
+            self._fail(exc.exit_code, exc.format_message() + hint)
+            return
+        except typer.Abort:
+            self._fail(EXIT_INTERRUPTED, "aborted")
+            return
+        if isinstance(code, int) and code:
+            self.status = code
+
+    def _guarded(self, action: Callable[[], None]) -> None:
+        try:
+            with self.session.guard():
+                action()
+        except typer.Exit as exc:
+            self.status = exc.exit_code
+
+    # -- the shell's own commands --------------------------------------------------------
+
+    def _batch(self) -> None:
+        s = self.session
+        if s.batch is not None:
+            raise CliError(EXIT_USAGE, "a batch is open already: 'commit' or 'abort' it first")
+        with s.store(write=True) as db:
+            assert db is not None
+            s.batch = db.batch()
+        s.batch_note_shown = False
+        s.info("batch started: put and delete are queued until 'commit' (or 'abort')")
+
+    def _commit(self) -> None:
+        s = self.session
+        if s.batch is None:
+            raise CliError(EXIT_USAGE, "no batch is open ('batch' starts one)")
+        batch, s.batch = s.batch, None
+        n = len(batch)
+        with _NoInterrupt():
+            batch.commit()
+        s.info(f"committed {_plural(n, 'change')}")
+
+    def _abort(self) -> None:
+        s = self.session
+        if s.batch is None:
+            raise CliError(EXIT_USAGE, "no batch is open ('batch' starts one)")
+        n = len(s.batch)
+        s.batch.discard()
+        s.batch = None
+        s.info(f"discarded {_plural(n, 'change')}")
+
+    def _help(self, args: list[str]) -> None:
+        if args:
+            name = ALIASES.get(args[0].lower(), args[0].lower())
+            if name in _SHELL_ONLY:
+                sys.stdout.write(f"{name}: {_SHELL_ONLY[name]}\n")
+            elif name in self.commands:
+                self._run(self.commands[name], name, ["--help"])
+            else:
+                self._fail(EXIT_USAGE, f"no command '{args[0]}' (type 'help' for the list)")
+            return
+        aliases: dict[str, list[str]] = {}
+        for alias, target in ALIASES.items():
+            if alias.isalpha():
+                aliases.setdefault(target, []).append(alias)
+        table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column()
+        table.add_column(style="dim", no_wrap=True)
+        for name in _ORDER:
+            if name in _SHELL_ONLY:
+                text = _SHELL_ONLY[name]
+            else:
+                text = self.commands[name].get_short_help_str(limit=60)
+            table.add_row(name, text, ", ".join(aliases.get(name, ())))
+        console = _console()
+        console.print("Commands:")
+        console.print(table)
+        for line in (
+            'Keys and values with spaces go in quotes: put "my key" "a value".',
+            "With -t keys and values are Python literals: get -t ('user', 42).",
+            "Ctrl-C cancels a line or a listing; quit or Ctrl-D leaves.",
+        ):
+            console.print(line)
+
+    # -- readline ------------------------------------------------------------------------
+
+    def _setup_readline(self) -> str | None:
+        try:
+            import readline
+        except ImportError:
+            return None
+        path = os.environ.get("HALODB_HISTORY", os.path.expanduser("~/.halodb_history"))
+        readline.set_history_length(HISTORY_LENGTH)
+        if path:
+            with contextlib.suppress(OSError):
+                readline.read_history_file(path)
+        readline.set_completer_delims(" \t\n\"'")
+        readline.set_completer(self._complete)
+        if "libedit" in (readline.__doc__ or ""):
+            readline.parse_and_bind("bind ^I rl_complete")
+        else:
+            readline.parse_and_bind("tab: complete")
+        return path or None
+
+    @staticmethod
+    def _save_history(path: str | None) -> None:
+        if path is None:
+            return
+        import readline
+
+        with contextlib.suppress(OSError):
+            readline.write_history_file(path)
+
+    def _complete(self, text: str, state: int) -> str | None:
+        if state == 0:
+            try:
+                self._matches = self.completions(text)
+            except Exception:  # completion must never break the prompt
+                self._matches = []
+        return self._matches[state] if state < len(self._matches) else None
+
+    def completions(self, text: str, line: str | None = None) -> list[str]:
+        """Completions of ``text``: command names first, then options, then str keys."""
+        if line is None:
+            import readline
+
+            line = readline.get_line_buffer()[: readline.get_begidx()]
+        words = line.split()
+        if not words:
+            names = sorted({*self.commands, *_SHELL_ONLY, "exit"})
+            return [name + " " for name in names if name.startswith(text)]
+        name = ALIASES.get(words[0].lower(), words[0].lower())
+        command = self.commands.get(name)
+        if command is None:
+            return []
+        if text.startswith("-"):
+            options = sorted(o for p in command.params for o in getattr(p, "opts", ()))
+            return [o + " " for o in options if o.startswith(text)]
+        db = self.session.db
+        if name in ("get", "put", "delete") and len(words) == 1 and db is not None:
+            keys = (k for k, _ in db.range(prefix=text))
+            return [k for k in islice(keys, 50) if isinstance(k, str) and " " not in k]
+        return []
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``halodb`` program (also ``python -m halodb``); returns the exit status."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        app(args=argv, prog_name="halodb")
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_USAGE)
+    return EXIT_OK
