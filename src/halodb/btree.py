@@ -18,12 +18,12 @@ import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, pairwise
+from itertools import accumulate, islice, pairwise
 from operator import add, itemgetter
 from typing import Any, NamedTuple
 
 from halodb import format as fmt
-from halodb.errors import CorruptionError
+from halodb.errors import CorruptionError, InternalError
 from halodb.pager import META_PAGES, Pager
 
 _HEADER = fmt.PAGE_HEADER
@@ -68,6 +68,9 @@ class Internal:
         self.crcs = crcs
 
 
+ROWS_PER_PAGE = 16
+"""Row-cache entries allowed per page of node cache."""
+
 Ref = tuple[bytes, int, int]
 """A written node: a lower bound of its keys, its page number, its checksum."""
 
@@ -104,6 +107,10 @@ class BTree:
         self.pager = pager
         self.page_size = pager.page_size
         self.max_key, self.max_inline = limits(pager.page_size)
+        self.rows: dict[bytes, bytes | Overflow] = {}
+        """Row cache: key -> value of every entry of the leaves decoded or written lately, so a
+        warm lookup is one hash lookup. Exact: a flush drops every key it changes."""
+        self.rows_limit = max(pager.cache_pages * ROWS_PER_PAGE, 1024)
         self.usable = pager.page_size - _HSIZE
         self.where = pager.path
 
@@ -186,7 +193,15 @@ class BTree:
         pager.stats.cache_misses += 1
         node = self._decode(page_no, pager.read_page(page_no, crc, "tree node"), level)
         pager.remember(page_no, node)
+        if isinstance(node, Leaf):
+            self._remember_rows(node.keys, node.values)
         return node
+
+    def _remember_rows(self, keys: list[bytes], values: list[bytes | Overflow]) -> None:
+        rows = self.rows
+        rows.update(zip(keys, values, strict=True))
+        if len(rows) > self.rows_limit:
+            self.rows = dict(islice(rows.items(), len(rows) // 2, None))
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -216,6 +231,14 @@ class BTree:
         assert isinstance(leaf, Leaf)
         return leaf
 
+    def get_cached(self, key: bytes) -> bytes | None:
+        """The value of ``key`` if the row cache holds it, else ``None`` (absent or not cached):
+        the hot path of warm lookups, one hash lookup."""
+        value = self.rows.get(key)
+        if value is None or type(value) is bytes:
+            return value
+        return self.read_overflow(value)  # type: ignore[arg-type]
+
     def get(self, key: bytes) -> bytes | None:
         """The value of ``key``, or ``None``. O(height * log(fanout))."""
         leaf = self._leaf_for(key)
@@ -230,6 +253,8 @@ class BTree:
 
     def contains(self, key: bytes) -> bool:
         """Whether ``key`` is in the tree, without reading an overflow value."""
+        if key in self.rows:
+            return True
         leaf = self._leaf_for(key)
         if leaf is None:
             return False
@@ -324,6 +349,8 @@ class BTree:
         height = 0 if clear else meta.height
         if clear and meta.height:
             self._release_subtree(meta.root, meta.root_crc, meta.height - 1)
+        if clear:
+            self.rows = {}
         if height == 0:
             live = [(k, v) for k, v in changes if v is not None]
             refs = self._write_leaves([k for k, _ in live], [v for _, v in live], False)
@@ -334,6 +361,12 @@ class BTree:
             self._changes = changes
             refs = self._update(meta.root, meta.root_crc, height - 1, 0, len(changes), b"")
             level = height - 1
+        # Loading old leaves put their entries in the row cache and writing new ones put theirs
+        # (later, so newer); only the deleted keys are left to drop.
+        pop = self.rows.pop
+        for key, value in changes:
+            if value is None:
+                pop(key, None)
         while len(refs) > 1:
             refs = self._write_internals(refs, level + 1)
             level += 1
@@ -512,12 +545,12 @@ class BTree:
             )
             page_no = pager.allocate()
             crc = pager.write_page(page_no, body)
-            pager.remember(
-                page_no,
-                Leaf(
-                    group_keys, values[a:b], flags is not None and fmt.VALUE_OVERFLOW in group_flags
-                ),
-            )
+            group_values = values[a:b]
+            big_group = flags is not None and fmt.VALUE_OVERFLOW in group_flags
+            pager.remember(page_no, Leaf(group_keys, group_values, big_group))
+            # Every change a flush applies passes through here, so the row cache gets the new
+            # value of every key written (apply() drops the deleted ones).
+            self._remember_rows(group_keys, group_values)
             refs.append((group_keys[0], page_no, crc))
         return refs
 
@@ -549,7 +582,8 @@ class BTree:
 
     def check(self) -> TreeReport:
         """Verify every page from disk: checksums, levels, key order and bounds, the key count,
-        and that every page is exactly one of meta, tree, overflow, free list or free.
+        and that every page is exactly one of meta, tree, overflow, free list or free; and that
+        the row cache agrees with the tree.
 
         Raises :class:`CorruptionError` naming the page; returns the tree's shape.
         """
@@ -608,6 +642,16 @@ class BTree:
         for page_no in pager.free:
             claim(page_no, "free page")
         report.free_pages = len(pager.free)
+        for key, value in list(self.rows.items()):
+            leaf = self._leaf_for(key)
+            i = -1 if leaf is None else bisect_left(leaf.keys, key)
+            if (
+                leaf is None
+                or i >= len(leaf.keys)
+                or leaf.keys[i] != key
+                or leaf.values[i] != value
+            ):
+                raise InternalError(f"{self.where}: the row cache disagrees with the tree")
         missing = [p for p in range(META_PAGES, meta.page_count) if p not in owner]
         if missing:
             raise CorruptionError(

@@ -15,9 +15,10 @@ Exit codes (also documented in ``docs/cli.md``)::
 
 No user mistake prints a traceback; set ``HALODB_DEBUG=1`` to see one for an internal error.
 
-Typed keys: by default every key typed is a ``str``. With ``-t``/``--typed`` keys (and values) are
-Python literals (``42``, ``2.5``, ``b'\\x00'``, ``('user', 42)``), read by a small AST walker that
-accepts only literals: nothing is ever evaluated.
+Typed keys: by default every key typed is a ``str``. With ``-t``/``--typed`` keys are Python
+literals, and keys and values are shown as literals; with ``-T``/``--typed-value`` the value
+``put`` stores is a literal too. Literals (``42``, ``2.5``, ``b'\\x00'``, ``('user', 42)``) are
+read by a small AST walker that accepts only literals: nothing is ever evaluated.
 
 JSON Lines (``dump``, ``load``, ``list --json``): one ``{"key": K, "value": V}`` object a line,
 where str, int, float, bool, null, lists and dicts are plain JSON and the types JSON lacks are
@@ -61,10 +62,29 @@ from typer.core import TyperCommand, TyperGroup
 
 import halodb
 from halodb.btree import Internal, TreeReport
-from halodb.keys import Key, encode_key
+from halodb.keys import Key, decode_key, encode_key
 from halodb.values import DefaultCodec
 
-__all__ = ["EXIT_NOT_FOUND", "EXIT_STORE", "EXIT_USAGE", "Shell", "app", "main"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_STORE",
+    "EXIT_USAGE",
+    "CliError",
+    "Session",
+    "Shell",
+    "app",
+    "from_json",
+    "literal_text",
+    "main",
+    "parse_key",
+    "parse_literal",
+    "parse_value",
+    "show_key",
+    "show_value",
+    "to_json",
+]
 
 EXIT_OK: Final = 0
 EXIT_NOT_FOUND: Final = 1
@@ -400,10 +420,8 @@ class _Pager:
 
     def _more(self) -> None:
         out = sys.stdout
-        out.write("-- more -- (space: next page, a: all, q: stop)")
-        out.flush()
         try:
-            key = _read_key()
+            key = _read_key("-- more -- (space: next page, a: all, q: stop)")
         finally:
             out.write("\r\x1b[K")
             out.flush()
@@ -413,17 +431,20 @@ class _Pager:
             self.enabled = False
 
 
-def _read_key() -> str:
-    """One key press from the terminal, without waiting for Enter."""
+def _read_key(prompt: str) -> str:
+    """Show ``prompt`` and return one key press, without waiting for Enter."""
+    out = sys.stdout
     try:
         import termios
         import tty
     except ImportError:  # not POSIX: fall back to a line
-        return input()[:1] or " "
+        return input(prompt)[:1] or " "
     fd = sys.stdin.fileno()
     old = termios.tcgetattr(fd)
     try:
-        tty.setcbreak(fd)
+        tty.setcbreak(fd, termios.TCSANOW)  # not TCSAFLUSH: keep a key typed ahead
+        out.write(prompt)
+        out.flush()
         data = os.read(fd, 1)
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, old)
@@ -665,7 +686,9 @@ app = typer.Typer(
 Typed = Annotated[
     bool,
     typer.Option(
-        "--typed", "-t", help="Read keys and values as Python literals: 42, b'\\x00', ('user', 1)."
+        "--typed",
+        "-t",
+        help="Keys are Python literals: 42, b'\\x00', ('user', 1); output shows types as literals.",
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -731,15 +754,22 @@ def put(
     key: KeyArg,
     value: Annotated[str, typer.Argument(metavar="VALUE", help="The value; - reads stdin.")],
     typed: Typed = False,
+    typed_value: Annotated[
+        bool,
+        typer.Option(
+            "--typed-value", "-T", help="VALUE is a Python literal: 42, b'..', [1, 2], {'a': 1}."
+        ),
+    ] = False,
     as_bytes: Annotated[
         bool, typer.Option("--bytes", "-b", help="Store the value as bytes, not text.")
     ] = False,
 ) -> None:
     """Store VALUE under KEY.
 
-    VALUE is stored as text (str); with --bytes as bytes; with -t as the Python literal it
-    spells (a number, a list, a dict...). '-' reads the value from stdin: stored as text if it
-    is UTF-8 without NUL bytes, else as bytes. A value that starts with '-' goes after '--'.
+    VALUE is stored as text (str); with --bytes as bytes; with -T as the Python literal it
+    spells (a number, bytes, a list, a dict...). '-' reads the value from stdin: stored as
+    text if it is UTF-8 without NUL bytes, else as bytes. A value that starts with '-' goes
+    after '--'.
     """
     s = _session(ctx)
     with s.guard():
@@ -749,7 +779,7 @@ def put(
             if s.in_shell:
                 raise CliError(EXIT_USAGE, "'-' (read stdin) works on the command line only")
             raw = sys.stdin.buffer.read()
-        v = parse_value(raw, typed=typed, as_bytes=as_bytes)
+        v = parse_value(raw, typed=typed_value, as_bytes=as_bytes)
         if s.batch is not None:
             s.batch[k] = v
             s.info(f"queued ({_plural(len(s.batch), 'change')} in the batch)")
@@ -1061,8 +1091,8 @@ def _read_tree_top(db: halodb.Store, index: int, depth: int) -> _NodeView | None
         def visit(page: int, crc: int, level: int, remaining: int) -> _NodeView:
             node = tree._node(page, crc, level)
             keys = node.keys
-            view = _NodeView(page, level == 0, len(keys), keys[0] if keys else None,
-                             keys[-1] if keys else None)  # fmt: skip
+            first, last = (keys[0], keys[-1]) if keys else (None, None)
+            view = _NodeView(page=page, leaf=level == 0, size=len(keys), first=first, last=last)
             if isinstance(node, Internal) and remaining > 1:
                 n = len(node.children)
                 shown = range(n) if n <= TREE_FANOUT else [*range(TREE_FANOUT - 1), n - 1]
@@ -1079,8 +1109,6 @@ def _read_tree_top(db: halodb.Store, index: int, depth: int) -> _NodeView | None
 
 
 def _short_key(encoded: bytes | None) -> str:
-    from halodb.keys import decode_key
-
     if encoded is None:
         return "-"
     text = literal_text(decode_key(encoded))
@@ -1244,10 +1272,10 @@ def dump(
     with s.guard(), s.store(write=False) as db:
         items = _scan(db, prefix, start, stop, typed=typed)
         to_stdout = file in (None, "-")
-        total = len(db) if db is not None and prefix is start is stop is None else None
-        show = progress if progress is not None else (
-            sys.stderr.isatty() and not (to_stdout and sys.stdout.isatty())
-        )  # fmt: skip
+        whole = prefix is None and start is None and stop is None
+        total = len(db) if db is not None and whole else None
+        if progress is None:  # on a terminal, unless the records go to that terminal too
+            progress = sys.stderr.isatty() and not (to_stdout and sys.stdout.isatty())
         tmp = None if to_stdout else f"{file}.tmp"
         n = 0
         try:
@@ -1257,7 +1285,7 @@ def dump(
                     out = sys.stdout
                 else:
                     out = stack.enter_context(open(tmp, "w", encoding="utf-8", newline="\n"))
-                update = stack.enter_context(_progress(show, "dumping", total))
+                update = stack.enter_context(_progress(progress, "dumping", total))
                 for key, value in items:
                     out.write(json_line(key, value) + "\n")
                     n += 1
@@ -1525,6 +1553,9 @@ class Shell:
         line = line.strip()
         if not line or line.startswith("#"):
             return False
+        first = line.split(None, 1)[0]
+        if first in ("\\q", "\\?"):  # psql's words, which shlex would unescape
+            line = ALIASES[first] + line[len(first) :]
         try:
             words = shlex.split(line)
         except ValueError as exc:
@@ -1637,7 +1668,7 @@ class Shell:
         console.print(table)
         for line in (
             'Keys and values with spaces go in quotes: put "my key" "a value".',
-            "With -t keys and values are Python literals: get -t ('user', 42).",
+            "With -t keys are Python literals: get -t ('user', 42); -T for put's value.",
             "Ctrl-C cancels a line or a listing; quit or Ctrl-D leaves.",
         ):
             console.print(line)

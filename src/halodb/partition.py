@@ -1,11 +1,12 @@
 """One hash partition: its log, memtable, bloom filter and tree; knows nothing of other partitions.
 
 Write path: a framed record is appended to the log (handed to the OS, or buffered in FAST mode),
-then the memtable takes the entries and the bloom filter the keys. Read path: memtable, then the
-bloom filter (a negative answer skips the tree), then the tree. :meth:`Partition.flush` merges the
-memtable into the tree (durable through the pager's commit), saves the bloom filter, and only then
-replaces the log by an empty one: the log is never cut before the tree holding its records is
-durable.
+then the memtable takes the entries and the bloom filter the keys. Read path: the memtable; the
+tree's row cache (entries of recently decoded or written leaves: a hit is one hash lookup); the
+bloom filter, whose negative answer skips the tree; then the tree, through its node cache.
+:meth:`Partition.flush` merges the memtable into the tree (durable through the pager's commit),
+saves the bloom filter, and only then replaces the log by an empty one: the log is never cut
+before the tree holding its records is durable.
 
 Every method except ``__init__`` expects the caller (the partition manager) to hold ``lock``.
 The partition keeps an exact count of its live keys, so the store's ``len()`` never scans.
@@ -200,6 +201,9 @@ class Partition:
             return value  # type: ignore[return-value]
         if self.cleared:
             return None
+        value = self.tree.get_cached(key)
+        if value is not None:
+            return value
         if not self.bloom.might_contain(h):
             self.bloom_negatives += 1
             return None
