@@ -1,0 +1,439 @@
+"""Damaged files: every case either raises ``CorruptionError`` or reads back exactly right.
+
+A small store (two partitions, 1 KiB pages, a value spanning overflow pages) is built twice:
+closed cleanly, and abandoned with records left only in the logs. Each case copies it, damages
+one file (flipped bytes, truncation, appended garbage, zeroed, swapped or stale pages), then opens
+it, runs ``check()`` and reads everything, by iteration and by point lookups. The outcome must be
+a ``CorruptionError`` (at open, from ``check()`` or from a read) or exactly the expected data:
+never a wrong value and never another exception (``struct.error``, ``IndexError``, ...). A damaged
+bloom filter is never an error: it is rebuilt from the tree and the data comes back exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import halodb
+from halodb import format as fmt
+from halodb.keys import encode_key
+
+PAGE = 1024
+META_BYTES = 80
+"""The bytes of a meta page that mean something (the rest is padding)."""
+
+Damage = Callable[[bytes], bytes]
+
+
+@dataclass
+class Template:
+    """A built store: its files, what it holds, and how its logs may legitimately be cut."""
+
+    name: str
+    files: dict[str, bytes]
+    expected: dict[Any, Any]
+    old_trees: dict[str, bytes]
+    """Tree files as they were before the last flush: a source of stale but valid pages."""
+    log_ops: list[tuple[dict[Any, Any], set[int]]] = field(default_factory=list)
+    """Ops that are only in the logs: (changes, partitions they touch), in order."""
+    base: dict[Any, Any] = field(default_factory=dict)
+    """The content the trees hold (before the ops only in the logs)."""
+    partition_of: dict[Any, int] = field(default_factory=dict)
+
+
+def _abandon(db: halodb.Store) -> None:
+    """Close ``db`` without flushing its logs into the trees, as a crash would."""
+    db._m.failure = RuntimeError("abandon: leave the logs unflushed")
+    db.close()
+
+
+def _apply(state: dict[Any, Any], changes: dict[Any, Any]) -> None:
+    for key, value in changes.items():
+        if value is None:
+            state.pop(key, None)
+        else:
+            state[key] = value
+
+
+def _build(root: Path, name: str, abandoned: bool) -> Template:
+    path = root / name
+    rng = random.Random(name)
+    db = halodb.open(path, partitions=2, page_size=PAGE)
+    expected: dict[Any, Any] = {}
+
+    def put(key: Any, value: Any) -> None:
+        db[key] = value
+        expected[key] = value
+
+    for i in range(300):
+        key = (f"s{i:04d}", i, -(10**30) - i, ("t", i, b"\x00b"), i + 0.5, b"b\x00%d" % i)[i % 6]
+        value = (f"v{i}" * rng.randrange(1, 20), b"\x00\xff" * (i % 7), {"i": i, "l": [i, None]})
+        put(key, value[i % 3])
+    put("big", "B" * 5000)  # overflow pages
+    put(b"medium", b"m" * 700)
+    for key in list(expected)[::17]:
+        del db[key]
+        del expected[key]
+    db.flush()
+    for i in range(3, 300, 11):  # a second flush: its copies free the first one's pages ...
+        put(f"s{i:04d}", f"second {i}")
+    db.flush()
+    # ... which the next flush reuses: this copy holds pages that will be stale
+    old_trees = {n: (path / n).read_bytes() for n in ("p000.tree", "p001.tree")}
+    for i in range(0, 300, 7):
+        put(f"s{i:04d}", f"rewritten {i}")
+    for key in list(expected)[1::23]:
+        del db[key]
+        del expected[key]
+    put("big2", {"text": "C" * 3000})
+    template = Template(name, {}, expected, old_trees)
+    if abandoned:
+        db.flush()
+        template.base = dict(expected)
+        ops: list[dict[Any, Any]] = [
+            {"wal-a": "only in the log"},
+            {"wal-b": b"bytes in the log", "wal-c": None},
+            {"s0007": None},
+            {"wal-d": [1, 2, 3]},
+            {("wal", 5): "tuple key", "big": "B" * 400},
+            {"wal-a": "overwritten in the log"},
+            {-5: "negative int key"},
+            {"wal-e": "x" * 40, "wal-f": "y" * 40, "wal-g": "z" * 40, "wal-h": None},
+            {"wal-i": "last"},
+        ]
+        for changes in ops:
+            if len(changes) == 1:
+                ((key, value),) = changes.items()
+                if value is None:
+                    del db[key]
+                else:
+                    db[key] = value
+            else:
+                with db.batch() as batch:
+                    for key, value in changes.items():
+                        if value is None:
+                            del batch[key]
+                        else:
+                            batch[key] = value
+            parts = {db._m.part_of(encode_key(k))[0].index for k in changes}
+            template.log_ops.append((changes, parts))
+            _apply(expected, changes)
+        assert any(len(parts) == 2 for _, parts in template.log_ops), "no batch spans both"
+        _abandon(db)
+    else:
+        db.close()
+        template.base = dict(expected)
+    db = halodb.open(path, readonly=True)
+    template.partition_of = {k: db._m.part_of(encode_key(k))[0].index for k in expected}
+    assert dict(db.items()) == expected
+    db.close()
+    template.files = {p.name: p.read_bytes() for p in path.iterdir()}
+    if abandoned:
+        assert all(len(template.files[f"p00{i}.wal"]) > 28 for i in (0, 1))
+    return template
+
+
+@pytest.fixture(scope="module", params=["closed", "abandoned"])
+def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Template:
+    name = str(request.param)
+    return _build(tmp_path_factory.mktemp("templates"), name, abandoned=name == "abandoned")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running one case
+# ---------------------------------------------------------------------------------------------
+
+
+class WrongData(AssertionError):
+    pass
+
+
+def _ordered(state: dict[Any, Any]) -> list[tuple[Any, Any]]:
+    return sorted(state.items(), key=lambda kv: encode_key(kv[0]))
+
+
+def _read_everything(path: Path, probes: list[Any]) -> tuple[list[tuple[Any, Any]], Any]:
+    """Open, check and read the store every way; returns the items and the stats."""
+    db = halodb.open(path)
+    try:
+        db.check()
+        items = list(db.items())
+        keys = [k for k, _ in items]
+        if list(reversed(db)) != keys[::-1]:
+            raise WrongData("reverse iteration differs from forward")
+        if len(db) != len(items):
+            raise WrongData(f"len() is {len(db)}, iteration gives {len(items)}")
+        got = dict(items)
+        for key in probes:
+            if db.get(key) != got.get(key) or (key in db) != (key in got):
+                raise WrongData(f"point read of {key!r} disagrees with iteration")
+        return items, db.stats()
+    finally:
+        _abandon(db)
+
+
+@dataclass
+class Outcome:
+    detected: int = 0
+    intact: int = 0
+    cut: int = 0
+    """Log truncations that read back as a crash at that point would (a prefix of records)."""
+    failures: list[str] = field(default_factory=list)
+
+
+def _run(
+    tmp_path: Path,
+    template: Template,
+    cases: list[tuple[str, str, Damage]],
+    *,
+    allowed: list[dict[Any, Any]] | None = None,
+    bloom: bool = False,
+    interface_ok: Callable[[bytes], bool] | None = None,
+) -> Outcome:
+    """Run damage cases: (description, file name, damage). ``allowed`` adds states a case may
+    legitimately read back (a log cut at a record boundary); ``bloom`` demands a rebuild and
+    exact data; ``interface_ok`` says when an ``InterfaceError`` is a fair answer."""
+    outcome = Outcome()
+    expected = _ordered(template.expected)
+    others = [_ordered(s) for s in allowed or []]
+    probes = [*template.expected, *template.base, "never-written", 12345]
+    for number, (what, name, damage) in enumerate(cases):
+        case = tmp_path / f"case{number}"
+        case.mkdir()
+        damaged = damage(template.files[name])
+        for file_name, data in template.files.items():
+            (case / file_name).write_bytes(damaged if file_name == name else data)
+        label = f"{template.name} {name}: {what}"
+        try:
+            items, stats = _read_everything(case, probes)
+        except halodb.CorruptionError:
+            if bloom:
+                outcome.failures.append(f"{label}: a damaged bloom filter raised CorruptionError")
+            outcome.detected += 1
+            continue
+        except halodb.InterfaceError:
+            if interface_ok is not None and interface_ok(damaged):
+                outcome.detected += 1
+            else:
+                outcome.failures.append(f"{label}: InterfaceError instead of CorruptionError")
+            continue
+        except WrongData as exc:
+            outcome.failures.append(f"{label}: {exc}")
+            continue
+        except Exception as exc:  # any other exception type is the finding
+            outcome.failures.append(f"{label}: {type(exc).__name__}: {exc}")
+            continue
+        if items == expected:
+            outcome.intact += 1
+        elif items in others:
+            outcome.cut += 1
+        else:
+            want = dict(expected)
+            diff = [k for k in {*want, *dict(items)} if want.get(k) != dict(items).get(k)]
+            outcome.failures.append(f"{label}: WRONG DATA at keys {diff[:5]}")
+            continue
+        if bloom and damaged != template.files[name]:
+            index = int(name[1:4])
+            if stats.partitions[index].bloom_rebuilds < 1:
+                outcome.failures.append(f"{label}: damaged bloom filter was used, not rebuilt")
+    return outcome
+
+
+def _assert_ok(outcome: Outcome) -> None:
+    shown = "\n".join(outcome.failures[:15])
+    assert not outcome.failures, f"{len(outcome.failures)} bad outcomes, first ones:\n{shown}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Damage
+# ---------------------------------------------------------------------------------------------
+
+
+def flip(pos: int, mask: int) -> Damage:
+    def damage(data: bytes) -> bytes:
+        out = bytearray(data)
+        out[pos] ^= mask
+        return bytes(out)
+
+    return damage
+
+
+def truncate(size: int) -> Damage:
+    return lambda data: data[:size]
+
+
+def append(extra: bytes) -> Damage:
+    return lambda data: data + extra
+
+
+def put_page(page_no: int, page: bytes) -> Damage:
+    def damage(data: bytes) -> bytes:
+        return data[: page_no * PAGE] + page + data[(page_no + 1) * PAGE :]
+
+    return damage
+
+
+def swap_pages(a: int, b: int) -> Damage:
+    def damage(data: bytes) -> bytes:
+        pages = [data[i : i + PAGE] for i in range(0, len(data), PAGE)]
+        pages[a], pages[b] = pages[b], pages[a]
+        return b"".join(pages)
+
+    return damage
+
+
+def _flips(name: str, positions: list[int], rng: random.Random) -> list[tuple[str, str, Damage]]:
+    return [(f"byte {p} flipped", name, flip(p, rng.randrange(1, 256))) for p in positions]
+
+
+def _cuts_and_garbage(name: str, size: int, rng: random.Random) -> list[tuple[str, str, Damage]]:
+    boundaries = range(PAGE, size, PAGE)
+    points = {0, 1, 7, 8, 27, 28, 29, 71, 72, size // 3, size // 2, size - 1, size - 4}
+    points |= {*boundaries, *(p + 1 for p in boundaries)}
+    cuts = sorted(p for p in points if p < size)
+    cases = [(f"cut at {p}", name, truncate(p)) for p in cuts]
+    garbage = bytes(rng.randrange(256) for _ in range(100))
+    for extra in (b"\x00", garbage, bytes(PAGE), garbage * 11):
+        cases.append((f"{len(extra)} bytes appended", name, append(extra)))
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# The cases, by file kind
+# ---------------------------------------------------------------------------------------------
+
+PARTS = ["p000", "p001"]
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_wal_damage(tmp_path: Path, template: Template, part: str) -> None:
+    """Every byte of the log flipped, the log cut anywhere, garbage appended."""
+    name = f"{part}.wal"
+    rng = random.Random(name)
+    data = template.files[name]
+    cases = _flips(name, list(range(len(data))), rng) + _cuts_and_garbage(name, len(data), rng)
+    cases += [(f"cut at {p}", name, truncate(p)) for p in range(28, len(data), 3)]
+    # a cut log reads back as a crash at that point: a prefix of this partition's records
+    index = int(part[1:])
+    mine = [i for i, (_, parts) in enumerate(template.log_ops) if index in parts]
+    allowed = []
+    for keep in range(len(mine)):
+        state = dict(template.base)
+        for i, (changes, parts) in enumerate(template.log_ops):
+            if index not in parts or mine.index(i) < keep:
+                _apply(state, changes)
+        allowed.append(state)
+    outcome = _run(tmp_path, template, cases, allowed=allowed)
+    _assert_ok(outcome)
+    assert outcome.detected >= len(data), "a flipped log byte went unnoticed"
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_meta_page_damage(tmp_path: Path, template: Template, part: str) -> None:
+    """Every meaningful byte of both meta pages flipped, each meta page zeroed."""
+    name = f"{part}.tree"
+    rng = random.Random(name + "meta")
+    positions = [page * PAGE + i for page in (0, 1) for i in range(META_BYTES)]
+    cases = _flips(name, positions, rng)
+    cases += [(f"meta page {p} zeroed", name, put_page(p, bytes(PAGE))) for p in (0, 1)]
+    cases += [("meta pages swapped", name, swap_pages(0, 1))]
+    _assert_ok(_run(tmp_path, template, cases))
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_tree_page_damage(tmp_path: Path, template: Template, part: str) -> None:
+    """Sampled bytes of tree pages flipped, the file cut, every page zeroed, pages swapped."""
+    name = f"{part}.tree"
+    rng = random.Random(name)
+    data = template.files[name]
+    pages = len(data) // PAGE
+    positions = rng.sample(range(2 * PAGE, len(data)), min(200, len(data) - 2 * PAGE))
+    cases = _flips(name, positions, rng) + _cuts_and_garbage(name, len(data), rng)
+    cases += [(f"page {p} zeroed", name, put_page(p, bytes(PAGE))) for p in range(2, pages)]
+    pairs = {(p, p + 1) for p in range(2, pages - 1)} | {
+        tuple(sorted(rng.sample(range(2, pages), 2))) for _ in range(10)
+    }
+    cases += [(f"pages {a} and {b} swapped", name, swap_pages(a, b)) for a, b in sorted(pairs)]
+    outcome = _run(tmp_path, template, cases)
+    _assert_ok(outcome)
+    assert outcome.detected > len(cases) // 2
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_stale_pages(tmp_path: Path, template: Template, part: str) -> None:
+    """A page put back as it was before the last flush: valid on its own, but stale."""
+    name = f"{part}.tree"
+    old = template.old_trees[name]
+    new = template.files[name]
+    cases = []
+    for p in range(min(len(old), len(new)) // PAGE):
+        page = old[p * PAGE : (p + 1) * PAGE]
+        if page != new[p * PAGE : (p + 1) * PAGE]:
+            cases.append((f"page {p} from before the last flush", name, put_page(p, page)))
+    assert len(cases) >= 3
+    cases.append(("the whole file from before the last flush", name, lambda _: old))
+    outcome = _run(tmp_path, template, cases)
+    _assert_ok(outcome)
+    assert outcome.detected >= 1
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_bloom_damage_is_rebuilt(tmp_path: Path, template: Template, part: str) -> None:
+    """A damaged, cut, extended, stale or missing bloom filter is rebuilt; data stays exact."""
+    name = f"{part}.bloom"
+    rng = random.Random(name)
+    data = template.files[name]
+    positions = sorted({*range(fmt.BLOOM_HEADER.size), *rng.sample(range(len(data)), 150)})
+    cases = _flips(name, positions, rng) + _cuts_and_garbage(name, len(data), rng)
+    cases.append(("all zero", name, lambda d: bytes(len(d))))
+    other = "p001.bloom" if part == "p000" else "p000.bloom"
+    cases.append(("the other partition's filter", name, lambda _: template.files[other]))
+    _assert_ok(_run(tmp_path, template, cases, bloom=True))
+
+
+def test_missing_bloom_file_is_rebuilt(tmp_path: Path, template: Template) -> None:
+    files = dict(template.files)
+    del files["p000.bloom"]
+    _write(tmp_path, files)
+    items, stats = _read_everything(tmp_path, list(template.expected))
+    assert items == _ordered(template.expected)
+    assert stats.partitions[0].bloom_rebuilds == 1
+
+
+def test_manifest_damage(tmp_path: Path, template: Template) -> None:
+    """The manifest: flipped bytes, cuts, garbage. A manifest that no longer starts with the
+    HaloDB magic may be refused as "not a store" (InterfaceError); anything else that is
+    damaged must be a CorruptionError."""
+    name = fmt.MANIFEST_NAME
+    rng = random.Random(name)
+    data = template.files[name]
+    cases = _flips(name, list(range(len(data))), rng) + _cuts_and_garbage(name, len(data), rng)
+    outcome = _run(
+        tmp_path, template, cases, interface_ok=lambda d: not d.startswith(fmt.MANIFEST_MAGIC)
+    )
+    _assert_ok(outcome)
+
+
+def test_files_swapped_between_partitions(tmp_path: Path, template: Template) -> None:
+    cases = []
+    for kind in ("wal", "tree"):
+        a, b = f"p000.{kind}", f"p001.{kind}"
+        cases.append((f"holds {b}", a, lambda _, b=b: template.files[b]))
+    _assert_ok(_run(tmp_path, template, cases))
+
+
+def _write(path: Path, files: dict[str, bytes]) -> None:
+    path.mkdir(exist_ok=True)
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+
+
+def test_undamaged_copy_reads_back_exactly(tmp_path: Path, template: Template) -> None:
+    """The baseline: the harness itself accepts an undamaged copy (so "intact" means intact)."""
+    outcome = _run(tmp_path, template, [("nothing", "HALODB", lambda d: d)])
+    assert (outcome.intact, outcome.failures) == (1, [])
