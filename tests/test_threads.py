@@ -259,3 +259,50 @@ def test_close_while_threads_are_busy(tmp_path: Path) -> None:
     with halodb.open(tmp_path / "db") as again:
         assert dict(again.items()) == expected
         again.check()
+
+
+def test_len_never_sees_half_a_batch(tmp_path: Path) -> None:
+    """Each batch deletes 20 keys and adds 20 across partitions, so the store always holds
+    exactly 200 keys (or 0 right after a clear); len() from another thread must agree."""
+    db = halodb.open(tmp_path / "db", **SMALL)
+    errors: list[BaseException] = []
+    size = 200
+    live = list(range(size))
+    db.update(dict.fromkeys(live, "x"))
+    done = threading.Event()
+    lengths: list[int] = []
+
+    def writer() -> None:
+        rng = random.Random(9)
+        fresh = size
+        try:
+            for round_ in range(300):
+                if round_ % 50 == 49:
+                    db.clear()
+                    live[:] = range(fresh, fresh + size)
+                    fresh += size
+                    db.update(dict.fromkeys(live, "z" * 100))
+                    continue
+                with db.batch() as b:
+                    for _ in range(20):
+                        del b[live.pop(rng.randrange(len(live)))]
+                        b[fresh] = "y" * rng.choice([10, 300])
+                        live.append(fresh)
+                        fresh += 1
+        finally:
+            done.set()
+
+    def reader() -> None:
+        while not done.is_set():
+            lengths.append(len(db))
+
+    _run(
+        [threading.Thread(target=_guard(errors, writer)),
+         threading.Thread(target=_guard(errors, reader))],
+        errors,
+    )
+    assert len(lengths) > 100
+    assert set(lengths) <= {0, size}, sorted(set(lengths))
+    assert sorted(db) == sorted(live)
+    db.check()
+    db.close()

@@ -1511,6 +1511,10 @@ class Shell:
         if code:
             return code
         history = self._setup_readline() if self.interactive else None
+        if self.interactive and threading.current_thread() is threading.main_thread():
+            # Ctrl-C cancels the line even when this process was started with SIGINT ignored
+            # (as background jobs and some supervisors start their children).
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             while True:
                 try:

@@ -18,12 +18,14 @@ index order, ``close`` takes all.
 
 from __future__ import annotations
 
+import atexit
 import heapq
 import itertools
 import logging
 import os
 import secrets
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -203,6 +205,7 @@ class PartitionManager:
         self.durability = options.durability
         self.full = options.durability is Durability.FULL
         self.recovery_seconds = time.perf_counter() - started
+        _OPEN.add(self)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -310,13 +313,13 @@ class PartitionManager:
 
     def check_open(self) -> None:
         """Raise :class:`ProgrammingError` if the store is closed or used after ``fork()``."""
-        if self.closed:
-            raise ProgrammingError(f"{self.path}: store is closed")
         if self.pid != os.getpid():
             raise ProgrammingError(
                 f"{self.path}: store was opened in process {self.pid}; a forked child must "
                 "open the store itself"
             )
+        if self.closed:
+            raise ProgrammingError(f"{self.path}: store is closed")
 
     def _check_writable(self) -> None:
         self.check_open()
@@ -344,6 +347,8 @@ class PartitionManager:
         """The encoded value of ``key``, or ``None``."""
         h = key_hash(key, self.seed)
         part = self.parts[(h[1] >> 32) % len(self.parts)]
+        if self.closed:  # also after fork(), where another thread may have held the lock
+            self.check_open()
         with part.lock:
             if self.closed:
                 self.check_open()
@@ -402,6 +407,8 @@ class PartitionManager:
         h = key_hash(key, self.seed)
         part = self.parts[(h[1] >> 32) % len(self.parts)]
         payload = encode_put(key, value)
+        if self.closed:  # also after fork(), where another thread may have held the lock
+            self.check_open()
         with part.lock:
             if self.closed or self.failure is not None or self.readonly:
                 self._check_writable()
@@ -604,6 +611,7 @@ class PartitionManager:
 
     def close(self) -> None:
         """Flush (unless read-only or failed) and close every file; idempotent."""
+        _OPEN.discard(self)
         if self.closed:
             return
         with ExitStack() as stack:
@@ -633,3 +641,28 @@ class PartitionManager:
                     self._lock.release()
             if error is not None:
                 raise error
+
+
+_OPEN: weakref.WeakSet[PartitionManager] = weakref.WeakSet()
+"""Stores open in this process."""
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must not touch its parent's stores (their locks, logs and buffers belong
+    to the parent): mark them closed, so any use raises :class:`ProgrammingError` at once."""
+    for manager in list(_OPEN):
+        manager.closed = True
+    _OPEN.clear()
+
+
+def _close_at_exit() -> None:
+    """Close the stores a program left open, so a normal exit loses nothing, even in FAST mode."""
+    for manager in list(_OPEN):
+        try:
+            manager.close()
+        except Exception:
+            log.exception("%s: closing at interpreter exit failed", manager.path)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_at_exit)
