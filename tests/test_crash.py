@@ -79,7 +79,7 @@ while True:
             n = rng.randrange(nkeys)
             changes[n] = None if rng.random() < 0.25 else value_of(rng, op_id, n)
         op = {"id": op_id, "kind": "batch", "changes": sorted(changes.items())}
-    elif r < 0.99995:
+    elif r < 0.99975:
         op = {"id": op_id, "kind": "flush", "changes": []}
     else:
         op = {"id": op_id, "kind": "clear", "changes": []}

@@ -511,8 +511,17 @@ def _tree(tmp_path: Path, cache_pages: int = 64) -> BTree:
     return BTree(_new_pager(tmp_path, cache_pages=cache_pages))
 
 
-def _verify(tree: BTree, model: dict[bytes, bytes], rng: random.Random) -> None:
+def _verify(
+    tree: BTree, model: dict[bytes, bytes], rng: random.Random, gone: set[bytes] | None = None
+) -> None:
+    """The tree equals ``model`` by every read path; ``gone``: keys deleted at some point."""
     tree.check()
+    for key, value in model.items():  # the row cache may miss, never be wrong
+        assert tree.get_cached(key) in (None, value), key
+    for key in sorted(gone or ())[:300]:
+        if key not in model:
+            assert tree.get_cached(key) is None, key
+            assert tree.get(key) is None and not tree.contains(key), key
     items = sorted(model.items())
     keys = [k for k, _ in items]
     assert list(tree.iterate(None, None)) == items
@@ -555,6 +564,7 @@ def test_btree_random_changes_against_a_dict(tmp_path: Path, cache_pages: int) -
     rng = random.Random(cache_pages)
     tree = _tree(tmp_path, cache_pages)
     model: dict[bytes, bytes] = {}
+    gone: set[bytes] = set()
     for round_no in range(45):
         seq = round_no + 1
         changes: dict[bytes, bytes | None] = {}
@@ -571,14 +581,15 @@ def test_btree_random_changes_against_a_dict(tmp_path: Path, cache_pages: int) -
         for key, value in changes.items():
             if value is None:
                 model.pop(key, None)
+                gone.add(key)
             else:
                 model[key] = value
         assert count == len(model)
         assert tree.pager.meta.flushed_seq == seq
-        _verify(tree, model, rng)
+        _verify(tree, model, rng, gone)
     tree.pager.close()
     tree = _tree(tmp_path, cache_pages)
-    _verify(tree, model, rng)
+    _verify(tree, model, rng, gone)
     assert tree.pager.meta.height >= 2
     tree.pager.close()
 
@@ -631,7 +642,7 @@ def test_btree_clear(tmp_path: Path) -> None:
     new = {b"n%03d" % i: b"x" * 300 for i in range(5)}
     new_items: list[tuple[bytes, bytes | None]] = sorted(new.items())
     assert tree.apply([*new_items, (b"zz", None)], clear=True, flushed_seq=2) == 5
-    _verify(tree, new, rng)
+    _verify(tree, new, rng, set(old))
     assert tree.apply([], clear=True, flushed_seq=3) == 0
     report = tree.check()
     assert report.keys == 0 and tree.pager.meta.height == 0

@@ -19,7 +19,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, islice, pairwise
-from operator import add, itemgetter
+from operator import add
 from typing import Any, NamedTuple
 
 from halodb import format as fmt
@@ -343,6 +343,15 @@ class BTree:
         With ``clear`` the old contents are dropped first. Returns the new key count.
         Fsyncs (through :meth:`Pager.commit`).
         """
+        return self.apply_columns(
+            [k for k, _ in changes], [v for _, v in changes], clear=clear, flushed_seq=flushed_seq
+        )
+
+    def apply_columns(
+        self, keys: list[bytes], values: list[bytes | None], *, clear: bool, flushed_seq: int
+    ) -> int:
+        """:meth:`apply` with the changes as two parallel lists (sorted, unique keys): no
+        tuple per entry, which keeps a large flush from feeding the garbage collector."""
         pager = self.pager
         meta = pager.meta
         self._count = 0 if clear else meta.key_count
@@ -351,22 +360,25 @@ class BTree:
             self._release_subtree(meta.root, meta.root_crc, meta.height - 1)
         if clear:
             self.rows = {}
+        deleted = [k for k, v in zip(keys, values, strict=True) if v is None]
         if height == 0:
-            live = [(k, v) for k, v in changes if v is not None]
-            refs = self._write_leaves([k for k, _ in live], [v for _, v in live], False)
-            self._count = len(live)
+            if deleted:
+                live = [(k, v) for k, v in zip(keys, values, strict=True) if v is not None]
+                keys = [k for k, _ in live]
+                values = [v for _, v in live]
+            refs = self._write_leaves(keys, values, False)  # type: ignore[arg-type]
+            self._count = len(keys)
             level = 0
         else:
-            self._ckeys = list(map(itemgetter(0), changes))
-            self._changes = changes
-            refs = self._update(meta.root, meta.root_crc, height - 1, 0, len(changes), b"")
+            self._ckeys = keys
+            self._cvalues = values
+            refs = self._update(meta.root, meta.root_crc, height - 1, 0, len(keys), b"")
             level = height - 1
         # Loading old leaves put their entries in the row cache and writing new ones put theirs
         # (later, so newer); only the deleted keys are left to drop.
         pop = self.rows.pop
-        for key, value in changes:
-            if value is None:
-                pop(key, None)
+        for key in deleted:
+            pop(key, None)
         while len(refs) > 1:
             refs = self._write_internals(refs, level + 1)
             level += 1
@@ -390,12 +402,12 @@ class BTree:
             flushed_seq=flushed_seq,
             key_count=self._count,
         )
-        self._changes = ()
         self._ckeys = []
+        self._cvalues = []
         return self._count
 
-    _changes: Sequence[Change] = ()
     _ckeys: list[bytes] = []  # noqa: RUF012
+    _cvalues: list[bytes | None] = []  # noqa: RUF012
     _count = 0
 
     def _update(
@@ -430,19 +442,22 @@ class BTree:
     ) -> tuple[list[bytes], list[bytes | Overflow], bool]:
         """A leaf's entries with ``changes[lo:hi]`` applied: keys, values, and whether any value
         may be an :class:`Overflow`. Overflow chains of replaced values are released."""
-        changes = self._changes[lo:hi]
+        ckeys = self._ckeys[lo:hi]
+        cvalues = self._cvalues[lo:hi]
         merged: dict[bytes, bytes | Overflow | None] = dict(
             zip(leaf.keys, leaf.values, strict=True)
         )
         if leaf.big:
-            for key, _ in changes:
+            for key in ckeys:
                 old = merged.get(key)
                 if type(old) is Overflow:
                     self._release_overflow(old)
         before = len(merged)
-        merged.update(changes)
-        for key in [k for k, v in changes if v is None]:
-            del merged[key]
+        merged.update(zip(ckeys, cvalues, strict=True))
+        if None in cvalues:
+            for key, value in zip(ckeys, cvalues, strict=True):
+                if value is None:
+                    del merged[key]
         self._count += len(merged) - before
         keys = sorted(merged)
         values: list[bytes | Overflow] = list(map(merged.__getitem__, keys))  # type: ignore[arg-type]

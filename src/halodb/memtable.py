@@ -71,6 +71,11 @@ class Memtable:
         order = self._sorted()
         return list(zip(order, map(self.data.__getitem__, order), strict=True))
 
+    def columns(self) -> tuple[list[bytes], list[bytes | None]]:
+        """Every key in order, and the values (or ``None``) in the same order."""
+        keys = list(self._sorted())
+        return keys, list(map(self.data.__getitem__, keys))
+
     def clear(self) -> None:
         """Forget every entry."""
         self.data = {}

@@ -293,9 +293,9 @@ class Partition:
                 self._rotate_log()
             return
         self.log.write_out()
-        changes = self.memtable.items()
+        keys, values = self.memtable.columns()
         cleared = self.cleared
-        count = self.tree.apply(changes, clear=cleared, flushed_seq=self.last_seq)
+        count = self.tree.apply_columns(keys, values, clear=cleared, flushed_seq=self.last_seq)
         if count != self.count:
             raise InternalError(
                 f"partition {self.index}: tree holds {count} keys after a flush, "
