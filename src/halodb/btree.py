@@ -108,8 +108,9 @@ class BTree:
         self.page_size = pager.page_size
         self.max_key, self.max_inline = limits(pager.page_size)
         self.rows: dict[bytes, bytes | Overflow] = {}
-        """Row cache: key -> value of every entry of the leaves decoded or written lately, so a
-        warm lookup is one hash lookup. Exact: a flush drops every key it changes."""
+        """Row cache: key -> value of the entries of leaves read from disk lately and of keys
+        looked up lately, so a warm lookup is one hash lookup. Exact: a flush drops every key it
+        changes."""
         self.rows_limit = max(pager.cache_pages * ROWS_PER_PAGE, 1024)
         self.usable = pager.page_size - _HSIZE
         self.where = pager.path
@@ -248,6 +249,10 @@ class BTree:
         i = bisect_left(keys, key)
         if i < len(keys) and keys[i] == key:
             value = leaf.values[i]
+            rows = self.rows
+            rows[key] = value
+            if len(rows) > self.rows_limit:
+                self.rows = dict(islice(rows.items(), len(rows) // 2, None))
             return value if type(value) is bytes else self.read_overflow(value)  # type: ignore[arg-type]
         return None
 
@@ -360,9 +365,8 @@ class BTree:
             self._release_subtree(meta.root, meta.root_crc, meta.height - 1)
         if clear:
             self.rows = {}
-        deleted = [k for k, v in zip(keys, values, strict=True) if v is None]
         if height == 0:
-            if deleted:
+            if None in values:
                 live = [(k, v) for k, v in zip(keys, values, strict=True) if v is not None]
                 keys = [k for k, _ in live]
                 values = [v for _, v in live]
@@ -374,10 +378,10 @@ class BTree:
             self._cvalues = values
             refs = self._update(meta.root, meta.root_crc, height - 1, 0, len(keys), b"")
             level = height - 1
-        # Loading old leaves put their entries in the row cache and writing new ones put theirs
-        # (later, so newer); only the deleted keys are left to drop.
+        # The row cache may hold the old value of any changed key (loading the old leaves above
+        # put theirs there): drop them all.
         pop = self.rows.pop
-        for key in deleted:
+        for key in keys:
             pop(key, None)
         while len(refs) > 1:
             refs = self._write_internals(refs, level + 1)
@@ -560,12 +564,8 @@ class BTree:
             )
             page_no = pager.allocate()
             crc = pager.write_page(page_no, body)
-            group_values = values[a:b]
             big_group = flags is not None and fmt.VALUE_OVERFLOW in group_flags
-            pager.remember(page_no, Leaf(group_keys, group_values, big_group))
-            # Every change a flush applies passes through here, so the row cache gets the new
-            # value of every key written (apply() drops the deleted ones).
-            self._remember_rows(group_keys, group_values)
+            pager.remember(page_no, Leaf(group_keys, values[a:b], big_group))
             refs.append((group_keys[0], page_no, crc))
         return refs
 
