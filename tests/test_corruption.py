@@ -21,7 +21,10 @@ import pytest
 
 import halodb
 from halodb import format as fmt
+from halodb.btree import BTree
 from halodb.keys import encode_key
+from halodb.pager import Pager
+from halodb.vfs import FileSystem
 
 PAGE = 1024
 META_BYTES = 80
@@ -467,3 +470,48 @@ def test_undamaged_copy_reads_back_exactly(tmp_path: Path, template: Template) -
     """The baseline: the harness itself accepts an undamaged copy (so "intact" means intact)."""
     outcome = _run(tmp_path, template, [("nothing", "HALODB", lambda d: d)])
     assert (outcome.intact, outcome.failures) == (1, [])
+
+
+def test_manifest_with_another_hash_seed(tmp_path: Path, template: Template) -> None:
+    """A manifest whose hash seed no longer matches the data (checksum recomputed, so it looks
+    valid) routes keys to partitions that do not hold them: ``check()`` must say so."""
+    data = bytearray(template.files[fmt.MANIFEST_NAME])
+    fields = list(fmt.MANIFEST.unpack_from(data))
+    fields[6] ^= 0x5A5A5A5A  # hash_seed
+    body = fmt.MANIFEST.pack(*fields)
+    files = dict(template.files)
+    files[fmt.MANIFEST_NAME] = body[:-4] + fmt.U32.pack(fmt.crc(body[:-4]))
+    _write(tmp_path, files)
+    with pytest.raises(halodb.CorruptionError):
+        db = halodb.open(tmp_path)
+        try:
+            db.check()
+        finally:
+            _abandon(db)
+
+
+def test_check_finds_a_key_in_the_wrong_partition(tmp_path: Path, template: Template) -> None:
+    """A key stored in a partition it does not route to (what a change of the routing function
+    does to every older store) is shown by iteration but missed by point reads. Nothing else
+    is wrong with the files, so only ``check()`` can notice: it must."""
+    _write(tmp_path, template.files)
+    db = halodb.open(tmp_path)
+    stray = next(
+        k for k in (f"stray {i}" for i in range(1000)) if db._m.part_of(encode_key(k))[0].index
+    )
+    _abandon(db)
+    pager = Pager(FileSystem(), str(tmp_path / "p000.tree"), 0, PAGE, 64, False)
+    BTree(pager).apply(
+        [(encode_key(stray), b"\x01in partition 0")],
+        clear=False,
+        flushed_seq=pager.meta.flushed_seq,
+    )
+    pager.close()
+    db = halodb.open(tmp_path)
+    try:
+        assert dict(db.items())[stray] == "in partition 0"
+        assert db.get(stray) is None, "the stray key is found after all: the test is stale"
+        with pytest.raises(halodb.CorruptionError):
+            db.check()
+    finally:
+        _abandon(db)

@@ -327,11 +327,16 @@ class BTree:
             keys = leaf.keys
             a = 0 if lo is None else bisect_left(keys, lo)
             b = len(keys) if hi is None else bisect_left(keys, hi)
-            order = range(b - 1, a - 1, -1) if reverse else range(a, b)
             values = leaf.values
-            for i in order:
-                value = values[i]
-                yield keys[i], value if type(value) is bytes else self.read_overflow(value)  # type: ignore[arg-type]
+            if not leaf.big:
+                if reverse:
+                    yield from zip(reversed(keys[a:b]), reversed(values[a:b]), strict=True)
+                else:
+                    yield from zip(keys[a:b], values[a:b], strict=True)
+            else:
+                for i in range(b - 1, a - 1, -1) if reverse else range(a, b):
+                    value = values[i]
+                    yield keys[i], value if type(value) is bytes else self.read_overflow(value)  # type: ignore[arg-type]
             if (reverse and a > 0) or (not reverse and b < len(keys)):
                 return
 

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 from halodb import format as fmt
 from halodb.bloom import BloomFilter, key_hash
@@ -225,10 +226,14 @@ class Partition:
         out: list[tuple[bytes, bytes]] = []
         data = self.memtable.data
         mem = self.memtable.keys(lo, hi, reverse=reverse)
+        mkey = next(mem, None)
+        if mkey is None:  # nothing recent in range: the tree alone
+            if self.cleared:
+                return out
+            return list(islice(self.tree.iterate(lo, hi, reverse=reverse), limit))
         disk: Iterator[tuple[bytes, bytes]] = (
             iter(()) if self.cleared else self.tree.iterate(lo, hi, reverse=reverse)
         )
-        mkey = next(mem, None)
         dkv = next(disk, None)
         while len(out) < limit and (mkey is not None or dkv is not None):
             if dkv is None or (

@@ -19,7 +19,6 @@ index order, ``close`` takes all.
 from __future__ import annotations
 
 import atexit
-import heapq
 import itertools
 import logging
 import os
@@ -373,25 +372,61 @@ class PartitionManager:
     ) -> Iterator[tuple[bytes, bytes]]:
         """Live ``(key, value)`` in ``[lo, hi)`` across partitions, in key order, lazily.
 
-        Each partition is read in growing chunks under its lock; a chunk resumes after the last key
-        returned, so keys come strictly in order, never twice, and a write made after a chunk
+        Each partition is read in growing chunks under its lock; a chunk resumes after the last
+        key returned, so keys come strictly in order, never twice, and a write made after a chunk
         was read shows up only if its key lies ahead of where that partition's chunk ended.
+        Chunks are merged a round at a time: every buffered item up to the smallest last key
+        among the buffers (the largest, reversed) is sorted and yielded; no partition can still
+        produce a key before that bound.
         """
         self.check_open()
-        iters = [self._scan_part(p, lo, hi, reverse, chunk) for p in self.parts]
-        if len(iters) == 1:
-            return iters[0]
-        return heapq.merge(*iters, key=itemgetter(0), reverse=reverse)
+        sources = [self._chunks(p, lo, hi, reverse, chunk) for p in self.parts]
+        if len(sources) == 1:
+            return (item for items in sources[0] for item in items)
+        return self._merge(sources, reverse)
 
-    def _scan_part(
-        self, part: Partition, lo: bytes | None, hi: bytes | None, reverse: bool, chunk: int
+    @staticmethod
+    def _merge(
+        sources: list[Iterator[list[tuple[bytes, bytes]]]], reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]:
+        live: list[tuple[Iterator[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]]] = []
+        for source in sources:
+            items = next(source, None)
+            if items:
+                live.append((source, items))
+        first = itemgetter(0)
+        while live:
+            lasts = [items[-1][0] for _, items in live]
+            bound = max(lasts) if reverse else min(lasts)
+            out: list[tuple[bytes, bytes]] = []
+            keep = []
+            for source, items in live:
+                # items before the first key past the bound (binary search; either order)
+                low, high = 0, len(items)
+                while low < high:
+                    mid = (low + high) // 2
+                    if (items[mid][0] >= bound) if reverse else (items[mid][0] <= bound):
+                        low = mid + 1
+                    else:
+                        high = mid
+                out.extend(items[:low])
+                rest = items[low:] or next(source, [])
+                if rest:
+                    keep.append((source, rest))
+            live = keep
+            out.sort(key=first, reverse=reverse)
+            yield from out
+
+    def _chunks(
+        self, part: Partition, lo: bytes | None, hi: bytes | None, reverse: bool, chunk: int
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
         limit = min(chunk, FIRST_CHUNK)
         while True:
             with part.lock:
                 self.check_open()
                 items = part.scan(lo, hi, reverse, limit)
-            yield from items
+            if items:
+                yield items
             if len(items) < limit:
                 return
             limit = min(limit * 2, chunk)
