@@ -323,6 +323,13 @@ class BTree:
         self, lo: bytes | None, hi: bytes | None, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
         """``(key, value)`` for keys in ``[lo, hi)``, ascending (or descending), lazily."""
+        for items in self.iterate_leaves(lo, hi, reverse=reverse):
+            yield from items
+
+    def iterate_leaves(
+        self, lo: bytes | None, hi: bytes | None, *, reverse: bool = False
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
+        """:meth:`iterate` a leaf at a time: one list of ``(key, value)`` per leaf, lazily."""
         for leaf in self._leaves(lo, hi, reverse):
             keys = leaf.keys
             a = 0 if lo is None else bisect_left(keys, lo)
@@ -330,13 +337,15 @@ class BTree:
             values = leaf.values
             if not leaf.big:
                 if reverse:
-                    yield from zip(reversed(keys[a:b]), reversed(values[a:b]), strict=True)
+                    yield list(zip(reversed(keys[a:b]), reversed(values[a:b]), strict=True))  # type: ignore[arg-type]
                 else:
-                    yield from zip(keys[a:b], values[a:b], strict=True)
+                    yield list(zip(keys[a:b], values[a:b], strict=True))  # type: ignore[arg-type]
             else:
-                for i in range(b - 1, a - 1, -1) if reverse else range(a, b):
-                    value = values[i]
-                    yield keys[i], value if type(value) is bytes else self.read_overflow(value)  # type: ignore[arg-type]
+                read = self.read_overflow
+                yield [
+                    (keys[i], value if type(value := values[i]) is bytes else read(value))  # type: ignore[arg-type]
+                    for i in (range(b - 1, a - 1, -1) if reverse else range(a, b))
+                ]
             if (reverse and a > 0) or (not reverse and b < len(keys)):
                 return
 

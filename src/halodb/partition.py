@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 
 from halodb import format as fmt
 from halodb.bloom import BloomFilter, key_hash
@@ -230,7 +229,12 @@ class Partition:
         if mkey is None:  # nothing recent in range: the tree alone
             if self.cleared:
                 return out
-            return list(islice(self.tree.iterate(lo, hi, reverse=reverse), limit))
+            for items in self.tree.iterate_leaves(lo, hi, reverse=reverse):
+                out += items
+                if len(out) >= limit:
+                    del out[limit:]
+                    break
+            return out
         disk: Iterator[tuple[bytes, bytes]] = (
             iter(()) if self.cleared else self.tree.iterate(lo, hi, reverse=reverse)
         )

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = "LOCK"
 SCAN_CHUNK = 1024
-FIRST_CHUNK = 16
+FIRST_CHUNK = 32
 """A scan reads each partition FIRST_CHUNK items at first, doubling up to SCAN_CHUNK: short
 range scans read little, long ones take few locks."""
 
@@ -379,16 +379,27 @@ class PartitionManager:
         among the buffers (the largest, reversed) is sorted and yielded; no partition can still
         produce a key before that bound.
         """
+        return (
+            item
+            for items in self.scan_batches(lo, hi, reverse=reverse, chunk=chunk)
+            for item in items
+        )
+
+    def scan_batches(
+        self, lo: bytes | None, hi: bytes | None, *, reverse: bool = False, chunk: int = SCAN_CHUNK
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
+        """:meth:`scan` a list at a time: each list in order and after the one before, so a
+        caller can process a whole list in one go."""
         self.check_open()
         sources = [self._chunks(p, lo, hi, reverse, chunk) for p in self.parts]
         if len(sources) == 1:
-            return (item for items in sources[0] for item in items)
+            return sources[0]
         return self._merge(sources, reverse)
 
     @staticmethod
     def _merge(
         sources: list[Iterator[list[tuple[bytes, bytes]]]], reverse: bool
-    ) -> Iterator[tuple[bytes, bytes]]:
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
         live: list[tuple[Iterator[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]]] = []
         for source in sources:
             items = next(source, None)
@@ -415,7 +426,7 @@ class PartitionManager:
                     keep.append((source, rest))
             live = keep
             out.sort(key=first, reverse=reverse)
-            yield from out
+            yield out
 
     def _chunks(
         self, part: Partition, lo: bytes | None, hi: bytes | None, reverse: bool, chunk: int

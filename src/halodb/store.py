@@ -114,12 +114,12 @@ class Store(MutableMapping[Key, Any]):
 
     def __iter__(self) -> Iterator[Key]:
         """Keys in order (see the module docstring for concurrent writes)."""
-        for key, _ in self._m.scan(None, None):
-            yield decode_key(key)
+        for items in self._m.scan_batches(None, None):
+            yield from [decode_key(key) for key, _ in items]
 
     def __reversed__(self) -> Iterator[Key]:
-        for key, _ in self._m.scan(None, None, reverse=True):
-            yield decode_key(key)
+        for items in self._m.scan_batches(None, None, reverse=True):
+            yield from [decode_key(key) for key, _ in items]
 
     def keys(self) -> KeysView[Key]:
         """A view of the keys, in order."""
@@ -215,20 +215,20 @@ class Store(MutableMapping[Key, Any]):
             hi = phi if hi is None else min(hi, phi)
         if lo is not None and hi is not None and lo >= hi:
             return iter(())
-        return self._decoded(self._m.scan(lo, hi, reverse=reverse))
+        return self._decoded(self._m.scan_batches(lo, hi, reverse=reverse))
 
-    def _decoded(self, items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[Key, Any]]:
+    def _decoded(self, batches: Iterator[list[tuple[bytes, bytes]]]) -> Iterator[tuple[Key, Any]]:
         decode = self._decode_value
-        for key, value in items:
-            yield decode_key(key), decode(value)
+        for items in batches:
+            yield from [(decode_key(key), decode(value)) for key, value in items]
 
     def first(self) -> tuple[Key, Any] | None:
         """The smallest ``(key, value)``, or ``None`` if the store is empty. O(log n)."""
-        return next(self._decoded(self._m.scan(None, None, chunk=1)), None)
+        return next(self._decoded(self._m.scan_batches(None, None, chunk=1)), None)
 
     def last(self) -> tuple[Key, Any] | None:
         """The largest ``(key, value)``, or ``None`` if the store is empty. O(log n)."""
-        return next(self._decoded(self._m.scan(None, None, reverse=True, chunk=1)), None)
+        return next(self._decoded(self._m.scan_batches(None, None, reverse=True, chunk=1)), None)
 
     # -- batches, durability, inspection, lifecycle -----------------------------------------
 

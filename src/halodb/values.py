@@ -128,7 +128,7 @@ class DefaultCodec:
             raise CorruptionError("value: empty encoding (no codec tag)")
         tag = data[0]
         if tag == TAG_BYTES:
-            return bytes(data[1:])
+            return data[1:]
         if tag == TAG_STR:
             return _utf8(data[1:], "str")
         if tag == TAG_JSON:
