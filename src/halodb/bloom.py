@@ -56,14 +56,20 @@ class BloomFilter:
         hashes = max(1, min(16, round(bits_per_key * HASHES_PER_BIT)))
         return cls(nbits, hashes, capacity)
 
-    def add(self, h: tuple[int, int]) -> None:
-        """Add a key by its :func:`key_hash`. O(hashes)."""
+    def add(self, h: tuple[int, int]) -> bool:
+        """Add a key by its :func:`key_hash`; returns :meth:`might_contain` as it was before.
+        O(hashes)."""
         h1, h2 = h
         bits = self.bits
         m = self.nbits
+        seen = True
         for _ in range(self.hashes):
-            bits[h1 % m] = 1
+            i = h1 % m
+            if not bits[i]:
+                bits[i] = 1
+                seen = False
             h1 += h2
+        return seen
 
     def might_contain(self, h: tuple[int, int]) -> bool:
         """False only if the key was never added. O(hashes)."""

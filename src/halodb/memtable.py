@@ -17,6 +17,17 @@ ENTRY_OVERHEAD = 64
 """Bytes charged per entry on top of key and value, for the Python objects that hold them."""
 
 
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: object = _Missing()
+"""What ``Memtable.data.get(key, MISSING)`` returns for a key the memtable does not hold."""
+
+
 class Memtable:
     """Recent writes of one partition, ordered by key. ``None`` values are tombstones.
 
@@ -40,19 +51,23 @@ class Memtable:
     def __len__(self) -> int:
         return len(self.data)
 
-    def put(self, key: bytes, value: bytes | None) -> None:
-        """Record ``value`` (``None``: a tombstone) for ``key``. O(1)."""
+    def put(self, key: bytes, value: bytes | None) -> object:
+        """Record ``value`` (``None``: a tombstone) for ``key``. O(1).
+
+        Returns what the memtable held for ``key`` before: its value, ``None`` (a tombstone)
+        or :data:`MISSING`.
+        """
         data = self.data
-        if key not in data:
+        old = data.get(key, MISSING)
+        if old is MISSING:
             self.size += len(key) + ENTRY_OVERHEAD
             self.pending.append(key)
-        else:
-            old = data[key]
-            if old is not None:
-                self.size -= len(old)
+        elif old is not None:
+            self.size -= len(old)  # type: ignore[arg-type]
         if value is not None:
             self.size += len(value)
         data[key] = value
+        return old
 
     def _sorted(self) -> SortedList:
         if self.pending:
@@ -82,15 +97,3 @@ class Memtable:
         self.order = SortedList()
         self.pending = []
         self.size = 0
-
-
-class _Missing:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-_MISSING = _Missing()
-MISSING: object = _MISSING
-"""What ``Memtable.data.get(key, MISSING)`` returns for a key the memtable does not hold."""

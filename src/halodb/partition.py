@@ -259,10 +259,13 @@ class Partition:
 
     def put(self, key: bytes, value: bytes, h: tuple[int, int], seq: int) -> None:
         """Apply one logged put to the memtable, bloom filter and key count."""
-        if not self.contains(key, h):
+        old = self.memtable.put(key, value)
+        maybe_in_tree = self.bloom.add(h)
+        if old is MISSING:  # new to the memtable: new to the store unless the tree has it
+            if not maybe_in_tree or self.cleared or not self.tree.contains(key):
+                self.count += 1
+        elif old is None:  # over a tombstone
             self.count += 1
-        self.memtable.put(key, value)
-        self.bloom.add(h)
         self.last_seq = seq
 
     def apply(
@@ -331,6 +334,12 @@ class Partition:
         old.retire()
 
     # -- inspection --------------------------------------------------------------------------
+
+    def all_keys(self) -> Iterator[bytes]:
+        """Every key the partition holds, live or tombstoned, tree and memtable (unordered)."""
+        if not self.cleared:
+            yield from self.tree.iter_keys()
+        yield from self.memtable.data
 
     def stats(self) -> PartitionStats:
         """This partition's counters."""

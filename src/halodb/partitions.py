@@ -54,6 +54,12 @@ FIRST_CHUNK = 32
 range scans read little, long ones take few locks."""
 
 
+def route(h: tuple[int, int], partitions: int) -> int:
+    """The partition of a key with :func:`key_hash` ``h``: bits of the second half that the
+    bloom filter's first probe does not use. Part of the format: never change it."""
+    return (h[1] >> 32) % partitions
+
+
 @dataclass(frozen=True, slots=True)
 class Manifest:
     """The store-wide settings fixed at creation."""
@@ -340,12 +346,12 @@ class PartitionManager:
     def part_of(self, key: bytes) -> tuple[Partition, tuple[int, int]]:
         """The partition of an encoded key, and the key's hash."""
         h = key_hash(key, self.seed)
-        return self.parts[(h[1] >> 32) % len(self.parts)], h
+        return self.parts[route(h, len(self.parts))], h
 
     def get(self, key: bytes) -> bytes | None:
         """The encoded value of ``key``, or ``None``."""
         h = key_hash(key, self.seed)
-        part = self.parts[(h[1] >> 32) % len(self.parts)]
+        part = self.parts[(h[1] >> 32) % len(self.parts)]  # route(), inlined: the hot path
         if self.closed:  # also after fork(), where another thread may have held the lock
             self.check_open()
         with part.lock:
@@ -451,7 +457,7 @@ class PartitionManager:
     def put(self, key: bytes, value: bytes) -> None:
         """Store ``value`` under ``key``; durable as the store's durability mode says."""
         h = key_hash(key, self.seed)
-        part = self.parts[(h[1] >> 32) % len(self.parts)]
+        part = self.parts[(h[1] >> 32) % len(self.parts)]  # route(), inlined: the hot path
         payload = encode_put(key, value)
         if self.closed:  # also after fork(), where another thread may have held the lock
             self.check_open()
@@ -527,7 +533,7 @@ class PartitionManager:
             groups = {i: [] for i in range(n)}
         seed = self.seed
         for key, value in changes.items():
-            groups.setdefault((key_hash(key, seed)[1] >> 32) % n, []).append((key, value))
+            groups.setdefault(route(key_hash(key, seed), n), []).append((key, value))
         if not groups:
             return
         ids = sorted(groups)
@@ -641,19 +647,21 @@ class PartitionManager:
         )
 
     def check(self) -> list[TreeReport]:
-        """Verify every structure of every partition; raises :class:`CorruptionError`."""
+        """Verify every structure of every partition, and that every key lives in the partition
+        it routes to; raises :class:`CorruptionError`."""
         reports = []
+        n, seed = len(self.parts), self.seed
         for part in self.parts:
             with part.lock:
                 self.check_open()
                 reports.append(part.check())
+                for key in part.all_keys():
+                    if route(key_hash(key, seed), n) != part.index:
+                        raise CorruptionError(
+                            f"{self.path}: partition {part.index} holds a key that routes to "
+                            f"partition {route(key_hash(key, seed), n)}"
+                        )
         return reports
-
-    def first_key_in(self, part: Partition) -> bytes | None:
-        """The smallest live key of one partition (caller holds no lock)."""
-        with part.lock:
-            items = part.scan(None, None, False, 1)
-        return items[0][0] if items else None
 
     def close(self) -> None:
         """Flush (unless read-only or failed) and close every file; idempotent."""
