@@ -18,8 +18,8 @@ import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, islice, pairwise
-from operator import add
+from itertools import accumulate, islice
+from operator import add, le, lt
 from typing import Any, NamedTuple
 
 from halodb import format as fmt
@@ -72,6 +72,20 @@ ROWS_PER_PAGE = 16
 """Row-cache entries allowed per page of node cache."""
 
 Ref = tuple[bytes, int, int]
+
+
+def _slices(page: bytes, base: int, ends: tuple[int, ...]) -> list[bytes]:
+    """The pieces of ``page`` from ``base`` that end at the cumulative offsets ``ends``
+    (C-level maps: no Python bytecode per piece)."""
+    starts = map(base.__add__, (0, *ends))
+    return list(map(page.__getitem__, map(slice, starts, map(base.__add__, ends))))
+
+
+def _ascending(ends: tuple[int, ...]) -> bool:
+    """Whether cumulative offsets never go down."""
+    return all(map(le, ends, islice(ends, 1, None)))
+
+
 """A written node: a lower bound of its keys, its page number, its checksum."""
 
 
@@ -134,17 +148,11 @@ class BTree:
                 vbase = kbase + kends[-1]
                 if vbase + vends[-1] > size:
                     raise CorruptionError(f"{where}: leaf contents run past the page")
-                keys = [
-                    page[kbase + a : kbase + b] for a, b in zip((0, *kends), kends, strict=False)
-                ]
-                values: list[bytes | Overflow] = [
-                    page[vbase + a : vbase + b] for a, b in zip((0, *vends), vends, strict=False)
-                ]
-                if any(a > b for a, b in zip((0, *kends), kends, strict=False)) or any(
-                    a > b for a, b in zip((0, *vends), vends, strict=False)
-                ):
+                keys = _slices(page, kbase, kends)
+                values: list[bytes | Overflow] = _slices(page, vbase, vends)  # type: ignore[assignment]
+                if not (_ascending(kends) and _ascending(vends)):
                     raise CorruptionError(f"{where}: leaf offsets out of order")
-                for i, flag in enumerate(flags):
+                for i, flag in enumerate(flags) if flags.count(0) != n else ():
                     if flag == fmt.VALUE_OVERFLOW:
                         raw = values[i]
                         assert isinstance(raw, bytes)
@@ -162,13 +170,9 @@ class BTree:
                 refs = struct.unpack_from(f"<{2 * (n + 1)}I", page, _HSIZE)
                 kends = struct.unpack_from(f"<{n}H", page, children_end)
                 kbase = children_end + 2 * n
-                if (n and kbase + kends[-1] > size) or any(
-                    a > b for a, b in zip((0, *kends), kends, strict=False)
-                ):
+                if (n and kbase + kends[-1] > size) or not _ascending(kends):
                     raise CorruptionError(f"{where}: internal node keys run past the page")
-                keys = [
-                    page[kbase + a : kbase + b] for a, b in zip((0, *kends), kends, strict=False)
-                ]
+                keys = _slices(page, kbase, kends)
                 self._check_sorted(keys, where)
                 return Internal(keys, list(refs[0::2]), list(refs[1::2]))
         except struct.error as exc:
@@ -177,9 +181,8 @@ class BTree:
 
     @staticmethod
     def _check_sorted(keys: list[bytes], where: str) -> None:
-        for a, b in pairwise(keys):
-            if not a < b:
-                raise CorruptionError(f"{where}: keys out of order")
+        if not all(map(lt, keys, islice(keys, 1, None))):
+            raise CorruptionError(f"{where}: keys out of order")
 
     def _node(self, page_no: int, crc: int, level: int) -> Leaf | Internal:
         node: Leaf | Internal | None = self.pager.cache.get(page_no)
