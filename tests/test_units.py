@@ -744,3 +744,13 @@ def test_memtable_size_accounting_and_tombstones() -> None:
     )
     mem.put(b"again", b"1")
     assert mem.items() == [(b"again", b"1")] and mem.size == 5 + ENTRY_OVERHEAD + 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [(b"", b""), (b"k", b"v"), (b"\x00" * 40, bytes(range(256)) * 20)]
+)
+def test_wal_frame_put_is_the_general_frame_byte_for_byte(key: bytes, value: bytes) -> None:
+    """The put hot path frames records itself; it must write exactly what frame() does."""
+    from halodb.wal import frame_put
+
+    assert frame_put(12345, key, value) == frame(fmt.REC_WRITE, 12345, encode_put(key, value))

@@ -12,6 +12,9 @@ to its partition, so a key is hashed once per operation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import mmh3
 from bitarray import bitarray
 
@@ -25,10 +28,9 @@ HASHES_PER_BIT = 0.5
 present key buy little)."""
 
 
-def key_hash(key: bytes, seed: int) -> tuple[int, int]:
-    """The two 64-bit hashes of ``key`` that routing and every bloom filter use."""
-    h: tuple[int, int] = mmh3.hash64(key, seed, signed=False)
-    return h
+key_hash: Callable[[bytes, int], tuple[int, int]] = partial(mmh3.hash64, signed=False)
+"""``key_hash(key, seed)``: the two unsigned 64-bit halves of MurmurHash3 x64 128 of ``key``,
+which routing and every bloom filter use (a C-level partial: it runs on every operation)."""
 
 
 class BloomFilter:

@@ -69,6 +69,10 @@ WRITE_FLAGS: Final = struct.Struct("<B")
 """Flags of a write; bit 0: the partition is cleared before the entries apply."""
 FLAG_CLEAR: Final = 0x01
 
+PUT_RECORD_TAIL: Final = struct.Struct("<IBQBBHI")
+"""A one-put write record after its two checksums, up to the key: ``WAL_RECORD_HEADER_TAIL``,
+``WRITE_FLAGS`` and ``ENTRY`` packed in one go (the hot path); the same bytes, not a new layout."""
+
 ENTRY: Final = struct.Struct("<BHI")
 """op, key length, value length; the key and the value bytes follow."""
 # Entry ops. DO NOT CHANGE OR REUSE THESE VALUES.

@@ -43,7 +43,7 @@ from halodb.errors import (
 from halodb.options import DEFAULT_PAGE_SIZE, DEFAULT_PARTITIONS, Durability, Options
 from halodb.partition import Partition, PartitionStats, create_files
 from halodb.vfs import FileSystem, Lock
-from halodb.wal import Entry, LogWriter, encode_batch, encode_entries, encode_put, frame
+from halodb.wal import Entry, LogWriter, encode_batch, encode_entries, frame, frame_put
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,7 @@ class PartitionManager:
             raise
         self.durability = options.durability
         self.full = options.durability is Durability.FULL
+        self.memtable_limit = options.memtable_size
         self.recovery_seconds = time.perf_counter() - started
         _OPEN.add(self)
 
@@ -458,7 +459,6 @@ class PartitionManager:
         """Store ``value`` under ``key``; durable as the store's durability mode says."""
         h = key_hash(key, self.seed)
         part = self.parts[(h[1] >> 32) % len(self.parts)]  # route(), inlined: the hot path
-        payload = encode_put(key, value)
         if self.closed:  # also after fork(), where another thread may have held the lock
             self.check_open()
         with part.lock:
@@ -468,12 +468,12 @@ class PartitionManager:
             assert wal is not None
             seq = next(self._seq)
             try:
-                end = wal.append(frame(fmt.REC_WRITE, seq, payload))
+                end = wal.append(frame_put(seq, key, value))
             except OperationalError as exc:
                 self._fail(exc)
                 raise
             part.put(key, value, h, seq)
-            if part.memtable.size > self.options.memtable_size:
+            if part.memtable.size > self.memtable_limit:
                 self._flush_part(part)
         if self.full:
             self._sync(wal, end)
@@ -495,7 +495,7 @@ class PartitionManager:
                 self._fail(exc)
                 raise
             part.apply([(key, None)], seq, clear=False)
-            if part.memtable.size > self.options.memtable_size:
+            if part.memtable.size > self.memtable_limit:
                 self._flush_part(part)
         if self.full:
             self._sync(wal, end)
@@ -513,12 +513,12 @@ class PartitionManager:
             assert wal is not None
             seq = next(self._seq)
             try:
-                end = wal.append(frame(fmt.REC_WRITE, seq, encode_put(key, value)))
+                end = wal.append(frame_put(seq, key, value))
             except OperationalError as exc:
                 self._fail(exc)
                 raise
             part.put(key, value, h, seq)
-            if part.memtable.size > self.options.memtable_size:
+            if part.memtable.size > self.memtable_limit:
                 self._flush_part(part)
         if self.full:
             self._sync(wal, end)
@@ -570,7 +570,7 @@ class PartitionManager:
             for part in parts:
                 part.apply(groups[part.index], seq, clear=clear, batch=len(parts) > 1)
             for part in parts:
-                if part.memtable.size > self.options.memtable_size:
+                if part.memtable.size > self.memtable_limit:
                     self._flush_part(part)
         if self.full:
             for wal, end in synced:

@@ -13,6 +13,7 @@ check out), which raises :class:`CorruptionError` instead of dropping good recor
 from __future__ import annotations
 
 import threading
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,9 @@ _TAIL = fmt.WAL_RECORD_HEADER_TAIL
 _U32 = fmt.U32
 _ENTRY = fmt.ENTRY
 _crc = fmt.crc
+_crc32 = zlib.crc32
+_MASK = fmt.CRC_MASK
+_PUT_TAIL = fmt.PUT_RECORD_TAIL
 
 
 def header_bytes(partition: int, base_seq: int) -> bytes:
@@ -41,6 +45,16 @@ def frame(rtype: int, seq: int, payload: bytes) -> bytes:
     tail = _TAIL.pack(len(payload), rtype, seq)
     rest = _U32.pack(_crc(tail)) + tail + payload
     return _U32.pack(_crc(rest)) + rest
+
+
+def frame_put(seq: int, key: bytes, value: bytes) -> bytes:
+    """``frame(REC_WRITE, seq, encode_put(key, value))``, byte for byte, in fewer steps: the
+    hot path of every single put."""
+    head = _PUT_TAIL.pack(
+        8 + len(key) + len(value), fmt.REC_WRITE, seq, 0, fmt.OP_PUT, len(key), len(value)
+    )
+    rest = _U32.pack(_crc32(head[:13]) ^ _MASK) + head + key + value
+    return _U32.pack(_crc32(rest) ^ _MASK) + rest
 
 
 def encode_entries(flags: int, entries: Sequence[Entry]) -> bytes:
