@@ -464,17 +464,7 @@ class PartitionManager:
         with part.lock:
             if self.closed or self.failure is not None or self.readonly:
                 self._check_writable()
-            wal = part.log
-            assert wal is not None
-            seq = next(self._seq)
-            try:
-                end = wal.append(frame_put(seq, key, value))
-            except OperationalError as exc:
-                self._fail(exc)
-                raise
-            part.put(key, value, h, seq)
-            if part.memtable.size > self.memtable_limit:
-                self._flush_part(part)
+            wal, end = self._write_locked(part, key, value, h)
         if self.full:
             self._sync(wal, end)
 
@@ -486,17 +476,7 @@ class PartitionManager:
             old = part.get(key, h) if want_value else None
             if not (old is not None if want_value else part.contains(key, h)):
                 return False, None
-            wal = part.log
-            assert wal is not None
-            seq = next(self._seq)
-            try:
-                end = wal.append(frame(fmt.REC_WRITE, seq, encode_entries(0, [(key, None)])))
-            except OperationalError as exc:
-                self._fail(exc)
-                raise
-            part.apply([(key, None)], seq, clear=False)
-            if part.memtable.size > self.memtable_limit:
-                self._flush_part(part)
+            wal, end = self._write_locked(part, key, None, h)
         if self.full:
             self._sync(wal, end)
         return True, old
@@ -509,20 +489,34 @@ class PartitionManager:
             old = part.get(key, h)
             if old is not None:
                 return old
-            wal = part.log
-            assert wal is not None
-            seq = next(self._seq)
-            try:
-                end = wal.append(frame_put(seq, key, value))
-            except OperationalError as exc:
-                self._fail(exc)
-                raise
-            part.put(key, value, h, seq)
-            if part.memtable.size > self.memtable_limit:
-                self._flush_part(part)
+            wal, end = self._write_locked(part, key, value, h)
         if self.full:
             self._sync(wal, end)
         return None
+
+    def _write_locked(
+        self, part: Partition, key: bytes, value: bytes | None, h: tuple[int, int]
+    ) -> tuple[LogWriter, int]:
+        """Log and apply one put (or delete, ``value`` None) with ``part.lock`` held; flush the
+        partition if its memtable is full. Returns the log and the offset to sync to."""
+        wal = part.log
+        assert wal is not None
+        seq = next(self._seq)
+        try:
+            if value is None:
+                end = wal.append(frame(fmt.REC_WRITE, seq, encode_entries(0, [(key, None)])))
+            else:
+                end = wal.append(frame_put(seq, key, value))
+        except OperationalError as exc:
+            self._fail(exc)
+            raise
+        if value is None:
+            part.apply([(key, None)], seq, clear=False)
+        else:
+            part.put(key, value, h, seq)
+        if part.memtable.size > self.memtable_limit:
+            self._flush_part(part)
+        return wal, end
 
     def commit(self, changes: dict[bytes, bytes | None], *, clear: bool = False) -> None:
         """Apply ``changes`` (``None``: delete) atomically across partitions, after clearing the
