@@ -133,24 +133,7 @@ class Pager:
         fields = fmt.META.unpack_from(page)
         if fields[0] != fmt.page_crc(slot, page[4:size]):
             return None
-        (
-            _,
-            magic,
-            version,
-            partition,
-            page_size,
-            txn,
-            root,
-            root_crc,
-            height,
-            _,
-            page_count,
-            free_head,
-            free_head_crc,
-            free_count,
-            flushed_seq,
-            key_count,
-        ) = fields
+        _, magic, version, partition, page_size, *state = fields
         where = f"{self.path} meta page {slot}"
         if magic != fmt.TREE_MAGIC:
             raise CorruptionError(f"{where}: not a HaloDB tree file")
@@ -158,18 +141,10 @@ class Pager:
             raise CorruptionError(f"{where}: version {version} of partition {partition}")
         if page_size != self.page_size:
             raise CorruptionError(f"{where}: page size {page_size}, store says {self.page_size}")
-        meta = Meta(
-            txn,
-            root,
-            root_crc,
-            height,
-            page_count,
-            free_head,
-            free_head_crc,
-            free_count,
-            flushed_seq,
-            key_count,
-        )
+        del state[4]  # the reserved field after the height
+        meta = Meta(*state)
+        page_count, root, height = meta.page_count, meta.root, meta.height
+        free_head, free_count = meta.free_head, meta.free_count
         file_pages = self.file.size() // self.page_size
         if not META_PAGES <= page_count <= file_pages:
             raise CorruptionError(
