@@ -378,9 +378,10 @@ class BTree:
         meta = pager.meta
         self._count = 0 if clear else meta.key_count
         height = 0 if clear else meta.height
-        if clear and meta.height:
-            self._release_subtree(meta.root, meta.root_crc, meta.height - 1)
         if clear:
+            # Every page but the meta pages is unused by the new tree: no need to read the old
+            # one (which may be damaged: clearing is a way out).
+            pager.release_all()
             self.rows = {}
         if height == 0:
             if None in values:
@@ -504,17 +505,6 @@ class BTree:
                 raise CorruptionError(f"{self.where} page {page_no}: broken overflow chain")
             self.pager.release(page_no)
             page_no, crc = nxt, nxt_crc
-
-    def _release_subtree(self, page_no: int, crc: int, level: int) -> None:
-        node = self._node(page_no, crc, level)
-        self.pager.release(page_no)
-        if isinstance(node, Internal):
-            for child, child_crc in zip(node.children, node.crcs, strict=True):
-                self._release_subtree(child, child_crc, level - 1)
-        else:
-            for value in node.values:
-                if type(value) is Overflow:
-                    self._release_overflow(value)
 
     @staticmethod
     def _split(cum: list[int], capacity: int) -> list[tuple[int, int]]:

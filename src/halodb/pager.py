@@ -213,6 +213,14 @@ class Pager:
         self.pending.append(page_no)
         self.cache.pop(page_no, None)
 
+    def release_all(self) -> None:
+        """The transaction being built uses no page of the committed one: every page that is
+        not free already becomes pending (reusable from the next transaction on)."""
+        free = set(self.free)
+        self.pending = [p for p in range(META_PAGES, self._next_page) if p not in free]
+        self.freelist_pages = []  # now among the pending pages
+        self.cache = {}
+
     # -- cache -------------------------------------------------------------------------------
 
     def remember(self, page_no: int, node: Any) -> None:

@@ -333,14 +333,15 @@ class PartitionManager:
             raise ProgrammingError(f"{self.path}: store is open read-only")
         if self.failure is not None:
             raise OperationalError(
-                f"{self.path}: store refuses writes after an I/O failure ({self.failure}); "
-                "close and reopen it"
+                f"{self.path}: store refuses writes after a failure "
+                f"({str(self.failure) or type(self.failure).__name__}); close and reopen it"
             ) from self.failure
 
     def _fail(self, exc: BaseException) -> None:
         if self.failure is None:
             self.failure = exc
-            log.error("%s: I/O failure, refusing further writes: %s", self.path, exc)
+            reason = str(exc) or type(exc).__name__
+            log.error("%s: refusing further writes after a failure: %s", self.path, reason)
 
     # -- routing and reads -------------------------------------------------------------------
 
