@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
 
 import halodb
+import halodb.vfs
 from halodb import format as fmt
 
 
@@ -44,3 +46,66 @@ def test_failure_message_names_an_interrupt_that_has_no_text(tmp_path: Path) -> 
     with pytest.raises(halodb.OperationalError, match="KeyboardInterrupt"):
         db["k"] = 1
     db.close()
+
+
+class _InterruptTreeWrites(halodb.vfs.FileSystem):
+    """Raises KeyboardInterrupt from the n-th write to a tree file, once."""
+
+    def __init__(self) -> None:
+        self.countdown = -1
+
+    def open(self, path: str, *, write: bool = False, create: bool = False) -> halodb.vfs.File:
+        handle = super().open(path, write=write, create=create)
+        if not path.endswith(".tree"):
+            return handle
+        return _InterruptingFile(self, handle.path, handle.fd)
+
+
+class _InterruptingFile(halodb.vfs.File):
+    __slots__ = ()
+
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        fs = self.fs
+        assert isinstance(fs, _InterruptTreeWrites)
+        if fs.countdown > 0:
+            fs.countdown -= 1
+            if fs.countdown == 0:
+                raise KeyboardInterrupt
+        super().write_at(offset, data)
+
+
+@pytest.mark.parametrize("nth", [1, 2, 5, 20, 60])
+def test_flush_interrupted_part_way_leaves_the_store_consistent(tmp_path: Path, nth: int) -> None:
+    """An interrupt in the middle of a flush used to leave the pager's half-built transaction
+    behind: pages were later handed out twice and live nodes overwritten."""
+    fs = _InterruptTreeWrites()
+    path = tmp_path / "s"
+    model = {i: "v" * (i % 300) for i in range(600)}
+    db = halodb.open(path, partitions=1, page_size=1024, filesystem=fs)
+    db.update(model)
+    db.flush()
+    for i in range(0, 600, 3):
+        model[i] = "w" * (i % 500)
+    for i in range(1, 600, 7):
+        del model[i]
+    with db.batch() as b:
+        for i in range(600):
+            if i in model:
+                b[i] = model[i]
+            else:
+                del b[i]
+    fs.countdown = nth
+    with contextlib.suppress(KeyboardInterrupt):
+        db.flush()
+    assert dict(db.items()) == model
+    for round_ in range(3):  # the store goes on working and flushing
+        for i in range(round_, 600, 11):
+            model[i] = f"r{round_}"
+            db[i] = model[i]
+        db.flush()
+        db.check()
+        assert dict(db.items()) == model
+    db.close()
+    with halodb.open(path) as again:
+        again.check()
+        assert dict(again.items()) == model

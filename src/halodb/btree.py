@@ -373,7 +373,25 @@ class BTree:
         self, keys: list[bytes], values: list[bytes | None], *, clear: bool, flushed_seq: int
     ) -> int:
         """:meth:`apply` with the changes as two parallel lists (sorted, unique keys): no
-        tuple per entry, which keeps a large flush from feeding the garbage collector."""
+        tuple per entry, which keeps a large flush from feeding the garbage collector.
+
+        All or nothing in memory too: if anything raises part-way (an I/O error, damage found
+        in an old page, an interrupt), the pager forgets the half-built transaction and the
+        tree stays the committed one."""
+        self.pager.begin()
+        try:
+            return self._apply(keys, values, clear=clear, flushed_seq=flushed_seq)
+        except BaseException:
+            self.pager.abort()
+            self.rows = {}
+            raise
+        finally:
+            self._ckeys = []
+            self._cvalues = []
+
+    def _apply(
+        self, keys: list[bytes], values: list[bytes | None], *, clear: bool, flushed_seq: int
+    ) -> int:
         pager = self.pager
         meta = pager.meta
         self._count = 0 if clear else meta.key_count
@@ -424,8 +442,6 @@ class BTree:
             flushed_seq=flushed_seq,
             key_count=self._count,
         )
-        self._ckeys = []
-        self._cvalues = []
         return self._count
 
     _ckeys: list[bytes] = []  # noqa: RUF012

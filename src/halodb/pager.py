@@ -24,7 +24,7 @@ from itertools import islice
 from typing import Any
 
 from halodb import format as fmt
-from halodb.errors import CorruptionError
+from halodb.errors import CorruptionError, InternalError
 from halodb.vfs import File, FileSystem
 
 META_PAGES = 2
@@ -123,6 +123,8 @@ class Pager:
             raise
         self.pending: list[int] = []
         """Pages the transaction being built stopped using; free from the next one on."""
+        self._saved: tuple[list[int], int, list[int]] = ([], 0, [])
+        self._committing = False
 
     # -- meta pages --------------------------------------------------------------------------
 
@@ -196,9 +198,35 @@ class Pager:
         if len(body) < size - 4:
             body = bytes(body) + bytes(size - 4 - len(body))
         checksum = fmt.page_crc(page_no, body)
+        if len(body) != size - 4:
+            raise InternalError(
+                f"{self.path}: page {page_no} body is {len(body)} bytes, a page holds {size - 4}"
+            )
         self.file.write_at(page_no * size, fmt.U32.pack(checksum) + bytes(body))
         self.stats.pages_written += 1
         return checksum
+
+    def begin(self) -> None:
+        """Start building a transaction: remember the allocation state, for :meth:`abort`."""
+        self._saved = (list(self.free), self._next_page, list(self.freelist_pages))
+        self.pending = []
+
+    def abort(self) -> None:
+        """Forget the transaction being built (after an error or interrupt part-way): the
+        allocation state is back as :meth:`begin` found it, and the cache is emptied (it may
+        hold nodes of pages the transaction wrote). The committed tree was never touched.
+
+        Interrupted while its meta page was being written, the transaction may or may not be
+        committed: the state is then read back from the disk, which decides."""
+        self.pending = []
+        self.cache = {}
+        if self._committing:
+            self._committing = False
+            self.meta = self._read_meta()
+            self.freelist_pages = []
+            self._load_free_list()
+        else:
+            self.free, self._next_page, self.freelist_pages = self._saved
 
     def allocate(self) -> int:
         """A page number for the transaction being built: a free page, or a new one."""
@@ -298,6 +326,7 @@ class Pager:
             key_count,
         )
         slot = meta.txn % 2
+        self._committing = True  # from here on, only the disk knows which meta is current
         self.file.write_at(
             slot * self.page_size, _meta_bytes(meta, self.partition, self.page_size, slot)
         )
@@ -306,6 +335,7 @@ class Pager:
         self.free = entries
         self.pending = []
         self.freelist_pages = fl_pages
+        self._committing = False
 
     def close(self) -> None:
         """Close the file; idempotent."""

@@ -35,6 +35,7 @@ from halodb.bloom import key_hash
 from halodb.btree import TreeReport, limits
 from halodb.errors import (
     CorruptionError,
+    Error,
     InterfaceError,
     NotSupportedError,
     OperationalError,
@@ -593,7 +594,10 @@ class PartitionManager:
                     if other is not part and wal is not None:
                         wal.sync_to(wal.written)
             part.flush(force=force)
-        except OperationalError as exc:
+        except Error as exc:
+            # I/O failure, damage met in an old page, a broken invariant: writes stop here.
+            # (An interrupt is not recorded: the half-built flush was forgotten whole, and the
+            # store goes on as before it.)
             self._fail(exc)
             raise
 
