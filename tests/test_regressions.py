@@ -109,3 +109,36 @@ def test_flush_interrupted_part_way_leaves_the_store_consistent(tmp_path: Path, 
     with halodb.open(path) as again:
         again.check()
         assert dict(again.items()) == model
+
+
+def test_a_store_that_lost_its_manifest_is_not_recreated_over_its_data(tmp_path: Path) -> None:
+    """A missing manifest used to make open() take the directory for an interrupted creation
+    and write empty partition files over the data."""
+    path = tmp_path / "s"
+    with halodb.open(path) as db:
+        db.update({i: str(i) for i in range(1000)})
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    (path / fmt.MANIFEST_NAME).unlink()
+    with pytest.raises(halodb.CorruptionError, match="manifest"):
+        halodb.open(path)
+    after = {p.name: p.read_bytes() for p in path.iterdir()}
+    del before[fmt.MANIFEST_NAME]
+    assert after == before  # not a byte changed
+
+
+def test_an_interrupted_creation_is_completed(tmp_path: Path) -> None:
+    """What a creation leaves before its manifest lands (lock, empty partition files, a temp
+    file) is finished on the next open."""
+    from halodb.partition import create_files
+    from halodb.vfs import FileSystem
+
+    path = tmp_path / "s"
+    path.mkdir()
+    (path / "LOCK").touch()
+    for index in range(2):
+        create_files(FileSystem(), str(path), index, 4096)
+    (path / "HALODB.tmp").write_bytes(b"half a manifest")
+    with halodb.open(path) as db:
+        db["k"] = "v"
+    with halodb.open(path) as db:
+        assert dict(db.items()) == {"k": "v"}

@@ -42,9 +42,18 @@ from halodb.errors import (
     ProgrammingError,
 )
 from halodb.options import DEFAULT_PAGE_SIZE, DEFAULT_PARTITIONS, Durability, Options
+from halodb.pager import new_tree_file
 from halodb.partition import Partition, PartitionStats, create_files
 from halodb.vfs import FileSystem, Lock
-from halodb.wal import Entry, LogWriter, encode_batch, encode_entries, frame, frame_put
+from halodb.wal import (
+    Entry,
+    LogWriter,
+    encode_batch,
+    encode_entries,
+    frame,
+    frame_put,
+    header_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +131,15 @@ def _parse_manifest(data: bytes, where: str) -> Manifest:
     return Manifest(partitions, page_size, seed, created, name)
 
 
-def _is_store_leftover(name: str) -> bool:
-    return name in (LOCK_NAME, fmt.MANIFEST_NAME + ".tmp") or (
-        name.startswith("p") and name.rsplit(".", maxsplit=1)[-1] in ("wal", "tree", "bloom", "tmp")
-    )
+def _partition_file_kind(name: str) -> tuple[int, str] | None:
+    """``(index, suffix)`` for a name like ``p003.wal``, else ``None``."""
+    stem, _, suffix = name.partition(".")
+    if len(stem) == 4 and stem[0] == "p" and stem[1:].isdigit() and suffix in PART_SUFFIXES:
+        return int(stem[1:]), suffix
+    return None
+
+
+PART_SUFFIXES = ("wal", "tree", "bloom", "wal.tmp", "tree.tmp", "bloom.tmp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,12 +233,7 @@ class PartitionManager:
     def _create(self, codec: str) -> None:
         fs, path, options = self.fs, self.path, self.options
         if fs.is_dir(path):
-            foreign = [n for n in fs.listdir(path) if not _is_store_leftover(n)]
-            if foreign:
-                raise InterfaceError(
-                    f"{path}: directory is not empty and is not a HaloDB store "
-                    f"(it holds {sorted(foreign)[:3]}); choose an empty or new directory"
-                )
+            self._check_leftovers(fs.listdir(path), options.page_size or DEFAULT_PAGE_SIZE)
         else:
             fs.mkdir(path)
         lock_path = os.path.join(path, LOCK_NAME)
@@ -249,6 +258,45 @@ class PartitionManager:
             fs.write_new(os.path.join(path, fmt.MANIFEST_NAME), _manifest_bytes(manifest))
         finally:
             lock.release()
+
+    def _check_leftovers(self, names: list[str], page_size: int) -> None:
+        """A directory without a manifest may be made a store only if it is empty or holds
+        what an interrupted creation leaves: the lock, temporary files, and partition files
+        exactly as created (a log with no record, a tree with no page). Anything holding data
+        means the manifest was lost, and re-creating the store would destroy that data."""
+        foreign = []
+        for name in names:
+            kind = _partition_file_kind(name)
+            if name in (LOCK_NAME, fmt.MANIFEST_NAME + ".tmp") or (
+                kind and kind[1].endswith("tmp")
+            ):
+                continue
+            if kind is None:
+                foreign.append(name)
+                continue
+            index, suffix = kind
+            fresh = header_bytes(index, 0) if suffix == "wal" else new_tree_file(index, page_size)
+            full = os.path.join(self.path, name)
+            handle = self.fs.open(full)
+            try:
+                same = (
+                    suffix != "bloom"
+                    and handle.size() == len(fresh)
+                    and (handle.read_at(0, len(fresh)) == fresh)
+                )
+            finally:
+                handle.close()
+            if not same:
+                raise CorruptionError(
+                    f"{full}: the store's manifest {fmt.MANIFEST_NAME} is missing but its "
+                    "partition files hold data; not re-creating the store over them "
+                    "(restore the manifest from a backup)"
+                )
+        if foreign:
+            raise InterfaceError(
+                f"{self.path}: directory is not empty and is not a HaloDB store "
+                f"(it holds {sorted(foreign)[:3]}); choose an empty or new directory"
+            )
 
     def _take_lock(self) -> Lock:
         lock_path = os.path.join(self.path, LOCK_NAME)
