@@ -142,3 +142,60 @@ def test_an_interrupted_creation_is_completed(tmp_path: Path) -> None:
         db["k"] = "v"
     with halodb.open(path) as db:
         assert dict(db.items()) == {"k": "v"}
+
+
+class _BytearrayCodec:
+    name = "bytearray"
+
+    def encode(self, value: object) -> bytes:
+        assert isinstance(value, bytes)
+        return bytearray(value)  # type: ignore[return-value]
+
+    def decode(self, data: bytes) -> object:
+        return data
+
+
+class _StrCodec:
+    name = "str-out"
+
+    def encode(self, value: object) -> bytes:
+        return str(value)  # type: ignore[return-value]
+
+    def decode(self, data: bytes) -> object:
+        return data
+
+
+def test_a_codec_returning_bytearray_cannot_corrupt_the_tree(tmp_path: Path) -> None:
+    """A bytearray from a custom codec was written inline however large, running past its page."""
+    path = tmp_path / "s"
+    values = {i: bytes([i]) * size for i, size in enumerate((10, 3000, 70000))}
+    with halodb.open(path, value_codec=_BytearrayCodec()) as db:
+        db.update(values)
+        db.flush()
+        db.check()
+    with halodb.open(path, value_codec=_BytearrayCodec()) as db:
+        db.check()
+        assert dict(db.items()) == values
+
+
+def test_a_codec_returning_a_str_is_a_type_error_with_nothing_written(tmp_path: Path) -> None:
+    with halodb.open(tmp_path / "s", value_codec=_StrCodec()) as db:
+        with pytest.raises(TypeError, match="not bytes"):
+            db["k"] = 1
+        assert len(db) == 0
+
+
+def test_a_batch_too_large_for_one_log_record_is_refused_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch part over the u32 record length raised struct.error; now DataError, nothing
+    written (the limit is lowered here: the real one is 4 GiB)."""
+    import halodb.partitions
+
+    monkeypatch.setattr(halodb.partitions, "MAX_RECORD_PAYLOAD", 1000)
+    with halodb.open(tmp_path / "s", partitions=1) as db:
+        db["before"] = 1
+        with pytest.raises(halodb.DataError, match="split it"), db.batch() as b:
+            for i in range(20):
+                b[i] = "x" * 100
+        assert dict(db.items()) == {"before": 1}

@@ -35,6 +35,7 @@ from halodb.bloom import key_hash
 from halodb.btree import TreeReport, limits
 from halodb.errors import (
     CorruptionError,
+    DataError,
     Error,
     InterfaceError,
     NotSupportedError,
@@ -58,6 +59,8 @@ from halodb.wal import (
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "LOCK"
+MAX_RECORD_PAYLOAD = 0xFFFFFFFF - 4096
+"""A log record's payload length is a u32; a little is kept for the batch header."""
 SCAN_CHUNK = 1024
 FIRST_CHUNK = 32
 """A scan reads each partition FIRST_CHUNK items at first, doubling up to SCAN_CHUNK: short
@@ -576,10 +579,18 @@ class PartitionManager:
         if clear:
             groups = {i: [] for i in range(n)}
         seed = self.seed
+        sizes = [0] * n
         for key, value in changes.items():
-            groups.setdefault(route(key_hash(key, seed), n), []).append((key, value))
+            index = route(key_hash(key, seed), n)
+            groups.setdefault(index, []).append((key, value))
+            sizes[index] += fmt.ENTRY.size + len(key) + (0 if value is None else len(value))
         if not groups:
             return
+        if max(sizes) > MAX_RECORD_PAYLOAD:
+            raise DataError(
+                f"batch holds {max(sizes)} bytes for one partition; a batch may hold at most "
+                f"{MAX_RECORD_PAYLOAD} bytes per partition (split it into several batches)"
+            )
         ids = sorted(groups)
         flags = fmt.FLAG_CLEAR if clear else 0
         parts = [self.parts[i] for i in ids]

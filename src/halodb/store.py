@@ -70,6 +70,12 @@ class Store(MutableMapping[Key, Any]):
 
     def _value(self, value: object) -> bytes:
         encoded = self._encode_value(value)
+        if type(encoded) is not bytes:
+            if not isinstance(encoded, bytes | bytearray | memoryview):
+                raise TypeError(
+                    f"value codec {self._codec.name!r} returned {type(encoded).__name__}, not bytes"
+                )
+            encoded = bytes(encoded)
         if len(encoded) > MAX_VALUE_SIZE:
             raise DataError(f"value encodes to {len(encoded)} bytes; the limit is {MAX_VALUE_SIZE}")
         return encoded
