@@ -62,3 +62,39 @@ def test_store_left_open_is_closed_at_interpreter_exit(tmp_path: Path, durabilit
         # A clean close flushed the memtables into the trees.
         assert all(p.memtable_entries == 0 for p in stats.partitions)
         db.check()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_does_not_keep_the_store_locked(tmp_path: Path) -> None:
+    """The child's copy of the lock descriptor used to keep the store locked after the parent
+    closed it, so neither the parent nor the child could open it again."""
+    path = tmp_path / "s"
+    db = halodb.open(path)
+    db["k"] = "parent"
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(to_child_w)
+        os.close(to_parent_r)
+        os.read(to_child_r, 1)  # wait for the parent to close its handle
+        code = 0
+        try:
+            with halodb.open(path) as mine:  # "a forked child must open the store itself"
+                code = 0 if mine["k"] == "parent" else 4
+                mine["k"] = "child"
+        except BaseException:
+            code = 5
+        os.write(to_parent_w, b"x")
+        os._exit(code)
+    os.close(to_child_r)
+    os.close(to_parent_w)
+    db.close()
+    with halodb.open(path) as again:  # the parent reopens while the child still lives
+        assert again["k"] == "parent"
+    os.write(to_child_w, b"x")
+    os.read(to_parent_r, 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with halodb.open(path) as final:
+        assert final["k"] == "child"

@@ -26,7 +26,7 @@ import secrets
 import time
 import weakref
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from operator import itemgetter
 
@@ -721,6 +721,20 @@ class PartitionManager:
                         )
         return reports
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: mark the store closed and close this process's copies of its file
+        descriptors, lock included, without writing, flushing or unlocking anything (the
+        parent's descriptors, and so its lock, stay as they are). Without this the child would
+        hold the lock open after the parent closed the store."""
+        self.closed = True
+        handles = [p.pager.file for p in self.parts] + [p.log.file for p in self.parts if p.log]
+        for handle in handles:
+            with suppress(Error):
+                handle.close()
+        if self._lock is not None:
+            with suppress(Error):
+                self._lock.release()
+
     def close(self) -> None:
         """Flush (unless read-only or failed) and close every file; idempotent."""
         _OPEN.discard(self)
@@ -763,7 +777,7 @@ def _after_fork_in_child() -> None:
     """A forked child must not touch its parent's stores (their locks, logs and buffers belong
     to the parent): mark them closed, so any use raises :class:`ProgrammingError` at once."""
     for manager in list(_OPEN):
-        manager.closed = True
+        manager.forget_after_fork()
     _OPEN.clear()
 
 
