@@ -199,3 +199,55 @@ def test_a_batch_too_large_for_one_log_record_is_refused_whole(
             for i in range(20):
                 b[i] = "x" * 100
         assert dict(db.items()) == {"before": 1}
+
+
+@pytest.mark.parametrize("garbage", [b"\x00" * 4096, b"\x00" * 7, b"\xab" * 10, b"x" * 30])
+def test_bytes_added_to_a_log_after_a_clean_close_are_damage(
+    tmp_path: Path, garbage: bytes
+) -> None:
+    """Zeros or a few bytes after a cleanly closed log used to be taken for a torn tail and cut
+    away silently; a clean close now ends the log with a close record, after which nothing
+    may follow."""
+    path = tmp_path / "s"
+    with halodb.open(path, partitions=1) as db:
+        db["k"] = "v"
+    wal = path / fmt.partition_file(0, "wal")
+    wal.write_bytes(wal.read_bytes() + garbage)
+    before = wal.read_bytes()
+    with pytest.raises(halodb.CorruptionError, match=r"clean close|checksum"):
+        halodb.open(path)
+    assert wal.read_bytes() == before  # nothing cut
+
+
+def test_a_last_record_zeroed_from_a_sector_boundary_is_a_torn_tail(tmp_path: Path) -> None:
+    """After a power cut the file's size may reach the disk without its last blocks (zeros).
+    The record that spans the boundary is torn, not damage: the store opens without it."""
+    path = tmp_path / "s"
+    db = halodb.open(path, partitions=1)
+    db["first"] = "a"
+    db["second"] = "b" * 2000  # spans at least one 512-byte boundary
+    db._m.failure = RuntimeError("abandon")  # close without flushing: the log keeps both
+    db.close()
+    wal = path / fmt.partition_file(0, "wal")
+    data = bytearray(wal.read_bytes())
+    cut = (len(data) - 1500) // 512 * 512 + 512  # a sector boundary inside the last record
+    data[cut:] = bytes(len(data) - cut)
+    wal.write_bytes(bytes(data))
+    with halodb.open(path) as again:
+        assert dict(again.items()) == {"first": "a"}
+        again.check()
+
+
+def test_a_damaged_last_record_that_is_not_zeroed_is_still_damage(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    db = halodb.open(path, partitions=1)
+    db["first"] = "a"
+    db["second"] = "b" * 2000
+    db._m.failure = RuntimeError("abandon")
+    db.close()
+    wal = path / fmt.partition_file(0, "wal")
+    data = bytearray(wal.read_bytes())
+    data[-700] ^= 0x01
+    wal.write_bytes(bytes(data))
+    with pytest.raises(halodb.CorruptionError, match="checksum"):
+        halodb.open(path)

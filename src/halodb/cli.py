@@ -12,8 +12,11 @@ Exit codes (also documented in ``docs/cli.md``)::
     2    usage error: unknown command or option, missing argument, bad key literal, bad input data
     3    store error: locked by another process, corrupted, not a store, I/O failure
     130  interrupted (Ctrl-C)
+    141  stdout was closed early (``halodb list | head``); nothing more is printed
 
 No user mistake prints a traceback; set ``HALODB_DEBUG=1`` to see one for an internal error.
+The engine's log messages are printed as ``warning:`` and ``error:`` lines like the command's own
+(``HALODB_DEBUG=1`` shows its ``info:`` and ``debug:`` lines too).
 
 Typed keys: by default every key typed is a ``str``. With ``-t``/``--typed`` keys are Python
 literals, and keys and values are shown as literals; with ``-T``/``--typed-value`` the value
@@ -38,6 +41,7 @@ import difflib
 import inspect
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -69,6 +73,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
+    "EXIT_PIPE",
     "EXIT_STORE",
     "EXIT_USAGE",
     "CliError",
@@ -91,8 +96,11 @@ EXIT_NOT_FOUND: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_STORE: Final = 3
 EXIT_INTERRUPTED: Final = 130
+EXIT_PIPE: Final = 141
+"""What a shell reports for a program killed by SIGPIPE (128 + 13): its reader went away."""
 
 DEFAULT_PATH: Final = "./halodb-data"
+HELP_OPTIONS: Final = ["-h", "--help"]
 HISTORY_LENGTH: Final = 1000
 TREE_FANOUT: Final = 6
 """Children drawn per internal node by ``tree``; the rest are summarised as "... N more"."""
@@ -173,6 +181,17 @@ def _literal(node: ast.expr, value: bool, depth: int) -> object:
     raise _LiteralError(f"{ast.unparse(node)[:40]!r} is not a literal (nothing is evaluated)")
 
 
+_ECHO_LIMIT = 60
+"""Characters of a bad input an error message repeats."""
+
+
+def _echo(text: str) -> str:
+    """``text`` quoted for an error message, cut to its first :data:`_ECHO_LIMIT` characters."""
+    if len(text) <= _ECHO_LIMIT:
+        return repr(text)
+    return f"{text[:_ECHO_LIMIT]!r}… ({len(text):,} characters)"
+
+
 def parse_key(text: str, typed: bool) -> Key:
     """The key a command-line word names: the word itself, or with ``typed`` a literal."""
     if not typed:
@@ -181,7 +200,7 @@ def parse_key(text: str, typed: bool) -> Key:
         key = parse_literal(text)
         encode_key(key)  # type: ignore[arg-type]  # validates the type, NaN, size
     except (_LiteralError, TypeError, halodb.DataError) as exc:
-        raise CliError(EXIT_USAGE, f"bad typed key {text!r}: {exc}; {_KEY_HINT}") from None
+        raise CliError(EXIT_USAGE, f"bad typed key {_echo(text)}: {exc}; {_KEY_HINT}") from None
     return cast(Key, key)
 
 
@@ -191,7 +210,7 @@ def parse_prefix(text: str, typed: bool) -> str | bytes | tuple[Key, ...]:
         return text
     key = parse_key(text, typed)
     if not isinstance(key, str | bytes | tuple):
-        raise CliError(EXIT_USAGE, f"bad prefix {text!r}: a prefix is a str, bytes or tuple")
+        raise CliError(EXIT_USAGE, f"bad prefix {_echo(text)}: a prefix is a str, bytes or tuple")
     return key
 
 
@@ -220,7 +239,7 @@ def parse_value(raw: str | bytes, *, typed: bool = False, as_bytes: bool = False
         value = parse_literal(raw, value=True)
         _CODEC.encode(value)
     except (_LiteralError, TypeError, halodb.DataError) as exc:
-        raise CliError(EXIT_USAGE, f"bad typed value {raw[:60]!r}: {exc}") from None
+        raise CliError(EXIT_USAGE, f"bad typed value {_echo(raw)}: {exc}") from None
     return value
 
 
@@ -359,9 +378,17 @@ def parse_record(raw: bytes, where: str) -> tuple[Key, object]:
 # ----------------------------------------------------------------------------- terminal output
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """Raise, for :meth:`Session.guard` and :func:`main` to end quietly with
+        :data:`EXIT_PIPE` (rich's default exits with status 1, which means "not found" here)."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def _console(*, stderr: bool = False) -> Console:
     """A console over the current ``sys.stdout``/``sys.stderr`` (tests swap them)."""
-    return Console(stderr=stderr, highlight=False, markup=False, emoji=False, soft_wrap=True)
+    return _Console(stderr=stderr, highlight=False, markup=False, emoji=False, soft_wrap=True)
 
 
 def _error(message: str) -> None:
@@ -370,6 +397,104 @@ def _error(message: str) -> None:
 
 def _warn(message: str) -> None:
     _console(stderr=True).print(Text.assemble(("warning: ", "bold yellow"), message))
+
+
+def _debugging() -> bool:
+    return bool(os.environ.get("HALODB_DEBUG"))
+
+
+def _report_interrupt(message: str = "interrupted") -> None:
+    """The ``error:`` line of a Ctrl-C, on a line of its own: after whatever output was pending
+    and, on a terminal, after the ``^C`` the terminal echoed in the middle of a line."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    with contextlib.suppress(OSError, ValueError):
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+    _error(message)
+
+
+class _LogLines(logging.Handler):
+    """Prints the engine's log records (the ``halodb`` logger) as the command's own lines:
+    ``warning: ...``, ``error: ...`` on stderr.
+
+    While a command runs (:meth:`Session.guard`), error records are held back: when the command
+    then fails with a store error, its one ``error:`` line reports the problem and the held
+    records are dropped, so that a failure is not reported twice in two wordings.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self._held: list[logging.LogRecord] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.lock or contextlib.nullcontext():
+            if self._held is not None and record.levelno >= logging.ERROR:
+                self._held.append(record)
+                return
+        self._show(record)
+
+    def _show(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            exc = record.exc_info[1] if record.exc_info else None
+            if exc is not None:
+                message += f" ({type(exc).__name__}: {exc})"
+            if record.levelno >= logging.ERROR:
+                _error(message)
+            elif record.levelno >= logging.WARNING:
+                _warn(message)
+            else:
+                label = "info: " if record.levelno >= logging.INFO else "debug: "
+                _console(stderr=True).print(Text.assemble((label, "dim"), message))
+            if exc is not None and record.exc_info and _debugging():
+                sys.stderr.write(logging.Formatter().formatException(record.exc_info) + "\n")
+        except Exception:
+            self.handleError(record)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Hold error records back until the end of the block, :meth:`drop` or
+        :meth:`print_held`."""
+        with self.lock or contextlib.nullcontext():
+            outermost = self._held is None
+            if outermost:
+                self._held = []
+        try:
+            yield
+        finally:
+            if outermost:
+                self.print_held()
+                with self.lock or contextlib.nullcontext():
+                    self._held = None
+
+    def drop(self) -> None:
+        """Forget the held records: the failure they describe is being reported."""
+        with self.lock or contextlib.nullcontext():
+            if self._held is not None:
+                self._held.clear()
+
+    def print_held(self) -> None:
+        """Print the held records now."""
+        with self.lock or contextlib.nullcontext():
+            held = self._held or []
+            if self._held is not None:
+                self._held = []
+        for record in held:
+            self._show(record)
+
+
+_LOG_LINES = _LogLines()
+
+
+def _configure_logging() -> None:
+    """Route the ``halodb`` logger to :data:`_LOG_LINES`: warnings and errors, or with
+    ``HALODB_DEBUG`` everything. Without this, Python's last-resort handler would print bare
+    messages."""
+    logger = logging.getLogger("halodb")
+    if _LOG_LINES not in logger.handlers:
+        logger.addHandler(_LOG_LINES)
+    logger.setLevel(logging.DEBUG if _debugging() else logging.WARNING)
 
 
 def _plural(n: int, word: str, plural: str | None = None) -> str:
@@ -389,6 +514,14 @@ def _store_exists(path: str) -> bool:
     if not os.path.exists(path):
         return False
     return not (os.path.isdir(path) and not os.listdir(path))
+
+
+class _PipeClosed(Exception):
+    """Stdout is a pipe whose reader went away (``halodb list | head``): end the program quietly.
+
+    Not an ``OSError``, so that typer does not turn it into exit status 1 on its way to
+    :func:`main`.
+    """
 
 
 class _StopPaging(Exception):
@@ -607,9 +740,12 @@ class Session:
         return _Pager(self.in_shell and sys.stdin.isatty() and sys.stdout.isatty())
 
     def confirm(self, question: str) -> bool:
+        """Ask a yes/no question; no by default and at end of input. Ctrl-C raises
+        ``KeyboardInterrupt`` (the command ends with status 130)."""
         try:
             answer = self.ask(f"{question} [y/N] ")
         except EOFError:
+            sys.stdout.write("\n")  # Ctrl-D leaves the cursor after the question
             return False
         return answer.strip().lower() in ("y", "yes")
 
@@ -622,41 +758,50 @@ class Session:
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
-        """Turn every failure inside into one line on stderr and ``typer.Exit(status)``."""
-        try:
-            yield
-        except (typer.Exit, typer.Abort, typer.TyperException):
-            raise
-        except CliError as exc:
-            _error(exc.message)
-            raise typer.Exit(exc.code) from None
-        except KeyboardInterrupt:
-            sys.stdout.flush()
-            _error("interrupted")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        except BrokenPipeError:
-            raise  # typer exits quietly when stdout is a closed pipe (`halodb list | head`)
-        except halodb.DataError as exc:
-            _error(str(exc))
-            raise typer.Exit(EXIT_USAGE) from None
-        except halodb.CorruptionError as exc:
-            _error(f"the store is damaged: {exc} (restore it from a dump or a backup)")
-            raise typer.Exit(EXIT_STORE) from None
-        except halodb.Error as exc:
-            _error(str(exc))
-            raise typer.Exit(EXIT_STORE) from None
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            _error(f"{where}{exc.strerror or exc}")
-            raise typer.Exit(EXIT_STORE) from None
-        except Exception as exc:
-            if os.environ.get("HALODB_DEBUG"):
+        """Turn every failure inside into one line on stderr and ``typer.Exit(status)``.
+
+        A closed stdout (``halodb list | head``) becomes :class:`_PipeClosed`, which ends the
+        program quietly (see :func:`main`).
+        """
+        with _LOG_LINES.holding():
+            try:
+                yield
+                return
+            except (typer.Exit, typer.Abort, typer.TyperException, _PipeClosed):
                 raise
-            _error(
-                f"internal error: {type(exc).__name__}: {exc} (a bug in HaloDB; please report "
-                "it; HALODB_DEBUG=1 shows the traceback)"
-            )
-            raise typer.Exit(EXIT_STORE) from None
+            except BrokenPipeError:
+                raise _PipeClosed from None
+            except CliError as exc:
+                code, message = exc.code, exc.message
+            except KeyboardInterrupt:
+                code, message = EXIT_INTERRUPTED, "interrupted"
+            except halodb.DataError as exc:
+                code, message = EXIT_USAGE, str(exc)
+            except halodb.CorruptionError as exc:
+                code = EXIT_STORE
+                message = f"the store is damaged: {exc} (restore it from a dump or a backup)"
+            except halodb.Error as exc:
+                code, message = EXIT_STORE, str(exc)
+            except OSError as exc:
+                where = f"{exc.filename}: " if exc.filename else ""
+                code, message = EXIT_STORE, f"{where}{exc.strerror or exc}"
+            except Exception as exc:
+                if _debugging():
+                    raise
+                code = EXIT_STORE
+                message = (
+                    f"internal error: {type(exc).__name__}: {exc} (a bug in HaloDB; please "
+                    "report it; HALODB_DEBUG=1 shows the traceback)"
+                )
+            if code == EXIT_STORE:
+                _LOG_LINES.drop()  # what the engine logged about it: this line reports it
+            else:
+                _LOG_LINES.print_held()
+            if code == EXIT_INTERRUPTED:
+                _report_interrupt(message)
+            else:
+                _error(message)
+            raise typer.Exit(code)
 
 
 def _session(ctx: typer.Context) -> Session:
@@ -668,7 +813,49 @@ def _session(ctx: typer.Context) -> Session:
 
 # ----------------------------------------------------------------------------- the commands
 
+
+@contextlib.contextmanager
+def _pipe_closes_quietly() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        raise _PipeClosed from None
+
+
+class _Command(TyperCommand):
+    """A command whose output to a closed pipe ends the program quietly (typer would exit
+    with status 1, which means "not found" here): also for ``--help`` and in the shell."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _pipe_closes_quietly():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _pipe_closes_quietly():
+            return super().invoke(ctx)
+
+
+class _Group(TyperGroup):
+    """The ``halodb`` group, with the same handling of a closed pipe as :class:`_Command`."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _pipe_closes_quietly():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _pipe_closes_quietly():
+            return super().invoke(ctx)
+
+
+def _store_path(value: str | None) -> str | None:
+    """``--path`` and ``shell DIR``: an empty path is a mistake, not the current directory."""
+    if value == "":
+        raise typer.BadParameter("the store directory cannot be empty")
+    return value
+
+
 app = typer.Typer(
+    cls=_Group,
     name="halodb",
     help=(
         "HaloDB: an embeddable, crash-safe, ordered key-value store.\n\n"
@@ -680,7 +867,7 @@ app = typer.Typer(
     ),
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": HELP_OPTIONS},
 )
 
 Typed = Annotated[
@@ -712,7 +899,7 @@ def _command(
     def register(func: Callable[..., None]) -> Callable[..., None]:
         paragraphs = inspect.cleandoc(func.__doc__ or "").split("\n\n")
         text = "\n\n".join(" ".join(p.split()) for p in paragraphs)
-        return app.command(name, help=text, rich_help_panel=panel)(func)
+        return app.command(name, cls=_Command, help=text, rich_help_panel=panel)(func)
 
     return register
 
@@ -733,6 +920,7 @@ def _root(
             "-p",
             envvar="HALODB_PATH",
             metavar="DIR",
+            callback=_store_path,
             help="The store directory: this, else $HALODB_PATH, else ./halodb-data "
             "(created on first write).",
         ),
@@ -880,7 +1068,8 @@ def list_(
     stop: Stop = None,
     reverse: Annotated[bool, typer.Option("--reverse", "-r", help="Largest key first.")] = False,
     limit: Annotated[
-        int | None, typer.Option("--limit", "-n", min=0, help="At most this many keys.")
+        int | None,
+        typer.Option("--limit", "-n", min=0, max=sys.maxsize, help="At most this many keys."),
     ] = None,
     keys_only: Annotated[bool, typer.Option("--keys-only", "-k", help="Keys only.")] = False,
     typed: Typed = False,
@@ -965,10 +1154,8 @@ def clear(
                 return
             if not yes:
                 question = f"Delete every key in {db.path} ({_plural(n, 'key')})?"
-                if s.in_shell:
+                if s.in_shell or sys.stdin.isatty():
                     confirmed = s.confirm(question)
-                elif sys.stdin.isatty():
-                    confirmed = typer.confirm(question)
                 else:
                     raise CliError(
                         EXIT_USAGE,
@@ -1277,28 +1464,53 @@ def dump(
         if progress is None:  # on a terminal, unless the records go to that terminal too
             progress = sys.stderr.isatty() and not (to_stdout and sys.stdout.isatty())
         tmp = None if to_stdout else f"{file}.tmp"
+        created = False  # whether tmp is ours to remove
         n = 0
+
+        def write_error(exc: OSError) -> Exception:
+            """An error writing the file names the file the user named, not the temporary."""
+            if tmp is None:
+                return exc  # stdout: a closed pipe ends the program quietly
+            return CliError(EXIT_STORE, f"cannot write {file}: {exc.strerror or exc}")
+
+        @contextlib.contextmanager
+        def writing() -> Iterator[None]:
+            try:
+                yield
+            except OSError as exc:
+                raise write_error(exc) from None
+
         try:
             out: IO[str]
             with contextlib.ExitStack() as stack:
                 if tmp is None:
                     out = sys.stdout
                 else:
-                    out = stack.enter_context(open(tmp, "w", encoding="utf-8", newline="\n"))
+                    with writing():
+                        out = stack.enter_context(open(tmp, "w", encoding="utf-8", newline="\n"))
+                    created = True
                 update = stack.enter_context(_progress(progress, "dumping", total))
                 for key, value in items:
-                    out.write(json_line(key, value) + "\n")
+                    line = json_line(key, value) + "\n"
+                    try:
+                        out.write(line)
+                    except OSError as exc:
+                        raise write_error(exc) from None
                     n += 1
                     if not n & 1023:
                         update(n)
-                out.flush()
-                if tmp is not None:
-                    os.fsync(out.fileno())
+                with writing():
+                    out.flush()
+                    if tmp is not None:
+                        os.fsync(out.fileno())
             if tmp is not None:
-                os.replace(tmp, cast(str, file))
+                with writing():
+                    os.replace(tmp, cast(str, file))
+                created = False
         finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
+            if tmp is not None and created:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
         s.info(f"dumped {_plural(n, 'record')}" + ("" if to_stdout else f" to {file}"))
 
 
@@ -1326,6 +1538,8 @@ def load(
     with s.guard():
         if s.batch is not None:
             raise CliError(EXIT_USAGE, "load cannot be part of a batch; 'commit' or 'abort' first")
+        if file == "-" and s.in_shell:
+            raise CliError(EXIT_USAGE, "'-' (read stdin) works on the command line only")
         name = "stdin" if file == "-" else file
         try:
             source: IO[bytes] = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115
@@ -1364,19 +1578,19 @@ def _load_lines(
 
     def commit() -> None:
         nonlocal records, batches, pending_records, pending
-        with _NoInterrupt():
+        with _NoInterrupt():  # a Ctrl-C held back meanwhile is raised after the bookkeeping
             pending.commit()
-        records += pending_records
-        batches += 1
-        pending_records = 0
-        pending = db.batch()
+            records += pending_records
+            batches += 1
+            pending_records = 0
+            pending = db.batch()
         update(position)
 
     def done_so_far() -> str:
         if not batches:
             return "nothing was loaded"
         done = f"{_plural(records, 'record')} in {_plural(batches, 'batch', 'batches')}"
-        return f"{done} were loaded before it"
+        return f"{done} were loaded"
 
     try:
         for lineno, raw in enumerate(source, 1):
@@ -1396,11 +1610,13 @@ def _load_lines(
             commit()
     except CliError as exc:
         pending.discard()
-        raise CliError(exc.code, f"{exc.message}; {done_so_far()}") from None
+        before = " before it" if batches else ""
+        raise CliError(exc.code, f"{exc.message}; {done_so_far()}{before}") from None
     except KeyboardInterrupt:
         pending.discard()
-        _warn(f"interrupted at {name}: {done_so_far().replace(' before it', '')}")
-        raise
+        raise CliError(
+            EXIT_INTERRUPTED, f"interrupted while loading {name}: {done_so_far()}"
+        ) from None
     return records, batches
 
 
@@ -1408,7 +1624,8 @@ def _load_lines(
 def shell_command(
     ctx: typer.Context,
     directory: Annotated[
-        str | None, typer.Argument(metavar="DIR", help="The store (default: --path).")
+        str | None,
+        typer.Argument(metavar="DIR", callback=_store_path, help="The store (default: --path)."),
     ] = None,
 ) -> None:
     """Open the interactive shell (as plain 'halodb' does)."""
@@ -1542,16 +1759,17 @@ class Shell:
             self.session.close()
 
     def onecmd(self, line: str) -> bool:
-        """Run one line; ``True`` means the shell should end."""
-        try:
-            return self._onecmd(line)
-        except KeyboardInterrupt:
-            sys.stdout.flush()
-            _error("interrupted")
-            self.status = EXIT_INTERRUPTED
-            return False
-        finally:
-            sys.stdout.flush()
+        """Run one line; ``True`` means the shell should end. A closed stdout raises
+        :class:`_PipeClosed`, which ends the shell."""
+        with _pipe_closes_quietly():
+            try:
+                return self._onecmd(line)
+            except KeyboardInterrupt:
+                _report_interrupt()
+                self.status = EXIT_INTERRUPTED
+                return False
+            finally:
+                sys.stdout.flush()
 
     def _onecmd(self, line: str) -> bool:
         line = line.strip()
@@ -1594,7 +1812,13 @@ class Shell:
 
     def _run(self, command: TyperCommand, name: str, args: list[str]) -> None:
         try:
-            code = command.main(args=args, prog_name=name, standalone_mode=False, obj=self.session)
+            code = command.main(
+                args=args,
+                prog_name=name,
+                standalone_mode=False,
+                obj=self.session,
+                help_option_names=HELP_OPTIONS,  # as on the command line (the app's setting)
+            )
         except typer.TyperException as exc:  # a usage error (exit status 2) or like it
             hint = f" (see 'help {name}')" if exc.exit_code == EXIT_USAGE else ""
             self._fail(exc.exit_code, exc.format_message() + hint)
@@ -1672,7 +1896,7 @@ class Shell:
         console.print(table)
         for line in (
             'Keys and values with spaces go in quotes: put "my key" "a value".',
-            "With -t keys are Python literals: get -t ('user', 42); -T for put's value.",
+            "With -t keys are Python literals: get -t \"('user', 42)\"; -T for put's value.",
             "Ctrl-C cancels a line or a listing; quit or Ctrl-D leaves.",
         ):
             console.print(line)
@@ -1741,14 +1965,58 @@ class Shell:
 # ----------------------------------------------------------------------------- entry point
 
 
+def _stdout_file() -> tuple[int, int] | None:
+    """The device and inode of the file stdout writes to, if it has one."""
+    try:
+        st = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _devnull_file() -> tuple[int, int] | None:
+    try:
+        st = os.stat(os.devnull)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe: point stdout at the null device, so that flushing what is left of
+    it at exit does not fail again (the recipe of Python's documentation on SIGPIPE)."""
+    try:
+        fd = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):
+        return
+    try:
+        os.dup2(devnull, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``halodb`` program (also ``python -m halodb``); returns the exit status."""
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
+    _configure_logging()
+    stdout_was = _stdout_file()
     try:
-        app(args=argv, prog_name="halodb")
-    except SystemExit as exc:
-        code = exc.code
-        return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_USAGE)
-    return EXIT_OK
+        try:
+            app(args=argv, prog_name="halodb")
+            status = EXIT_OK
+        except SystemExit as exc:
+            code = exc.code
+            status = code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_USAGE)
+        sys.stdout.flush()  # output that fit in the buffer meets a closed pipe here
+    except (_PipeClosed, BrokenPipeError):
+        _silence_stdout()
+        return EXIT_PIPE
+    if status == 1 and stdout_was != _stdout_file() == _devnull_file():
+        # typer's help met a closed pipe: rich pointed stdout at the null device and exited 1
+        return EXIT_PIPE
+    return status

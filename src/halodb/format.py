@@ -61,6 +61,8 @@ REC_WRITE: Final = 1
 """Entries for one partition, atomic by themselves."""
 REC_BATCH: Final = 2
 """One partition's part of a batch that spans several partitions."""
+REC_CLOSE: Final = 3
+"""A clean close: the memtable was flushed; nothing may follow. Empty payload."""
 
 BATCH_HEADER: Final = struct.Struct("<H")
 """Number of partitions the batch touches; that many ``PARTITION_ID`` follow."""

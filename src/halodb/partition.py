@@ -28,7 +28,7 @@ from halodb.errors import CorruptionError, InternalError
 from halodb.memtable import MISSING, Memtable
 from halodb.pager import Pager, new_tree_file
 from halodb.vfs import FileSystem
-from halodb.wal import Entry, LogContents, LogWriter, Record, header_bytes, read_log
+from halodb.wal import Entry, LogContents, LogWriter, Record, frame, header_bytes, read_log
 
 log = logging.getLogger(__name__)
 
@@ -400,12 +400,22 @@ class Partition:
             )
         return report
 
-    def close(self) -> None:
-        """Close the files (the caller flushed first if it wanted a clean close)."""
-        if self.log is not None:
-            try:
-                self.log.write_out()
-            finally:
-                self.log.retire()
-                self.log = None
-        self.pager.close()
+    def close(self, *, clean_seq: int | None = None, write_out: bool = True) -> None:
+        """Close the files. With ``clean_seq`` (the caller just flushed) the log gets a close
+        record under that sequence number, fsynced: from then on any byte added to the log is
+        damage, not a torn tail. Without ``write_out`` records still buffered are dropped (after
+        a failed write, which they may have been part of)."""
+        log = self.log
+        self.log = None
+        try:
+            if log is not None:
+                if clean_seq is not None:
+                    log.append(frame(fmt.REC_CLOSE, clean_seq, b""))
+                if write_out:
+                    log.write_out()
+                if clean_seq is not None:
+                    log.sync_to(log.written)
+        finally:
+            if log is not None:
+                log.retire()
+            self.pager.close()

@@ -749,19 +749,27 @@ class PartitionManager:
             error: BaseException | None = None
             try:
                 for part in self.parts:
+                    clean_seq = None
                     try:
-                        if not self.readonly and self.failure is None and self.pid == os.getpid():
+                        if (
+                            not self.readonly
+                            and self.failure is None
+                            and error is None
+                            and self.pid == os.getpid()
+                        ):
                             self._flush_part(part)
-                    except OperationalError as exc:
-                        self._fail(exc)
-                        error = error or exc
+                            clean_seq = next(self._seq)
                     except BaseException as exc:
-                        # Interrupted (KeyboardInterrupt, ...): close the rest without flushing;
-                        # the logs still hold every write.
-                        self._fail(exc)
+                        # A failure was recorded by _flush_part; an interrupt (KeyboardInterrupt,
+                        # ...) left everything as it was: either way the rest close without
+                        # flushing, and the logs still hold every write.
                         error = error or exc
                     finally:
-                        part.close()
+                        try:
+                            part.close(clean_seq=clean_seq, write_out=self.failure is None)
+                        except OperationalError as exc:
+                            self._fail(exc)
+                            error = error or exc
             finally:
                 if self._lock is not None:
                     self._lock.release()

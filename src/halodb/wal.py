@@ -1,13 +1,16 @@
 """One partition's write-ahead log: framed, checksummed records; knows nothing of trees or keys.
 
 A log file is a header (magic, version, partition, ``base_seq``: every record in it is newer than
-that) followed by records. Each record carries a header checksum, so its length can be trusted
-before anything is read, and a record checksum over the header and the payload. An all-zero
-header never checks out (the checksums are masked).
+that) followed by records; a clean close ends the log with a close record. Each record carries
+a header checksum, so its length can be trusted before anything is read, and a record checksum
+over the header and the payload. An all-zero header never checks out (the checksums are
+masked).
 
 Reading tells a torn tail (a crash in the middle of appending: a partial header, a record that
-runs past the end of the file, or a zero-filled tail) from damage (anything else that does not
-check out), which raises :class:`CorruptionError` instead of dropping good records.
+runs past the end of the file, a zero-filled tail, or a last record zeroed from a sector
+boundary on) from damage (anything else that does not check out, and anything at all after the
+close record of a clean close), which raises :class:`CorruptionError` instead of dropping good
+records.
 """
 
 from __future__ import annotations
@@ -127,6 +130,10 @@ def _decode_payload(
             fmt.PARTITION_ID.unpack_from(payload, pos + i * 2)[0] for i in range(count)
         )
         pos = end
+    elif rtype == fmt.REC_CLOSE:
+        if n:
+            raise CorruptionError(f"{where}: close record with a payload")
+        return (), 0, []
     elif rtype != fmt.REC_WRITE:
         raise CorruptionError(f"{where}: unknown record type {rtype}")
     if pos >= n:
@@ -198,6 +205,9 @@ def read_log(data: bytes, partition: int, where: str) -> LogContents:
             torn = True
             break
         if _crc(data[pos + 4 : end]) != rec_crc:
+            if end == n and _zeroed_from_a_sector(data, pos):
+                torn = True
+                break
             raise CorruptionError(f"{where}: record checksum mismatch at offset {pos}")
         if seq <= last_seq:
             raise CorruptionError(
@@ -209,7 +219,27 @@ def read_log(data: bytes, partition: int, where: str) -> LogContents:
         records.append(Record(rtype, seq, flags, entries, partitions))
         last_seq = seq
         pos = end
+    if torn and records and records[-1].rtype == fmt.REC_CLOSE:
+        raise CorruptionError(
+            f"{where}: {n - pos} bytes after the record of a clean close, at offset {pos}: "
+            "the log was changed after the store was closed"
+        )
     return LogContents(base_seq, records, pos, torn)
+
+
+def _zeroed_from_a_sector(data: bytes, pos: int) -> bool:
+    """Whether everything from some sector boundary (a multiple of 512) after ``pos`` to the
+    end of the file is zero: what a power cut leaves when the file's new size reached the
+    disk but its last blocks did not."""
+    boundary = (pos // SECTOR + 1) * SECTOR
+    while boundary < len(data):
+        if not data[boundary:].strip(b"\x00"):
+            return True
+        boundary += SECTOR
+    return False
+
+
+SECTOR = 512
 
 
 class LogWriter:
