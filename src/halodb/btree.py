@@ -142,8 +142,8 @@ class BTree:
                 if n == 0 or _HSIZE + 5 * n > size:
                     raise CorruptionError(f"{where}: leaf with impossible count {n}")
                 flags = page[_HSIZE : _HSIZE + n]
-                kends = struct.unpack_from(f"<{n}H", page, _HSIZE + n)
-                vends = struct.unpack_from(f"<{n}H", page, _HSIZE + 3 * n)
+                kends = fmt.u16_array(n).unpack_from(page, _HSIZE + n)
+                vends = fmt.u16_array(n).unpack_from(page, _HSIZE + 3 * n)
                 kbase = _HSIZE + 5 * n
                 vbase = kbase + kends[-1]
                 if vbase + vends[-1] > size:
@@ -167,8 +167,8 @@ class BTree:
                 children_end = _HSIZE + 8 * (n + 1)
                 if children_end + 2 * n > size:
                     raise CorruptionError(f"{where}: internal node with impossible count {n}")
-                refs = struct.unpack_from(f"<{2 * (n + 1)}I", page, _HSIZE)
-                kends = struct.unpack_from(f"<{n}H", page, children_end)
+                refs = fmt.u32_array(2 * (n + 1)).unpack_from(page, _HSIZE)
+                kends = fmt.u16_array(n).unpack_from(page, children_end)
                 kbase = children_end + 2 * n
                 if (n and kbase + kends[-1] > size) or not _ascending(kends):
                     raise CorruptionError(f"{where}: internal node keys run past the page")
@@ -579,8 +579,8 @@ class BTree:
                 (
                     header(0, fmt.PAGE_LEAF, 0, n, 0, 0)[4:],
                     group_flags,
-                    struct.pack(f"<{n}H", *accumulate(klens[a:b])),
-                    struct.pack(f"<{n}H", *accumulate(rlens[a:b])),
+                    fmt.u16_array(n).pack(*accumulate(klens[a:b])),
+                    fmt.u16_array(n).pack(*accumulate(rlens[a:b])),
                     *group_keys,
                     *raw[a:b],
                 )
@@ -606,7 +606,7 @@ class BTree:
                 (
                     _HEADER.pack(0, fmt.PAGE_INTERNAL, level, n, 0, 0)[4:],
                     b"".join(_CHILD.pack(p, c) for p, c in zip(children, crcs, strict=True)),
-                    struct.pack(f"<{n}H", *accumulate(map(len, keys))),
+                    fmt.u16_array(n).pack(*accumulate(map(len, keys))),
                     *keys,
                 )
             )

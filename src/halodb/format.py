@@ -7,6 +7,7 @@ or renumbered, and any change to a layout bumps ``FORMAT_VERSION``.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from typing import Final
@@ -98,6 +99,20 @@ PAGE_LEAF: Final = 1
 PAGE_INTERNAL: Final = 2
 PAGE_OVERFLOW: Final = 3
 PAGE_FREELIST: Final = 4
+
+
+@functools.cache
+def u16_array(count: int) -> struct.Struct:
+    """``count`` little-endian u16: a node's key (or value) end offsets."""
+    return struct.Struct(f"<{count}H")
+
+
+@functools.cache
+def u32_array(count: int) -> struct.Struct:
+    """``count`` little-endian u32: a free-list page's page numbers, an internal node's
+    ``CHILD_REF`` pairs (page, crc) as ``2 * (n + 1)`` words."""
+    return struct.Struct(f"<{count}I")
+
 
 CHILD_REF: Final = struct.Struct("<II")
 """An internal node's child: page number, crc of that page."""

@@ -24,6 +24,10 @@ class Durability(enum.Enum):
       acknowledged write survives a crash of the process; power loss may lose the last ones.
     - ``FAST``: log records are buffered in the process and handed to the OS in blocks (and on
       ``sync()``, ``flush()`` and ``close()``): a crash may lose the last writes. Never corrupts.
+
+    Each partition has its own log, so "the last writes" are counted per partition: what a
+    crash (FAST) or a power cut (NORMAL, FAST) leaves is every write of each partition up to
+    some point. Batches are all or nothing in every mode.
     """
 
     FULL = "full"

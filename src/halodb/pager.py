@@ -18,7 +18,6 @@ its owner serialises calls.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any
@@ -275,7 +274,7 @@ class Pager:
             _, ptype, _, count, nxt, nxt_crc = _HEADER.unpack_from(page)
             if ptype != fmt.PAGE_FREELIST or _HEADER.size + count * 4 > self.page_size:
                 raise CorruptionError(f"{self.path}: page {page_no} is not a free-list page")
-            entries = struct.unpack_from(f"<{count}I", page, _HEADER.size) if count else ()
+            entries = fmt.u32_array(count).unpack_from(page, _HEADER.size) if count else ()
             for entry in entries:
                 if not META_PAGES <= entry < meta.page_count:
                     raise CorruptionError(
@@ -310,7 +309,7 @@ class Pager:
         for i in range(len(fl_pages) - 1, -1, -1):
             chunk = entries[i * per_page : (i + 1) * per_page]
             body = _HEADER.pack(0, fmt.PAGE_FREELIST, 0, len(chunk), head, head_crc)[4:]
-            body += struct.pack(f"<{len(chunk)}I", *chunk)
+            body += fmt.u32_array(len(chunk)).pack(*chunk)
             head, head_crc = fl_pages[i], self.write_page(fl_pages[i], body)
         self.file.sync()
         meta = Meta(

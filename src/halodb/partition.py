@@ -170,6 +170,7 @@ class Partition:
 
     def replay(self, records: Sequence[Record]) -> None:
         """Apply recovered log records (already approved by the manager) to the memtable."""
+        started = time.perf_counter()
         for record in records:
             self.apply(
                 record.entries,
@@ -177,6 +178,7 @@ class Partition:
                 clear=bool(record.flags & fmt.FLAG_CLEAR),
                 batch=record.rtype == fmt.REC_BATCH,
             )
+        self.recovery_seconds += time.perf_counter() - started
 
     def open_log(self, buffer_limit: int | None) -> None:
         """Start appending to the log after its last good record, cutting a torn tail. Fsyncs

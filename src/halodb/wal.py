@@ -138,7 +138,7 @@ def _decode_payload(
         raise CorruptionError(f"{where}: unknown record type {rtype}")
     if pos >= n:
         raise CorruptionError(f"{where}: record has no flags")
-    flags = payload[pos]
+    (flags,) = fmt.WRITE_FLAGS.unpack_from(payload, pos)
     pos += 1
     if flags & ~fmt.FLAG_CLEAR:
         raise CorruptionError(f"{where}: unknown record flags {flags:#x}")
