@@ -1,9 +1,9 @@
-"""Golden files: the checked-in format-version-1 store still opens and reads back exactly.
+"""Golden files: the checked-in store of every format version still opens and reads back exactly.
 
-``tests/golden/v1-store`` was written by ``tests/golden/make_golden.py`` (run it only to add a
-store for a new format version, never to "fix" this test). Its content is described losslessly
-in ``v1-store.expected.json``. Part of the data is in the trees and part only in the logs, so
-opening it exercises both the tree format and log recovery.
+``tests/golden/vN-store`` was written by ``tests/golden/make_golden.py`` when N was the current
+format version (run it only to add a store for a new format version, never to "fix" this test).
+Its content is described losslessly in ``vN-store.expected.json``. Part of the data is in the
+trees and part only in the logs, so opening it exercises both the tree format and log recovery.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from halodb import format as fmt
 from halodb.keys import encode_key
 
 GOLDEN = Path(__file__).parent / "golden"
-STORE = GOLDEN / "v1-store"
-DESCRIPTION = json.loads((GOLDEN / "v1-store.expected.json").read_text())
+VERSIONS = list(range(1, fmt.FORMAT_VERSION + 1))
 
 
 def untag_key(tagged: dict[str, Any]) -> Any:
@@ -49,8 +48,22 @@ def untag_value(tagged: dict[str, Any]) -> Any:
     raise ValueError(f"unknown value tag {kind!r}")
 
 
-EXPECTED: list[tuple[Any, Any]] = [(untag_key(k), untag_value(v)) for k, v in DESCRIPTION["items"]]
-ABSENT: list[Any] = [untag_key(k) for k in DESCRIPTION["absent"]]
+class Golden:
+    """One version's golden store and what it must hold."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.store = GOLDEN / f"v{version}-store"
+        self.description = json.loads((GOLDEN / f"v{version}-store.expected.json").read_text())
+        self.expected: list[tuple[Any, Any]] = [
+            (untag_key(k), untag_value(v)) for k, v in self.description["items"]
+        ]
+        self.absent: list[Any] = [untag_key(k) for k in self.description["absent"]]
+
+
+@pytest.fixture(params=VERSIONS, ids=[f"v{v}" for v in VERSIONS])
+def golden(request: pytest.FixtureRequest) -> Golden:
+    return Golden(request.param)
 
 
 def _files(path: Path) -> dict[str, str]:
@@ -70,81 +83,94 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _verify(db: halodb.Store) -> None:
+def _verify(db: halodb.Store, golden: Golden) -> None:
+    expected, absent = golden.expected, golden.absent
     db.check()
     items = list(db.items())
-    assert [encode_key(k) for k, _ in items] == [encode_key(k) for k, _ in EXPECTED]
-    for (key, value), (want_key, want_value) in zip(items, EXPECTED, strict=True):
+    assert [encode_key(k) for k, _ in items] == [encode_key(k) for k, _ in expected]
+    for (key, value), (want_key, want_value) in zip(items, expected, strict=True):
         assert _same(key, want_key), (key, want_key)
         assert _same(value, want_value), (key, value, want_value)
-    assert len(db) == len(EXPECTED)
-    assert [encode_key(k) for k in reversed(db)] == [encode_key(k) for k, _ in EXPECTED[::-1]]
-    for key, value in EXPECTED:
+    assert len(db) == len(expected)
+    assert [encode_key(k) for k in reversed(db)] == [encode_key(k) for k, _ in expected[::-1]]
+    for key, value in expected:
         assert _same(db[key], value), key
         assert key in db
-    for key in ABSENT:
+    for key in absent:
         assert key not in db and db.get(key, "absent") == "absent", key
     first, last = db.first(), db.last()
     assert first is not None and last is not None
-    assert _same(first[0], EXPECTED[0][0]) and _same(last[0], EXPECTED[-1][0])
+    assert _same(first[0], expected[0][0]) and _same(last[0], expected[-1][0])
 
 
-def test_golden_store_is_format_version_1_with_data_in_trees_and_logs() -> None:
-    """The checked-in files are what the other tests claim: version 1, records in every log,
-    keys in every tree, a value in overflow pages. Read through the format's own structs."""
-    manifest = (STORE / fmt.MANIFEST_NAME).read_bytes()
-    magic, version, _, partitions, _, page_size, *_ = fmt.MANIFEST.unpack_from(manifest)
-    assert (magic, version) == (fmt.MANIFEST_MAGIC, 1)
-    assert (
-        (partitions, page_size)
-        == (DESCRIPTION["partitions"], DESCRIPTION["page_size"])
-        == (
-            2,
-            1024,
-        )
-    )
-    assert DESCRIPTION["format_version"] == 1
-    assert (STORE / "LOCK").exists()
+def test_golden_store_is_what_its_version_says_with_data_in_trees_and_logs(
+    golden: Golden,
+) -> None:
+    """The checked-in files are what the other tests claim: their format version, records in
+    every log, keys in every tree, a value in overflow pages. Read through the format's own
+    structs, each version's layout."""
+    store, description, version = golden.store, golden.description, golden.version
+    manifest = (store / fmt.MANIFEST_NAME).read_bytes()
+    magic, manifest_version, _, partitions, _, page_size, *_ = fmt.MANIFEST.unpack_from(manifest)
+    assert (magic, manifest_version) == (fmt.MANIFEST_MAGIC, version)
+    assert (partitions, page_size) == (description["partitions"], description["page_size"])
+    assert (partitions, page_size) == (2, 1024)
+    assert description["format_version"] == version
+    lock = (store / "LOCK").read_bytes()
+    if version == 1:
+        assert lock == b""
+    else:
+        assert fmt.LOCK_HEADER.unpack(lock) == (fmt.LOCK_MAGIC, version)
     for index in range(partitions):
-        wal = (STORE / fmt.partition_file(index, "wal")).read_bytes()
+        wal = (store / fmt.partition_file(index, "wal")).read_bytes()
         wal_magic, wal_version, wal_part, *_ = fmt.WAL_HEADER.unpack_from(wal)
-        assert (wal_magic, wal_version, wal_part) == (fmt.WAL_MAGIC, 1, index)
+        assert (wal_magic, wal_version, wal_part) == (fmt.WAL_MAGIC, version, index)
         assert len(wal) > fmt.WAL_HEADER.size + fmt.WAL_RECORD.size, "a log without records"
-        tree = (STORE / fmt.partition_file(index, "tree")).read_bytes()
-        metas = [fmt.META.unpack_from(tree, slot * page_size) for slot in (0, 1)]
-        newest = max(metas, key=lambda m: m[5])
-        assert newest[1:4] == (fmt.TREE_MAGIC, 1, index)
-        assert newest[8] >= 2, "tree height: the golden store should have internal nodes"
-        assert newest[15] > 0, "tree key count"
-    big = dict((encode_key(k), v) for k, v in EXPECTED)[encode_key("overflow")]
+        tree = (store / fmt.partition_file(index, "tree")).read_bytes()
+        if version == 1:
+            metas = [fmt.META_V1.unpack_from(tree, slot * page_size)[1:] for slot in (0, 1)]
+        else:
+            assert tree.startswith(fmt.TREE_MAGIC)
+            metas = [fmt.META.unpack_from(tree, slot * page_size)[:-1] for slot in (0, 1)]
+        # (magic, version, partition, page_size, txn, root, root_crc, height, reserved,
+        #  page_count, free_head, free_head_crc, free_count, flushed_seq, key_count)
+        newest = max(metas, key=lambda m: m[4])
+        assert newest[:3] == (fmt.TREE_MAGIC, version, index)
+        assert newest[7] >= 2, "tree height: the golden store should have internal nodes"
+        assert newest[14] > 0, "tree key count"
+    big = dict((encode_key(k), v) for k, v in golden.expected)[encode_key("overflow")]
     assert len(big) > page_size
 
 
-def test_golden_store_opens_and_reads_back_exactly(tmp_path: Path) -> None:
-    copy = tmp_path / "v1-store"
-    shutil.copytree(STORE, copy)
+def test_golden_store_opens_and_reads_back_exactly(tmp_path: Path, golden: Golden) -> None:
+    copy = tmp_path / "store"
+    shutil.copytree(golden.store, copy)
     with halodb.open(copy) as db:
-        _verify(db)
+        _verify(db, golden)
         assert db.stats().partitions[0].memtable_entries > 0  # the logs were replayed
     # closing flushed the logs into the trees: the data must survive that too
     with halodb.open(copy) as db:
-        _verify(db)
+        _verify(db, golden)
         assert all(p.memtable_entries == 0 for p in db.stats().partitions)
         db["new key"] = "written by this version"
     with halodb.open(copy, readonly=True) as db:
         assert db["new key"] == "written by this version"
-        assert len(db) == len(EXPECTED) + 1
+        assert len(db) == len(golden.expected) + 1
         db.check()
+    # a store opened for writing is brought to the current format version
+    manifest = (copy / fmt.MANIFEST_NAME).read_bytes()
+    assert fmt.MANIFEST.unpack_from(manifest)[1] == fmt.FORMAT_VERSION
+    assert fmt.LOCK_HEADER.unpack((copy / "LOCK").read_bytes())[1] >= 1
 
 
-def test_golden_store_read_only_changes_nothing(tmp_path: Path) -> None:
-    copy = tmp_path / "v1-store"
-    shutil.copytree(STORE, copy)
-    before = _files(STORE)
+def test_golden_store_read_only_changes_nothing(tmp_path: Path, golden: Golden) -> None:
+    copy = tmp_path / "store"
+    shutil.copytree(golden.store, copy)
+    before = _files(golden.store)
     assert _files(copy) == before
     with halodb.open(copy, readonly=True) as db:
-        _verify(db)
+        _verify(db, golden)
         with pytest.raises(halodb.ProgrammingError):
             db["x"] = 1
     assert _files(copy) == before, "a read-only open changed the store's files"
-    assert _files(STORE) == before
+    assert _files(golden.store) == before

@@ -116,7 +116,7 @@ class BloomFilter:
         )
         if fmt.crc(data[: size - 4]) != head_crc:
             raise CorruptionError(f"{where}: bloom filter header checksum mismatch")
-        if magic != fmt.BLOOM_MAGIC or version != fmt.FORMAT_VERSION or part != partition:
+        if magic != fmt.BLOOM_MAGIC or not 1 <= version <= fmt.FORMAT_VERSION or part != partition:
             raise CorruptionError(f"{where}: not this partition's bloom filter")
         if nbits < MIN_BITS or nbits % 64 or not 1 <= hashes <= 16:
             raise CorruptionError(f"{where}: bloom filter has impossible size {nbits}/{hashes}")

@@ -12,8 +12,16 @@ import struct
 import zlib
 from typing import Final
 
-FORMAT_VERSION: Final = 1
-"""The format version this code writes; it reads every version up to and including it."""
+FORMAT_VERSION: Final = 2
+"""The format version this code writes; it reads every version from 1 up to it.
+
+- 1: the first format.
+- 2: a tree's meta page starts with its magic and version (its checksum moved to its end), and
+  the ``LOCK`` file holds a header, so every file starts with magic and version. Nothing else
+  changed: logs, bloom filters, node pages and the manifest are as in version 1. A version-1
+  store opened for writing has its manifest rewritten as version 2 (an older HaloDB then
+  refuses it cleanly); its version-1 meta pages are replaced as transactions commit.
+"""
 
 # ---------------------------------------------------------------------------------------------
 # Checksums. CRC-32 (zlib) masked so that an all-zero region never carries a valid checksum.
@@ -37,6 +45,12 @@ PAGE_NO: Final = struct.Struct("<Q")
 # ---------------------------------------------------------------------------------------------
 # Store manifest: the file ``HALODB`` at the top of a store directory. Written once, at creation.
 # ---------------------------------------------------------------------------------------------
+
+LOCK_NAME: Final = "LOCK"
+LOCK_MAGIC: Final = b"HaloLCK\x00"
+LOCK_HEADER: Final = struct.Struct("<8sH")
+"""magic, version. The lock file carries no data: it exists to be locked (``flock``). Version-1
+stores have an empty one."""
 
 MANIFEST_NAME: Final = "HALODB"
 MANIFEST_MAGIC: Final = b"HaloDB\x00M"
@@ -87,9 +101,12 @@ OP_DELETE: Final = 2
 # ---------------------------------------------------------------------------------------------
 
 TREE_MAGIC: Final = b"HaloTRE\x00"
-META: Final = struct.Struct("<I8sHHIQIIHHIIIIQQ")
-"""crc, magic, version, partition, page_size, txn, root, root_crc, height, reserved,
-page_count, free_head, free_head_crc, free_count, flushed_seq, key_count."""
+META: Final = struct.Struct("<8sHHIQIIHHIIIIQQI")
+"""Version 2: magic, version, partition, page_size, txn, root, root_crc, height, reserved,
+page_count, free_head, free_head_crc, free_count, flushed_seq, key_count, crc (of the bytes
+before it, seeded with the page number like every page checksum)."""
+META_V1: Final = struct.Struct("<I8sHHIQIIHHIIIIQQ")
+"""Version 1 (read only): crc (of the bytes after it), then the fields of ``META`` in order."""
 
 PAGE_HEADER: Final = struct.Struct("<IBBHII")
 """crc, page type, level, count, next page, next page's crc."""

@@ -60,7 +60,6 @@ class PagerStats:
 
 def _meta_bytes(meta: Meta, partition: int, page_size: int, slot: int) -> bytes:
     body = fmt.META.pack(
-        0,
         fmt.TREE_MAGIC,
         fmt.FORMAT_VERSION,
         partition,
@@ -76,9 +75,9 @@ def _meta_bytes(meta: Meta, partition: int, page_size: int, slot: int) -> bytes:
         meta.free_count,
         meta.flushed_seq,
         meta.key_count,
-    )
-    checksum = fmt.page_crc(slot, body[4:])
-    page = fmt.U32.pack(checksum) + body[4:]
+        0,
+    )[:-4]
+    page = body + fmt.U32.pack(fmt.page_crc(slot, body))
     return page + bytes(page_size - len(page))
 
 
@@ -128,17 +127,28 @@ class Pager:
     # -- meta pages --------------------------------------------------------------------------
 
     def _parse_meta(self, page: bytes, slot: int) -> Meta | None:
-        size = fmt.META.size
-        if len(page) < size:
+        """The meta page in ``slot``, or ``None`` if its checksum fails (a torn write)."""
+        if len(page) < fmt.META.size:
             return None
-        fields = fmt.META.unpack_from(page)
-        if fields[0] != fmt.page_crc(slot, page[4:size]):
-            return None
-        _, magic, version, partition, page_size, *state = fields
+        if page.startswith(fmt.TREE_MAGIC):  # version 2 and later: magic first, crc last
+            size = fmt.META.size
+            *fields, stored = fmt.META.unpack_from(page)
+            if stored != fmt.page_crc(slot, page[: size - 4]):
+                return None
+            magic, version, partition, page_size, *state = fields
+            if version < 2:
+                raise CorruptionError(f"{self.path} meta page {slot}: version {version} layout")
+        else:  # version 1: crc first
+            size = fmt.META_V1.size
+            stored, magic, version, partition, page_size, *state = fmt.META_V1.unpack_from(page)
+            if stored != fmt.page_crc(slot, page[4:size]):
+                return None
+            if version != 1:
+                raise CorruptionError(f"{self.path} meta page {slot}: version {version} layout")
         where = f"{self.path} meta page {slot}"
         if magic != fmt.TREE_MAGIC:
             raise CorruptionError(f"{where}: not a HaloDB tree file")
-        if version != fmt.FORMAT_VERSION or partition != self.partition:
+        if not 1 <= version <= fmt.FORMAT_VERSION or partition != self.partition:
             raise CorruptionError(f"{where}: version {version} of partition {partition}")
         if page_size != self.page_size:
             raise CorruptionError(f"{where}: page size {page_size}, store says {self.page_size}")

@@ -58,7 +58,7 @@ from halodb.wal import (
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = "LOCK"
+LOCK_NAME = fmt.LOCK_NAME
 MAX_RECORD_PAYLOAD = 0xFFFFFFFF - 4096
 """A log record's payload length is a u32; a little is kept for the batch header."""
 SCAN_CHUNK = 1024
@@ -82,6 +82,8 @@ class Manifest:
     hash_seed: int
     created_ns: int
     codec: str
+    version: int = fmt.FORMAT_VERSION
+    """The format version the manifest was written with."""
 
 
 def _manifest_bytes(m: Manifest) -> bytes:
@@ -131,7 +133,7 @@ def _parse_manifest(data: bytes, where: str) -> Manifest:
         name = codec.rstrip(b"\x00").decode("ascii")
     except UnicodeDecodeError:
         raise CorruptionError(f"{where}: manifest codec name is not ASCII") from None
-    return Manifest(partitions, page_size, seed, created, name)
+    return Manifest(partitions, page_size, seed, created, name, version)
 
 
 def _partition_file_kind(name: str) -> tuple[int, str] | None:
@@ -185,6 +187,8 @@ class PartitionManager:
         self._lock = self._take_lock()
         try:
             self.manifest = m = self._read_manifest(manifest_path)
+            if m.version < fmt.FORMAT_VERSION and not self.readonly:
+                self.manifest = m = self._upgrade(m)
             if options.partitions is not None and options.partitions != m.partitions:
                 raise InterfaceError(
                     f"{path}: store has {m.partitions} partitions, not {options.partitions} "
@@ -241,7 +245,7 @@ class PartitionManager:
             fs.mkdir(path)
         lock_path = os.path.join(path, LOCK_NAME)
         if not fs.exists(lock_path):
-            fs.open(lock_path, create=True).close()
+            self._write_lock_header(lock_path)
             fs.sync_dir(path)
         lock = fs.lock(lock_path, exclusive=True)
         if lock is None:
@@ -300,6 +304,34 @@ class PartitionManager:
                 f"{self.path}: directory is not empty and is not a HaloDB store "
                 f"(it holds {sorted(foreign)[:3]}); choose an empty or new directory"
             )
+
+    def _write_lock_header(self, lock_path: str) -> None:
+        """Create the lock file with its header, or give an empty one (version 1) its header.
+        Written in place, never renamed: a rename would give other processes another inode to
+        lock. Fsyncs the file."""
+        handle = self.fs.open(lock_path, create=True)
+        try:
+            if handle.size() == 0:
+                handle.write_at(0, fmt.LOCK_HEADER.pack(fmt.LOCK_MAGIC, fmt.FORMAT_VERSION))
+                handle.sync()
+        finally:
+            handle.close()
+
+    def _upgrade(self, manifest: Manifest) -> Manifest:
+        """Bring an older store's manifest and lock file to this format version (the caller
+        holds the lock for writing), so an older HaloDB refuses the store cleanly once newer
+        pages may be in it."""
+        self._write_lock_header(os.path.join(self.path, LOCK_NAME))
+        upgraded = Manifest(
+            manifest.partitions,
+            manifest.page_size,
+            manifest.hash_seed,
+            manifest.created_ns,
+            manifest.codec,
+        )
+        self.fs.write_new(os.path.join(self.path, fmt.MANIFEST_NAME), _manifest_bytes(upgraded))
+        log.info("%s: upgraded from format version %d", self.path, manifest.version)
+        return upgraded
 
     def _take_lock(self) -> Lock:
         lock_path = os.path.join(self.path, LOCK_NAME)

@@ -182,7 +182,7 @@ def read_log(data: bytes, partition: int, where: str) -> LogContents:
         raise CorruptionError(f"{where}: log header checksum mismatch")
     if magic != fmt.WAL_MAGIC:
         raise CorruptionError(f"{where}: not a HaloDB log file")
-    if version != fmt.FORMAT_VERSION or part != partition:
+    if not 1 <= version <= fmt.FORMAT_VERSION or part != partition:
         raise CorruptionError(f"{where}: log is version {version} of partition {part}")
     records: list[Record] = []
     n = len(data)

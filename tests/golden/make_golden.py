@@ -1,17 +1,17 @@
-"""Write the checked-in format-version-1 golden store and the description of what it holds.
+"""Write the checked-in golden store of the current format version and what it holds.
 
 Run from the repository root, once per format version, and check the output in::
 
     .venv/bin/python tests/golden/make_golden.py
 
-It writes ``tests/golden/v1-store/`` (two partitions, 1 KiB pages) and
-``tests/golden/v1-store.expected.json``. The content is fixed: keys of every type, JSON, str and
-bytes values, a value spread over overflow pages, deleted keys; part of it flushed into the
-trees and part left only in the logs (the store is abandoned as a crash would leave it, so the
+It writes ``tests/golden/vN-store/`` (N: ``halodb.format.FORMAT_VERSION``; two partitions,
+1 KiB pages) and ``tests/golden/vN-store.expected.json``. The content is fixed: keys of every
+type, JSON, str and bytes values, a value spread over overflow pages, deleted keys; part of it
+flushed into the trees and part left only in the logs (the store is abandoned as a crash would leave it, so the
 logs keep their records, including a batch across both partitions). The hash seed and the
 creation time differ from run to run, but both are recorded in the manifest, so any run's
-files are self-consistent. Never regenerate the v1 store after a format change: old stores must
-keep opening; add a v2 store beside it instead.
+files are self-consistent. Never regenerate an older version's store after a format change: old
+stores must keep opening; the new version's store is added beside them.
 
 Keys and values are described losslessly in a tagged JSON form:
 ``{"int": "-12"}``, ``{"float": "0x1.8p+0"}`` (``float.hex``), ``{"str": "..."}``,
@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import halodb
+from halodb import format as fmt
 from halodb.keys import encode_key
 
 HERE = Path(__file__).resolve().parent
-STORE = HERE / "v1-store"
-EXPECTED = HERE / "v1-store.expected.json"
+STORE = HERE / f"v{fmt.FORMAT_VERSION}-store"
+EXPECTED = HERE / f"v{fmt.FORMAT_VERSION}-store.expected.json"
 
 
 def tag_key(key: Any) -> Any:
@@ -169,7 +170,7 @@ def main() -> int:
     expected = build(STORE)
     ordered = [expected[k] for k in sorted(expected)]
     description = {
-        "format_version": 1,
+        "format_version": fmt.FORMAT_VERSION,
         "partitions": 2,
         "page_size": 1024,
         "codec": "halo1",
