@@ -7,11 +7,11 @@ Run from the repository root, once per format version, and check the output in::
 It writes ``tests/golden/vN-store/`` (N: ``halodb.format.FORMAT_VERSION``; two partitions,
 1 KiB pages) and ``tests/golden/vN-store.expected.json``. The content is fixed: keys of every
 type, JSON, str and bytes values, a value spread over overflow pages, deleted keys; part of it
-flushed into the trees and part left only in the logs (the store is abandoned as a crash would leave it, so the
-logs keep their records, including a batch across both partitions). The hash seed and the
-creation time differ from run to run, but both are recorded in the manifest, so any run's
-files are self-consistent. Never regenerate an older version's store after a format change: old
-stores must keep opening; the new version's store is added beside them.
+flushed into the trees and part left only in the logs (the store is abandoned as a crash
+would leave it, so the logs keep their records, including a batch across both partitions). The
+hash seed and the creation time differ from run to run, but both are recorded in the manifest,
+so any run's files are self-consistent. Never regenerate an older version's store after a
+format change: old stores must keep opening; the new version's store is added beside them.
 
 Keys and values are described losslessly in a tagged JSON form:
 ``{"int": "-12"}``, ``{"float": "0x1.8p+0"}`` (``float.hex``), ``{"str": "..."}``,
