@@ -98,3 +98,45 @@ def test_a_forked_child_does_not_keep_the_store_locked(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     with halodb.open(path) as final:
         assert final["k"] == "child"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_never_waits_for_a_lock_the_parent_held(tmp_path: Path) -> None:
+    """len(), `in`, del, batches, stats() and check() took a partition lock before checking the
+    process: a lock held by another parent thread at the fork is never released in the child."""
+    db = halodb.open(tmp_path / "s")
+    db["k"] = 1
+    for part in db._m.parts:
+        part.lock.acquire()  # as if other threads were inside the store at the fork
+    try:
+        pid = os.fork()
+        if pid == 0:
+            import signal
+
+            signal.alarm(10)  # a hang fails the test instead of blocking it
+            code = 0
+            for attempt in (
+                lambda: len(db),
+                lambda: "k" in db,
+                lambda: db.__delitem__("k"),
+                lambda: db.pop("k"),
+                lambda: db.setdefault("z", 1),
+                lambda: db.update({"a": 1}),
+                db.stats,
+                db.check,
+                db.flush,
+                db.sync,
+                lambda: list(db.range()),
+            ):
+                try:
+                    attempt()
+                    code = 1
+                except halodb.ProgrammingError:
+                    pass
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        for part in db._m.parts:
+            part.lock.release()
+    assert os.waitstatus_to_exitcode(status) == 0
+    db.close()

@@ -251,3 +251,59 @@ def test_a_damaged_last_record_that_is_not_zeroed_is_still_damage(tmp_path: Path
     wal.write_bytes(bytes(data))
     with pytest.raises(halodb.CorruptionError, match="checksum"):
         halodb.open(path)
+
+
+def test_a_crash_in_the_first_write_after_a_clean_close_leaves_a_store_that_opens(
+    tmp_path: Path,
+) -> None:
+    """New records used to go after the close record of the previous clean close, so a torn
+    first write after reopening read as damage after a clean close: the store would not open."""
+    path = tmp_path / "s"
+    with halodb.open(path, partitions=1) as db:
+        db["a"] = 1
+    db = halodb.open(path)
+    db["b"] = 2
+    db._m.failure = RuntimeError("crash")  # leave the log as a crash would
+    db.close()
+    wal = path / fmt.partition_file(0, "wal")
+    data = wal.read_bytes()
+    wal.write_bytes(data[:-3])  # the write of "b" torn
+    with halodb.open(path) as again:
+        assert dict(again.items()) == {"a": 1}
+        again.check()
+
+
+def test_open_and_close_cycles_do_not_pile_up_close_records(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with halodb.open(path, partitions=1) as db:
+        db["a"] = 1
+    wal = path / fmt.partition_file(0, "wal")
+    size = wal.stat().st_size
+    for _ in range(5):
+        halodb.open(path).close()
+    assert wal.stat().st_size == size
+
+
+def test_overwrites_alone_do_not_grow_a_log_without_bound(tmp_path: Path) -> None:
+    """The memtable counts an overwritten key once, so overwrites never triggered a flush and
+    the log (and the time to replay it) grew without bound."""
+    path = tmp_path / "s"
+    with halodb.open(path, partitions=1, memtable_size=64 * 1024) as db:
+        for i in range(20_000):
+            db["same"] = "v" * 100 + str(i)
+        wal_bytes = db.stats().partitions[0].wal_bytes
+        assert wal_bytes <= 2 * 64 * 1024 + 4096, wal_bytes
+        assert db.stats().partitions[0].flushes > 0
+
+
+def test_a_refused_open_does_not_upgrade_an_old_store(tmp_path: Path) -> None:
+    """The upgrade of a version-1 store used to happen before the open's own checks, so an
+    open refused for a wrong option had already rewritten the manifest."""
+    import shutil
+
+    copy = tmp_path / "v1"
+    shutil.copytree(Path(__file__).parent / "golden" / "v1-store", copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    with pytest.raises(halodb.InterfaceError):
+        halodb.open(copy, partitions=3)
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before

@@ -231,6 +231,7 @@ class Pager:
         self.cache = {}
         if self._committing:
             self._committing = False
+            self.file.sync()  # whichever meta page the OS holds now is the one on disk
             self.meta = self._read_meta()
             self.freelist_pages = []
             self._load_free_list()

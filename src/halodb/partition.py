@@ -181,9 +181,19 @@ class Partition:
         self.recovery_seconds += time.perf_counter() - started
 
     def open_log(self, buffer_limit: int | None) -> None:
-        """Start appending to the log after its last good record, cutting a torn tail. Fsyncs
-        the log when it cut a tail."""
+        """Start appending to the log after its last good record, cutting a torn tail (fsynced);
+        or, after a clean close, to a fresh log (written as temp, fsync, rename, fsync dir)."""
         if self.readonly:
+            return
+        records = self.contents.records
+        if records and records[-1].rtype == fmt.REC_CLOSE and not self.memtable.data:
+            # Cleanly closed, everything in the tree: start a fresh log rather than write
+            # after the close record (after which a torn write would read as damage).
+            self.fs.write_new(self.wal_path, header_bytes(self.index, self.flushed_seq))
+            handle = self.fs.open(self.wal_path, write=True)
+            end = handle.size()
+            self.log = LogWriter(handle, end, buffer_limit=buffer_limit)
+            self.contents = LogContents(self.flushed_seq, [], end, False)
             return
         handle = self.fs.open(self.wal_path, write=True)
         end = self.contents.valid_end

@@ -187,8 +187,6 @@ class PartitionManager:
         self._lock = self._take_lock()
         try:
             self.manifest = m = self._read_manifest(manifest_path)
-            if m.version < fmt.FORMAT_VERSION and not self.readonly:
-                self.manifest = m = self._upgrade(m)
             if options.partitions is not None and options.partitions != m.partitions:
                 raise InterfaceError(
                     f"{path}: store has {m.partitions} partitions, not {options.partitions} "
@@ -224,6 +222,8 @@ class PartitionManager:
                 )
             next_seq = self._recover()
             self._seq = itertools.count(next_seq)
+            if m.version < fmt.FORMAT_VERSION and not self.readonly:
+                self.manifest = self._upgrade(m)  # only once everything else checked out
         except BaseException:
             for part in getattr(self, "parts", []):
                 part.close()
@@ -232,6 +232,9 @@ class PartitionManager:
         self.durability = options.durability
         self.full = options.durability is Durability.FULL
         self.memtable_limit = options.memtable_size
+        self.log_limit = 2 * options.memtable_size
+        """Overwrites grow a log but not its memtable: past this size the partition is flushed
+        anyway, which bounds recovery time."""
         self.recovery_seconds = time.perf_counter() - started
         _OPEN.add(self)
 
@@ -244,8 +247,9 @@ class PartitionManager:
         else:
             fs.mkdir(path)
         lock_path = os.path.join(path, LOCK_NAME)
-        if not fs.exists(lock_path):
-            self._write_lock_header(lock_path)
+        existed = fs.exists(lock_path)
+        self._write_lock_header(lock_path)  # also fills an empty one left behind
+        if not existed:
             fs.sync_dir(path)
         lock = fs.lock(lock_path, exclusive=True)
         if lock is None:
@@ -411,6 +415,12 @@ class PartitionManager:
         if self.closed:
             raise ProgrammingError(f"{self.path}: store is closed")
 
+    def _guard(self) -> None:
+        """Raise at once if closed, or in a forked child (before any lock is taken: another
+        thread of the parent may have held it at the fork, and never will release it here)."""
+        if self.closed:
+            self.check_open()
+
     def _check_writable(self) -> None:
         self.check_open()
         if self.readonly:
@@ -447,12 +457,14 @@ class PartitionManager:
 
     def contains(self, key: bytes) -> bool:
         """Whether ``key`` is live."""
+        self._guard()
         part, h = self.part_of(key)
         with part.lock:
             self.check_open()
             return part.contains(key, h)
 
     def __len__(self) -> int:
+        self._guard()
         with ExitStack() as stack:
             for part in self.parts:
                 stack.enter_context(part.lock)
@@ -471,6 +483,7 @@ class PartitionManager:
         among the buffers (the largest, reversed) is sorted and yielded; no partition can still
         produce a key before that bound.
         """
+        self._guard()
         return (
             item
             for items in self.scan_batches(lo, hi, reverse=reverse, chunk=chunk)
@@ -525,6 +538,7 @@ class PartitionManager:
     ) -> Iterator[list[tuple[bytes, bytes]]]:
         limit = min(chunk, FIRST_CHUNK)
         while True:
+            self._guard()
             with part.lock:
                 self.check_open()
                 items = part.scan(lo, hi, reverse, limit)
@@ -555,6 +569,7 @@ class PartitionManager:
 
     def delete(self, key: bytes, *, want_value: bool = False) -> tuple[bool, bytes | None]:
         """Delete ``key`` if live; returns whether it was, and (if asked) its old value."""
+        self._guard()
         part, h = self.part_of(key)
         with part.lock:
             self._check_writable()
@@ -568,6 +583,7 @@ class PartitionManager:
 
     def put_if_absent(self, key: bytes, value: bytes) -> bytes | None:
         """Store ``value`` unless ``key`` is live; returns the live value, or ``None`` if stored."""
+        self._guard()
         part, h = self.part_of(key)
         with part.lock:
             self._check_writable()
@@ -599,7 +615,7 @@ class PartitionManager:
             part.apply([(key, None)], seq, clear=False)
         else:
             part.put(key, value, h, seq)
-        if part.memtable.size > self.memtable_limit:
+        if part.memtable.size > self.memtable_limit or wal.end > self.log_limit:
             self._flush_part(part)
         return wal, end
 
@@ -625,6 +641,7 @@ class PartitionManager:
             )
         ids = sorted(groups)
         flags = fmt.FLAG_CLEAR if clear else 0
+        self._guard()
         parts = [self.parts[i] for i in ids]
         synced = []
         with ExitStack() as stack:
@@ -657,7 +674,8 @@ class PartitionManager:
             for part in parts:
                 part.apply(groups[part.index], seq, clear=clear, batch=len(parts) > 1)
             for part in parts:
-                if part.memtable.size > self.memtable_limit:
+                assert part.log is not None
+                if part.memtable.size > self.memtable_limit or part.log.end > self.log_limit:
                     self._flush_part(part)
         if self.full:
             for wal, end in synced:
@@ -694,6 +712,7 @@ class PartitionManager:
 
     def flush(self) -> None:
         """Merge every memtable into its tree (durably), emptying the logs."""
+        self._guard()
         self._check_writable()
         for part in self.parts:
             with part.lock:
@@ -702,6 +721,7 @@ class PartitionManager:
 
     def sync(self) -> None:
         """Durability barrier: every write acknowledged before the call is on disk after it."""
+        self._guard()
         self.check_open()
         if self.readonly:
             return
@@ -722,6 +742,7 @@ class PartitionManager:
 
     def stats(self) -> StoreStats:
         """A snapshot of every partition's counters."""
+        self._guard()
         per = []
         for part in self.parts:
             with part.lock:
@@ -739,6 +760,7 @@ class PartitionManager:
     def check(self) -> list[TreeReport]:
         """Verify every structure of every partition, and that every key lives in the partition
         it routes to; raises :class:`CorruptionError`."""
+        self._guard()
         reports = []
         n, seed = len(self.parts), self.seed
         for part in self.parts:

@@ -4,11 +4,14 @@ This layer turns Python keys and values into bytes (order-preserving key encodin
 codec) and speaks the dict protocol; the partition manager below it knows only bytes.
 
 Iteration semantics: every iterator (``iter(db)``, ``keys()``, ``values()``, ``items()``,
-``range()``) is lazy and reads each partition in chunks of a few hundred keys. Keys come in
-strictly increasing (or, reversed, decreasing) order and never twice; each value is a value the
-key really had, never half-written. Writes made by other threads while an iterator is running may
-or may not be seen, depending on whether their key lies ahead of the chunk already read. Closing
-the store makes running iterators raise :class:`ProgrammingError`.
+``range()``) is lazy and reads each partition in chunks, each under that partition's lock: 32
+keys at first, twice as many each time after, up to 1024 (``first()`` and ``last()`` read one);
+the partitions' chunks are merged in order and decoded a list at a time. Keys come in strictly
+increasing (or, reversed, decreasing) order and never twice; each value is a value the key
+really had, never half-written. Writes made by other threads while an iterator is running may or
+may not be seen, depending on whether their key lies ahead of where its partition's chunks have
+read. Closing the store makes running iterators raise :class:`ProgrammingError` when they next
+read a chunk.
 """
 
 from __future__ import annotations
