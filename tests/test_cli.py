@@ -3,6 +3,7 @@ exit codes), the shell through :meth:`Shell.onecmd`, and the shell in a real pse
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -250,6 +251,36 @@ def test_bad_typed_keys_are_usage_errors_and_never_evaluated(
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["get", "-t", "1" * 5000], "bad typed key"),  # too many digits for an int
+        (["get", "-t", "(" + "1, " * 2000 + "nope)"], "bad typed key"),  # a name, far in
+        (["list", "-t", "--prefix", "1" * 5000], "bad typed key"),
+        (["put", "-T", "k", "[" + "1, " * 2000 + "nope]"], "bad typed value"),
+    ],
+)
+def test_bad_literals_are_echoed_cut_short(tmp_path: Path, args: list[str], message: str) -> None:
+    store = make_store(tmp_path / "db")
+    result = run(store, *args)
+    assert result.exit_code == EXIT_USAGE
+    one_line_error(result, message, "characters)")
+    echo = re.search(r"bad typed \w+ ('[^']*')…", result.stderr)
+    assert echo is not None, result.stderr
+    assert len(echo.group(1)) == 62  # 60 characters and the quotes
+    assert len(result.stderr) < 600
+
+
+def test_shell_echoes_a_bad_literal_cut_short(
+    shell: Shell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shell.onecmd("get -t " + "9" * 5000)
+    err = capsys.readouterr().err
+    assert err.startswith("error: bad typed key '999")
+    assert "(5,000 characters)" in err
+    assert len(err) < 600
+
+
 # ----------------------------------------------------------------------------- listing
 
 
@@ -284,6 +315,12 @@ def test_count(letters: Path) -> None:
 
 def test_bad_options_are_usage_errors(letters: Path) -> None:
     assert run(letters, "list", "--limit", "-1").exit_code == EXIT_USAGE
+    for huge in ("99999999999999999999", str(sys.maxsize + 1)):  # beyond what islice takes
+        result = run(letters, "list", "-n", huge)
+        assert result.exit_code == EXIT_USAGE, result.stderr
+        assert "--limit" in result.stderr
+        assert "internal error" not in result.stderr
+    assert run(letters, "list", "-k", "-n", str(sys.maxsize)).stdout.split()[-1] == "c2"
     assert run(letters, "list", "--bogus").exit_code == EXIT_USAGE
     assert run(letters, "bogus").exit_code == EXIT_USAGE
     assert run(letters, "get").exit_code == EXIT_USAGE
@@ -292,6 +329,25 @@ def test_bad_options_are_usage_errors(letters: Path) -> None:
     result = run(letters, "list", "-t", "--prefix", "42")
     assert result.exit_code == EXIT_USAGE
     one_line_error(result, "a prefix is a str, bytes or tuple")
+
+
+def test_an_empty_store_path_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    make_store(tmp_path / "here")
+    monkeypatch.chdir(tmp_path / "here")  # '' would have meant this store
+    for args in (["--path", "", "count"], ["--path", "", "put", "a", "b"], ["shell", ""]):
+        result = runner.invoke(app, args, input="count\n")
+        assert result.exit_code == EXIT_USAGE, args
+        assert "cannot be empty" in result.stderr, args
+        assert result.stdout == "", args
+    with halodb.open(tmp_path / "here", readonly=True) as db:
+        assert len(db) == 0
+    monkeypatch.delenv("HALODB_PATH", raising=False)
+    result = runner.invoke(app, ["count"], env={"HALODB_PATH": ""})  # unset: the default
+    assert result.exit_code == EXIT_STORE
+    assert "halodb-data" in result.stderr
 
 
 def test_clear_needs_confirmation(letters: Path) -> None:
@@ -554,6 +610,33 @@ def test_load_of_a_missing_file(tmp_path: Path) -> None:
     one_line_error(result, "cannot read")
 
 
+def test_an_interrupted_load_reports_what_count_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"key": f"k{i}", "value": i}) + "\n" for i in range(7)))
+    commit = halodb.Batch.commit
+    commits = 0
+
+    def commit_during_ctrl_c(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal commits
+        commits += 1
+        if commits == 2:  # Ctrl-C while the second batch is being written
+            handler = signal.getsignal(signal.SIGINT)
+            assert callable(handler)
+            handler(signal.SIGINT, None)  # what the signal would run
+        return commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(halodb.Batch, "commit", commit_during_ctrl_c)
+    store = tmp_path / "db"
+    result = run(store, "load", str(data), "--batch-size", "2")
+    monkeypatch.undo()
+    assert result.exit_code == 130
+    assert commits == 2  # the write completed, then the interrupt stopped the load
+    one_line_error(result, "interrupted while loading", "4 records in 2 batches were loaded")
+    assert run(store, "count").stdout == "4\n"
+
+
 def test_progress_bars_can_be_forced(tmp_path: Path) -> None:
     source = make_store(tmp_path / "source", {f"k{i:04d}": i for i in range(2500)})
     result = run(source, "dump", str(tmp_path / "d.jsonl"), "--progress")
@@ -569,6 +652,26 @@ def test_a_failed_dump_leaves_no_file(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     assert run(store, "dump", str(out)).exit_code == EXIT_STORE
     assert list(tmp_path.glob("out.jsonl*")) == []
+
+
+def test_dump_errors_name_the_file_given_not_its_temporary(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "db", {"a": "1"})
+    target = tmp_path / "a-directory"
+    target.mkdir()
+    result = run(store, "dump", str(target))
+    assert result.exit_code == EXIT_STORE
+    one_line_error(result, f"cannot write {target}: ")
+    assert ".tmp" not in result.stderr
+    assert list(tmp_path.glob("*.tmp")) == []
+
+    (tmp_path / "out.jsonl.tmp").mkdir()  # not the dump's to remove
+    (tmp_path / "out.jsonl.tmp" / "keep").write_text("mine")
+    result = run(store, "dump", str(tmp_path / "out.jsonl"))
+    assert result.exit_code == EXIT_STORE
+    one_line_error(result, f"cannot write {tmp_path / 'out.jsonl'}: ")
+    assert ".tmp" not in result.stderr
+    assert (tmp_path / "out.jsonl.tmp" / "keep").read_text() == "mine"
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 # ----------------------------------------------------------------------------- the literal and
@@ -671,6 +774,7 @@ def test_shell_quoting(shell: Shell, capsys: pytest.CaptureFixture[str]) -> None
         ("abort", "no batch is open"),
         ("shell", "this is the shell already"),
         ("put k -", "command line only"),
+        ("load -", "command line only"),
         ("help nope", "no command 'nope'"),
     ],
 )
@@ -687,6 +791,38 @@ def test_shell_mistakes_print_one_line_and_go_on(
     assert shell.onecmd("put still alive") is False
     assert shell.onecmd("get still") is False
     assert capsys.readouterr().out.endswith("alive\n")
+
+
+def test_shell_help_example_works_as_typed(
+    shell: Shell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shell.onecmd("help")
+    found = re.search(r"Python literals: (get -t [^;]*);", capsys.readouterr().out)
+    assert found is not None
+    example = found.group(1)
+    assert shell.onecmd(example.replace("get", "put", 1) + " alice") is False
+    assert shell.onecmd(example) is False
+    assert capsys.readouterr() == ("created a new store at " + shell.session.path + "\nOK\n"
+                                   "'alice'\n", "")  # fmt: skip
+    assert shell.status == 0
+    shell.close()
+    with halodb.open(shell.session.path, readonly=True) as db:
+        assert db[("user", 42)] == "alice"  # the key is the tuple the example names
+
+
+@pytest.mark.parametrize("option", ["-h", "--help"])
+@pytest.mark.parametrize("command", ["get", "list", "put", "load"])
+def test_shell_help_options_work_as_on_the_command_line(
+    shell: Shell, capsys: pytest.CaptureFixture[str], command: str, option: str
+) -> None:
+    assert shell.onecmd(f"{command} {option}") is False
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert f"Usage: {command} " in out
+    assert re.search(r"--help\s+-h\b", out)
+    assert shell.status == 0
+    shell.onecmd(f"help {command}")
+    assert capsys.readouterr().out == out  # the same as 'help COMMAND'
 
 
 def test_shell_comments_and_blank_lines(shell: Shell, capsys: pytest.CaptureFixture[str]) -> None:
@@ -778,6 +914,19 @@ def test_shell_clear_asks_first(shell: Shell, capsys: pytest.CaptureFixture[str]
     shell.session.ask = hang_up
     shell.onecmd("clear")
     assert capsys.readouterr().out.endswith("nothing deleted\n")
+
+
+def test_command_line_questions_go_to_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    session = cli.Session(str(tmp_path / "db"))  # as a subcommand has it: stdout is data
+    for typed, expected in (("y\n", True), ("\n", False), ("no\n", False)):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(typed))
+        assert session.confirm("Delete?") is expected
+        assert capsys.readouterr() == ("", "Delete? [y/N] ")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # Ctrl-D: no, and a fresh line
+    assert session.confirm("Delete?") is False
+    assert capsys.readouterr() == ("", "Delete? [y/N] \n")
 
 
 def test_shell_help_lists_every_command(shell: Shell, capsys: pytest.CaptureFixture[str]) -> None:
@@ -908,6 +1057,161 @@ def test_python_dash_m_is_the_same_program(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def _program_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HALODB")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def big_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """More output than a pipe holds (and than fits in a screen)."""
+    path = tmp_path_factory.mktemp("big") / "db"
+    return make_store(path, {f"k{i:05d}": "v" * 60 for i in range(5000)})
+
+
+def test_a_reader_that_stops_early_ends_the_listing_quietly(big_store: Path) -> None:
+    """``halodb list | head -2``: status 141, as for a program killed by SIGPIPE, and silence."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "halodb", "--path", str(big_store), "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_program_env(),
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline() == b"k00000\t" + b"v" * 60 + b"\n"
+        assert proc.stdout.readline().startswith(b"k00001\t")
+        proc.stdout.close()
+        err = proc.stderr.read()
+        assert proc.wait(timeout=20) == cli.EXIT_PIPE == 141
+    assert err == b""
+
+
+@pytest.mark.parametrize(
+    ("args", "script"),
+    [
+        (["list", "-n", "2"], None),  # all of it fits in the buffer: the pipe fails at exit
+        (["get", "k00001"], None),
+        (["stats"], None),  # rich's console
+        (["--help"], None),  # typer's help
+        (["list", "--help"], None),
+        (["dump"], None),
+        ([], "count\nlist\n"),  # the shell
+        ([], "help\n"),
+    ],
+)
+def test_a_closed_stdout_is_status_141_and_no_message(
+    big_store: Path, args: list[str], script: str | None
+) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "halodb", "--path", str(big_store), *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            input=(script or "").encode(),
+            env=_program_env(),
+            check=False,
+            timeout=20,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, b"")
+
+
+_ENGINE_LOGS = """
+import logging, sys
+import halodb
+from halodb import cli
+
+log = logging.getLogger("halodb.partitions")
+put = halodb.Store.__setitem__
+
+def logging_put(self, key, value):
+    mode = sys.argv[1]
+    if mode == "fail":  # as an I/O failure: logged by the engine, then raised
+        log.error("%s: I/O failure, refusing further writes: disk on fire", self.path)
+        raise halodb.OperationalError(f"{self.path}: store refuses writes (disk on fire)")
+    log.error("an error that does not stop the command")
+    log.warning("a warning with %d argument", 1)
+    log.info("an info line")
+    try:
+        raise ValueError("inner")
+    except ValueError:
+        log.exception("an error with an exception")
+    put(self, key, value)
+
+halodb.Store.__setitem__ = logging_put
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_engine_log_records_are_printed_like_the_commands_own_lines(
+    tmp_path: Path, debug: bool
+) -> None:
+    env = _program_env(**({"HALODB_DEBUG": "1"} if debug else {}))
+    store = tmp_path / "db"
+    done = subprocess.run(
+        [sys.executable, "-c", _ENGINE_LOGS, "log", "--path", str(store), "put", "a", "b"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    first = ["warning: a warning with 1 argument", *(["info: an info line"] * debug)]
+    assert lines[: len(first)] == first
+    rest = lines[len(first) :]
+    errors = [
+        "error: an error that does not stop the command",  # held back until the command ends
+        "error: an error with an exception (ValueError: inner)",
+    ]
+    if debug:  # and the traceback
+        assert rest[:3] == [*errors, "Traceback (most recent call last):"]
+        assert rest[-1] == "ValueError: inner"
+    else:
+        assert rest == errors
+
+
+def test_a_store_error_the_engine_logged_is_reported_once(tmp_path: Path) -> None:
+    store = tmp_path / "db"
+    done = subprocess.run(
+        [sys.executable, "-c", _ENGINE_LOGS, "fail", "--path", str(store), "put", "a", "b"],
+        capture_output=True,
+        text=True,
+        env=_program_env(),
+        check=False,
+    )
+    assert done.returncode == EXIT_STORE
+    assert done.stderr == f"error: {store}: store refuses writes (disk on fire)\n"
+
+
+def test_engine_warnings_reach_the_terminal_as_warning_lines(tmp_path: Path) -> None:
+    store = tmp_path / "db"
+    db = halodb.open(store)
+    db["a"] = "1"
+    db._m.failure = RuntimeError("abandon: skip the flush on close")  # as a crash would
+    db.close()
+    for log in store.glob("*.wal"):  # a torn write at the end of each log
+        with log.open("ab") as f:
+            f.write(b"garbage!")
+    done = subprocess.run(
+        [sys.executable, "-m", "halodb", "--path", str(store), "put", "b", "2"],
+        capture_output=True,
+        text=True,
+        env=_program_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines
+    for line in lines:
+        assert line.startswith(f"warning: {store}"), line
+
+
 # ----------------------------------------------------------------------------- a real terminal
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]|\r|\x07")
@@ -961,6 +1265,13 @@ class Terminal:
 
     def type(self, text: str) -> None:
         os.write(self.fd, text.encode())
+
+    def ctrl_c(self) -> None:
+        """Ctrl-C at a prompt shown. Not at once: Python loses a SIGINT that lands between
+        showing a prompt and starting the read that waits for the answer (the read then blocks
+        on), and readline's switch of terminal modes widens that window."""
+        time.sleep(0.2)
+        self.type("\x03")
 
     def command(self, line: str) -> str:
         """Type ``line`` and Enter; return what the program printed before its next prompt."""
@@ -1016,7 +1327,9 @@ def test_shell_in_a_real_terminal(tmp_path: Path, terminal_env: dict[str, str]) 
     assert "fill factor" in tree
 
     assert "unknown command" in term.command("bogus")
-    term.type("half a line\x03")  # Ctrl-C cancels the line, not the shell
+    term.type("half a line")
+    term.expect(r"half a line")
+    term.ctrl_c()  # Ctrl-C cancels the line, not the shell
     term.expect(r"halodb> ")
     assert term.command("count") == "0\nhalodb> "
 
@@ -1045,3 +1358,123 @@ def test_real_terminal_pages_long_listings_and_leaves_on_ctrl_d(
     assert term.expect(r"halodb> ").strip().endswith("(stopped after 78 keys)\nhalodb>")
     term.type("\x04")
     assert term.wait() == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_real_terminal_ctrl_c_and_ctrl_d_at_clears_question(
+    tmp_path: Path, terminal_env: dict[str, str]
+) -> None:
+    store = make_store(tmp_path / "db", {"a": "1"})
+    term = Terminal(["--path", str(store), "clear"], terminal_env)
+    term.expect(r"\(1 key\)\? \[y/N\] ")
+    term.ctrl_c()
+    after = term.expect(r"interrupted\n")
+    assert re.fullmatch(r"(\^C)?\nerror: interrupted\n", after), after  # on a line of its own
+    assert term.wait() == 130
+
+    term = Terminal(["--path", str(store), "clear"], terminal_env)
+    term.expect(r"\[y/N\] ")
+    term.type("\x04")  # end of input: no
+    assert term.expect(r"deleted\n") == "\nnothing deleted\n"
+    assert term.wait() == 0
+
+    term = Terminal(["--path", str(store)], terminal_env)  # the same in the shell
+    term.expect(r"halodb> ")
+    term.type("clear\r")
+    term.expect(r"\[y/N\] ")
+    term.ctrl_c()
+    assert re.fullmatch(r"(\^C)?\nerror: interrupted\nhalodb> ", term.expect(r"halodb> "))
+    term.type("clear\r")
+    term.expect(r"\[y/N\] ")
+    term.type("\x04")
+    assert term.expect(r"halodb> ") == "\nnothing deleted\nhalodb> "
+    assert term.command("count") == "1\nhalodb> "
+    term.type("quit\r")
+    assert term.wait() == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_real_terminal_ctrl_c_stops_a_long_listing(
+    big_store: Path, terminal_env: dict[str, str]
+) -> None:
+    term = Terminal(["--path", str(big_store)], terminal_env)
+    term.expect(r"halodb> ")
+    term.type("list\r")
+    term.expect(r"-- more -- [^\n]*\)")
+    term.ctrl_c()  # at the pager's question
+    assert term.expect(r"halodb> ") == "\nerror: interrupted\nhalodb> "
+    term.type("list\r")
+    term.expect(r"-- more --")
+    term.type("a")  # all the rest, without stopping
+    term.expect(r"k01000\t")  # the listing is running (and blocked while nobody reads)
+    term.type("\x03")
+    rest = term.expect(r"halodb> ")
+    assert "k04999" not in rest  # stopped before the end
+    assert re.search(r"\nerror: interrupted\nhalodb> $", rest), rest[-300:]  # a line of its own
+    assert "(5,000 keys)" not in rest
+    assert term.command("count") == "5000\nhalodb> "  # the shell goes on
+    term.type("\x04")
+    assert term.wait() == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_real_terminal_history_is_read_back_by_the_next_session(
+    tmp_path: Path, terminal_env: dict[str, str]
+) -> None:
+    store = tmp_path / "db"
+    term = Terminal(["--path", str(store)], terminal_env)
+    term.expect(r"halodb> ")
+    term.command("put key1 value1")
+    term.command("get key1")
+    term.type("\x04")
+    assert term.wait() == 0
+
+    term = Terminal(["--path", str(store)], terminal_env)
+    term.expect(r"halodb> ")
+    term.type("\x10")  # Ctrl-P: the line before, from the first session
+    term.expect(r"get key1")
+    term.type("\x10")
+    term.expect(r"put key1 value1")
+    term.type("\x0e")  # Ctrl-N: back to the later line
+    term.expect(r"get key1")
+    term.type("\r")
+    assert term.expect(r"halodb> ").endswith("\nvalue1\nhalodb> ")
+    term.command("count")
+    term.type("\x04")
+    assert term.wait() == 0
+    # both sessions' lines (Python's readline skips a line equal to the one before it)
+    lines = (tmp_path / "history").read_text().splitlines()
+    assert lines == ["put key1 value1", "get key1", "count"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_real_terminal_shell_on_a_locked_store(
+    tmp_path: Path, terminal_env: dict[str, str]
+) -> None:
+    store = make_store(tmp_path / "db", {"a": "1"})
+    with halodb.open(store):  # another process's writer
+        term = Terminal(["--path", str(store)], terminal_env)
+        shown = term.expect(r"already open[^\n]*\n")
+        assert re.fullmatch(r"error: [^\n]*already open[^\n]*\n", shown), shown
+        assert term.wait() == EXIT_STORE
+    assert "halodb>" not in term.screen  # no prompt: the shell did not start
+    assert "Traceback" not in term.screen
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_real_terminal_shell_on_a_corrupted_store(tall: Path, terminal_env: dict[str, str]) -> None:
+    _corrupt_trees(tall, 4096)
+    term = Terminal(["--path", str(tall)], terminal_env)
+    assert "3,000 keys" in term.expect(r"halodb> ")
+    for line in ("check", "get user:00001", "list"):
+        shown = term.command(line)
+        assert re.fullmatch(r"error: the store is damaged: [^\n]*checksum[^\n]*\nhalodb> ", shown)
+    assert term.command("count") == "3000\nhalodb> "  # what still works, works
+    assert term.command("bogus").startswith("error: unknown command")  # the shell goes on
+    term.type("quit\r")
+    status = term.wait()
+    assert status in (0, EXIT_STORE)
+    tail = term.screen[term.seen :]
+    assert "Traceback" not in term.screen
+    # closing may find the damage too: then one line says so, not two
+    assert len(re.findall(r"(?m)^error: ", tail)) == (status == EXIT_STORE)

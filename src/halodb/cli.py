@@ -555,9 +555,13 @@ class _Pager:
         out = sys.stdout
         try:
             key = _read_key("-- more -- (space: next page, a: all, q: stop)")
-        finally:
+        except KeyboardInterrupt:
+            raise  # the prompt stays, and the interrupt's error line follows on a line of its own
+        except BaseException:
             out.write("\r\x1b[K")
-            out.flush()
+            raise
+        out.write("\r\x1b[K")  # the prompt goes: the next line takes its place
+        out.flush()
         if key in ("q", "Q", "\x04", "\x1b"):
             raise _StopPaging
         if key in ("a", "A"):
@@ -646,6 +650,17 @@ class _NoInterrupt:
 # ----------------------------------------------------------------------------- the session
 
 
+def _ask_on_stderr(prompt: str) -> str:
+    """A question on the command line: shown on stderr (stdout is for data), read from stdin."""
+    sys.stdout.flush()
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    if not answer:
+        raise EOFError
+    return answer
+
+
 class Session:
     """What a command works on: the store path, and in the shell the open store and batch.
 
@@ -655,11 +670,12 @@ class Session:
     """
 
     def __init__(
-        self, path: str, *, in_shell: bool = False, ask: Callable[[str], str] = input
+        self, path: str, *, in_shell: bool = False, ask: Callable[[str], str] | None = None
     ) -> None:
         self.path = path
         self.in_shell = in_shell
-        self.ask = ask
+        self.ask = ask or (input if in_shell else _ask_on_stderr)
+        """Shows a question, returns the answer; ``EOFError`` at end of input."""
         self.db: halodb.Store | None = None
         self.batch: halodb.Batch | None = None
         self.batch_note_shown = False
@@ -745,7 +761,8 @@ class Session:
         try:
             answer = self.ask(f"{question} [y/N] ")
         except EOFError:
-            sys.stdout.write("\n")  # Ctrl-D leaves the cursor after the question
+            # Ctrl-D leaves the cursor after the question
+            (sys.stdout if self.in_shell else sys.stderr).write("\n")
             return False
         return answer.strip().lower() in ("y", "yes")
 
@@ -863,7 +880,7 @@ app = typer.Typer(
         "directory given by --path, else the HALODB_PATH environment variable, else "
         "./halodb-data (created on first write).\n\n"
         "Exit status: 0 success, 1 key not found, 2 usage error, 3 store error "
-        "(locked, corrupted, not a store)."
+        "(locked, corrupted, not a store), 130 interrupted, 141 output pipe closed."
     ),
     add_completion=False,
     pretty_exceptions_enable=False,
