@@ -27,6 +27,8 @@ from halodb.errors import CorruptionError, InternalError
 from halodb.vfs import File, FileSystem
 
 META_PAGES = 2
+DIRTY_BYTES = 8 << 20
+"""How many bytes of written pages a transaction buffers before handing them to the OS."""
 _HEADER = fmt.PAGE_HEADER
 
 
@@ -122,6 +124,10 @@ class Pager:
         self.pending: list[int] = []
         """Pages the transaction being built stopped using; free from the next one on."""
         self._saved: tuple[list[int], int, list[int]] = ([], 0, [])
+        self.dirty: dict[int, bytes] = {}
+        """Pages written by the transaction being built and not yet handed to the OS: they go
+        out at commit (or every ``dirty_limit`` pages), runs of consecutive pages in one write."""
+        self.dirty_limit = max(64, DIRTY_BYTES // page_size)
         self._committing = False
 
     # -- meta pages --------------------------------------------------------------------------
@@ -185,7 +191,7 @@ class Pager:
                 f"(pages in use: {self._next_page})"
             )
         size = self.page_size
-        page = self.file.read_at(page_no * size, size)
+        page = self.dirty.get(page_no) or self.file.read_at(page_no * size, size)
         if len(page) != size:
             raise CorruptionError(f"{self.path}: {what} page {page_no} is cut short")
         (stored,) = fmt.U32.unpack_from(page)
@@ -201,7 +207,8 @@ class Pager:
     def write_page(self, page_no: int, body: bytes | bytearray) -> int:
         """Write a page (``body``: everything after the checksum) and return its checksum.
 
-        Does not fsync: :meth:`commit` does.
+        The page is buffered (see ``dirty``); reads see it at once. Does not fsync:
+        :meth:`commit` does.
         """
         size = self.page_size
         if len(body) < size - 4:
@@ -211,14 +218,32 @@ class Pager:
             raise InternalError(
                 f"{self.path}: page {page_no} body is {len(body)} bytes, a page holds {size - 4}"
             )
-        self.file.write_at(page_no * size, fmt.U32.pack(checksum) + bytes(body))
+        self.dirty[page_no] = fmt.U32.pack(checksum) + bytes(body)
         self.stats.pages_written += 1
+        if len(self.dirty) >= self.dirty_limit:
+            self._write_dirty()
         return checksum
+
+    def _write_dirty(self) -> None:
+        """Write the buffered pages, each run of consecutive page numbers in one write."""
+        dirty = self.dirty
+        if not dirty:
+            return
+        size = self.page_size
+        order = sorted(dirty)
+        start = 0
+        for i in range(1, len(order) + 1):
+            if i == len(order) or order[i] != order[i - 1] + 1:
+                first = order[start]
+                self.file.write_at(first * size, b"".join(map(dirty.__getitem__, order[start:i])))
+                start = i
+        self.dirty = {}
 
     def begin(self) -> None:
         """Start building a transaction: remember the allocation state, for :meth:`abort`."""
         self._saved = (list(self.free), self._next_page, list(self.freelist_pages))
         self.pending = []
+        self.dirty = {}
 
     def abort(self) -> None:
         """Forget the transaction being built (after an error or interrupt part-way): the
@@ -229,6 +254,7 @@ class Pager:
         committed: the state is then read back from the disk, which decides."""
         self.pending = []
         self.cache = {}
+        self.dirty = {}
         if self._committing:
             self._committing = False
             self.file.sync()  # whichever meta page the OS holds now is the one on disk
@@ -322,6 +348,7 @@ class Pager:
             body = _HEADER.pack(0, fmt.PAGE_FREELIST, 0, len(chunk), head, head_crc)[4:]
             body += fmt.u32_array(len(chunk)).pack(*chunk)
             head, head_crc = fl_pages[i], self.write_page(fl_pages[i], body)
+        self._write_dirty()
         self.file.sync()
         meta = Meta(
             self.meta.txn + 1,
