@@ -107,6 +107,10 @@ class Pager:
         self.partition = partition
         self.page_size = page_size
         self.readonly = readonly
+        self.dirty: dict[int, bytes] = {}
+        """Pages written by the transaction being built and not yet handed to the OS: they go
+        out at commit (or every ``dirty_limit`` pages), runs of consecutive pages in one write."""
+        self.dirty_limit = max(16, DIRTY_BYTES // page_size)
         self.file: File = fs.open(path, write=not readonly)
         self.cache: dict[int, Any] = {}
         self.cache_pages = max(cache_pages, 16)
@@ -124,10 +128,6 @@ class Pager:
         self.pending: list[int] = []
         """Pages the transaction being built stopped using; free from the next one on."""
         self._saved: tuple[list[int], int, list[int]] = ([], 0, [])
-        self.dirty: dict[int, bytes] = {}
-        """Pages written by the transaction being built and not yet handed to the OS: they go
-        out at commit (or every ``dirty_limit`` pages), runs of consecutive pages in one write."""
-        self.dirty_limit = max(64, DIRTY_BYTES // page_size)
         self._committing = False
 
     # -- meta pages --------------------------------------------------------------------------
