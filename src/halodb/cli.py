@@ -839,29 +839,25 @@ def _pipe_closes_quietly() -> Iterator[None]:
         raise _PipeClosed from None
 
 
-class _Command(TyperCommand):
-    """A command whose output to a closed pipe ends the program quietly (typer would exit
-    with status 1, which means "not found" here): also for ``--help`` and in the shell."""
+class _QuietPipe:
+    """Output to a closed pipe ends the program quietly (typer would exit with status 1, which
+    means "not found" here): also for ``--help`` and in the shell. Mixed into click classes."""
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         with _pipe_closes_quietly():
-            return super().make_context(*args, **kwargs)
+            return super().make_context(*args, **kwargs)  # type: ignore[misc]
 
     def invoke(self, ctx: Any) -> Any:
         with _pipe_closes_quietly():
-            return super().invoke(ctx)
+            return super().invoke(ctx)  # type: ignore[misc]
 
 
-class _Group(TyperGroup):
-    """The ``halodb`` group, with the same handling of a closed pipe as :class:`_Command`."""
+class _Command(_QuietPipe, TyperCommand):
+    """A ``halodb`` subcommand."""
 
-    def make_context(self, *args: Any, **kwargs: Any) -> Any:
-        with _pipe_closes_quietly():
-            return super().make_context(*args, **kwargs)
 
-    def invoke(self, ctx: Any) -> Any:
-        with _pipe_closes_quietly():
-            return super().invoke(ctx)
+class _Group(_QuietPipe, TyperGroup):
+    """The ``halodb`` group."""
 
 
 def _store_path(value: str | None) -> str | None:
