@@ -28,7 +28,7 @@ def tests(session: nox.Session) -> None:
 def stress(session: nox.Session) -> None:
     """Long crash loops and state-machine runs: HALODB_CRASH_CYCLES, HALODB_SEED to reproduce."""
     session.install("-e", ".[test]")
-    cycles = session.env.get("HALODB_CRASH_CYCLES", "2000")
+    cycles = session.env.get("HALODB_CRASH_CYCLES", "20000")
     env = {"HALODB_CRASH_CYCLES": cycles, "HALODB_STRESS": "1"}
     session.run("pytest", "-q", "tests/test_crash.py", "tests/test_model.py", env=env)
 

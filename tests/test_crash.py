@@ -6,8 +6,9 @@ write per line, so the parent knows every acknowledged op and the single op in f
 value is unique (it names the op that wrote it), so a value that was never written, or one from
 the wrong op, cannot pass for a right one.
 
-``HALODB_CRASH_CYCLES`` (default 30 per durability mode) and ``HALODB_SEED`` (default random)
-configure the loop; the seed is printed, and named in every failure, to reproduce a run.
+``HALODB_CRASH_CYCLES`` (default 300 per durability mode, the CI size; ``nox -s stress`` runs
+20,000) and ``HALODB_SEED`` (default random) configure the loop; the seed is printed, and named
+in every failure, to reproduce a run.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pytest
 import halodb
 from halodb.keys import encode_key
 
-CYCLES = int(os.environ.get("HALODB_CRASH_CYCLES", "30"))
+CYCLES = int(os.environ.get("HALODB_CRASH_CYCLES", "300"))
 SEED = int(os.environ.get("HALODB_SEED", str(random.SystemRandom().randrange(1 << 32))))
 NKEYS = 2000
 OPTIONS: dict[str, Any] = {"partitions": 4, "page_size": 1024, "memtable_size": 64 * 1024}
