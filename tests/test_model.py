@@ -9,6 +9,7 @@ replay the logs), compares the whole contents and runs ``check()``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from typing import Any, ClassVar
@@ -189,9 +190,12 @@ class OnePartitionStoreVersusDict(StoreVersusDict):
     PARTITIONS: ClassVar[int] = 1
 
 
+STRESS = bool(os.environ.get("HALODB_STRESS"))
+"""Set by ``nox -s stress``: many more and longer runs."""
+
 MODEL_SETTINGS = settings(
-    max_examples=60,
-    stateful_step_count=40,
+    max_examples=2000 if STRESS else 60,
+    stateful_step_count=100 if STRESS else 40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
