@@ -1,7 +1,7 @@
 """Value codecs: Python objects to bytes and back; knows nothing of keys, files or stores.
 
-A store records its codec's ``name`` when it is created and looks the codec up again with
-``codec_by_name`` when it is opened. The default codec, ``halo1``, stores (first byte is
+A store records its codec's ``name`` when it is created; opening it with a codec of another
+name is refused. The default codec, ``halo1``, stores (first byte is
 the tag; DO NOT CHANGE THESE VALUES, they are on-disk format)::
 
     0x00  bytes   raw bytes follow (bytearray and memoryview are stored as bytes)

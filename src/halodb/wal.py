@@ -8,9 +8,9 @@ masked).
 
 Reading tells a torn tail (a crash in the middle of appending: a partial header, a record that
 runs past the end of the file, a zero-filled tail, or a last record zeroed from a sector
-boundary on) from damage (anything else that does not check out, and anything at all after the
-close record of a clean close), which raises :class:`CorruptionError` instead of dropping good
-records.
+boundary on) from damage (anything else that does not check out, including a torn tail right
+after the close record of a clean close), which raises :class:`CorruptionError` instead of
+dropping good records. A writable open never appends after a close record: it starts a fresh log.
 """
 
 from __future__ import annotations
