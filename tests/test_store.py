@@ -220,7 +220,15 @@ def test_update_with_mapping_pairs_kwargs_and_keys_object(open_store: Opener) ->
     db.update(KeysOnly())
     db.update()
     assert dict(db.items()) == {
-        "a": 1, 2: "two", "b": 2, ("t", 1): None, "c": 3, "d": [4], "e": 5, "f": 6, "g": "G",
+        "a": 1,
+        2: "two",
+        "b": 2,
+        ("t", 1): None,
+        "c": 3,
+        "d": [4],
+        "e": 5,
+        "f": 6,
+        "g": "G",
     }
 
 
@@ -364,17 +372,98 @@ def test_reversed(open_store: Opener) -> None:
 # ---------------------------------------------------------------------------------------------
 
 TYPED_KEYS: dict[str, list[Any]] = {
-    "bytes": [b"", b"\x00", b"\x00\x00", b"\x00\x01", b"\x01", b"a", b"ab", b"a\xff", b"\xff",
-              b"\xff\xff", b"\xfe\xff\xff"],
-    "str": ["", "\x00", "a", "a\x00", "ab", "b", "z" * 40, "\x7f", "\x80", "é", "\uffff",
-            "\U0001f600", "\U00010000", "\ud800", "user:1", "user:10", "user:2"],
-    "int": [0, 1, -1, 2, -2, 127, 128, 255, 256, -255, -256, -257, 65535, 65536, 2**63,
-            -(2**63), 2**64, 10**40, -(10**40), 10**40 + 1, -(10**40) - 1, 10**100, -(10**100)],
-    "float": [0.0, 1.0, -1.0, 0.5, -0.5, 1e-300, -1e-300, 5e-324, -5e-324, 1.7976931348623157e308,
-              -1.7976931348623157e308, math.inf, -math.inf, 3.14, -3.14, 1e20, -1e20],
-    "tuple": [(), ("user", 7), ("user", 10), ("user", -1), ("user", 7, "x"), ("user", 7, ""),
-              ("users", 1), ("user\x00", 1), ("a", 1), ("a", 10**30), ("b", -(10**30)),
-              ("user", 2**70), ("us", 7), ("", 0)],
+    "bytes": [
+        b"",
+        b"\x00",
+        b"\x00\x00",
+        b"\x00\x01",
+        b"\x01",
+        b"a",
+        b"ab",
+        b"a\xff",
+        b"\xff",
+        b"\xff\xff",
+        b"\xfe\xff\xff",
+    ],
+    "str": [
+        "",
+        "\x00",
+        "a",
+        "a\x00",
+        "ab",
+        "b",
+        "z" * 40,
+        "\x7f",
+        "\x80",
+        "é",
+        "\uffff",
+        "\U0001f600",
+        "\U00010000",
+        "\ud800",
+        "user:1",
+        "user:10",
+        "user:2",
+    ],
+    "int": [
+        0,
+        1,
+        -1,
+        2,
+        -2,
+        127,
+        128,
+        255,
+        256,
+        -255,
+        -256,
+        -257,
+        65535,
+        65536,
+        2**63,
+        -(2**63),
+        2**64,
+        10**40,
+        -(10**40),
+        10**40 + 1,
+        -(10**40) - 1,
+        10**100,
+        -(10**100),
+    ],
+    "float": [
+        0.0,
+        1.0,
+        -1.0,
+        0.5,
+        -0.5,
+        1e-300,
+        -1e-300,
+        5e-324,
+        -5e-324,
+        1.7976931348623157e308,
+        -1.7976931348623157e308,
+        math.inf,
+        -math.inf,
+        3.14,
+        -3.14,
+        1e20,
+        -1e20,
+    ],
+    "tuple": [
+        (),
+        ("user", 7),
+        ("user", 10),
+        ("user", -1),
+        ("user", 7, "x"),
+        ("user", 7, ""),
+        ("users", 1),
+        ("user\x00", 1),
+        ("a", 1),
+        ("a", 10**30),
+        ("b", -(10**30)),
+        ("user", 2**70),
+        ("us", 7),
+        ("", 0),
+    ],
 }
 
 
@@ -404,8 +493,16 @@ def test_typed_keys_sort_like_python_and_keep_their_type(
 
 def test_tuple_keys_nest_and_sort(open_store: Opener) -> None:
     db = open_store()
-    keys = [("a", ("b", 1)), ("a", ("b", 2)), ("a", ("b",)), ("a", ("c", 0)), ("a", ()),
-            ((1, 2), 3), ((1,), 9), ((1, 2, 3), 0)]
+    keys = [
+        ("a", ("b", 1)),
+        ("a", ("b", 2)),
+        ("a", ("b",)),
+        ("a", ("c", 0)),
+        ("a", ()),
+        ((1, 2), 3),
+        ((1,), 9),
+        ((1, 2, 3), 0),
+    ]
     pairs = [k for k in keys if isinstance(k[0], str)]
     nums = [k for k in keys if isinstance(k[0], tuple)]
     for k in keys:
@@ -449,8 +546,20 @@ def test_bytes_like_and_subclass_keys_come_back_as_plain_types(open_store: Opene
 
 @pytest.mark.parametrize(
     "key",
-    [True, False, None, [1], {"a": 1}, {1}, object(), 1j, ("a", True), ("a", None), ("a", [1]),
-     frozenset()],
+    [
+        True,
+        False,
+        None,
+        [1],
+        {"a": 1},
+        {1},
+        object(),
+        1j,
+        ("a", True),
+        ("a", None),
+        ("a", [1]),
+        frozenset(),
+    ],
     ids=repr,
 )
 def test_unsupported_key_types_raise_type_error_and_write_nothing(
@@ -522,9 +631,28 @@ def test_key_length_limit(open_store: Opener) -> None:
 # ---------------------------------------------------------------------------------------------
 
 VALUES: list[Any] = [
-    b"", b"\x00", bytes(range(256)), "", "text", "\x00é\U0001f600", "\ud800", 0, -1, 10**50,
-    1.5, -0.0, math.inf, -math.inf, True, False, None, [], {}, [1, [2, [3, []]]],
-    {"a": {"b": [None, True, 1.25, "x", {"c": []}]}, "": 0}, ["mixed", 1, 2.0, None, False],
+    b"",
+    b"\x00",
+    bytes(range(256)),
+    "",
+    "text",
+    "\x00é\U0001f600",
+    "\ud800",
+    0,
+    -1,
+    10**50,
+    1.5,
+    -0.0,
+    math.inf,
+    -math.inf,
+    True,
+    False,
+    None,
+    [],
+    {},
+    [1, [2, [3, []]]],
+    {"a": {"b": [None, True, 1.25, "x", {"c": []}]}, "": 0},
+    ["mixed", 1, 2.0, None, False],
 ]
 
 
@@ -564,8 +692,19 @@ def test_bytearray_value_comes_back_as_bytes(open_store: Opener) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [(1, 2), {1, 2}, frozenset(), Thing(1), object(), 1j, {1: "int key"}, [1, (2,)],
-     {"a": {1, 2}}, [b"bytes inside"], bytes],
+    [
+        (1, 2),
+        {1, 2},
+        frozenset(),
+        Thing(1),
+        object(),
+        1j,
+        {1: "int key"},
+        [1, (2,)],
+        {"a": {1, 2}},
+        [b"bytes inside"],
+        bytes,
+    ],
     ids=repr,
 )
 def test_unsupported_values_raise_type_error_and_write_nothing(
@@ -587,8 +726,13 @@ def test_unsupported_values_raise_type_error_and_write_nothing(
 
 def test_pickle_codec_is_an_explicit_opt_in(tmp_path: Path) -> None:
     path = tmp_path / "p"
-    values = {"tuple": (1, "a"), "set": {1, 2}, "thing": Thing(5), "bytes": b"\x00",
-              "nested": {1: [(2,)]}}
+    values = {
+        "tuple": (1, "a"),
+        "set": {1, 2},
+        "thing": Thing(5),
+        "bytes": b"\x00",
+        "nested": {1: [(2,)]},
+    }
     with halodb.open(path, value_codec=halodb.PickleCodec(), **SMALL) as db:
         db.update(values)
         assert dict(db.items()) == values
@@ -669,12 +813,40 @@ def test_range_is_lazy(evens: halodb.Store) -> None:
 def mixed(open_store: Opener) -> halodb.Store:
     db = open_store()
     keys: list[Any] = [
-        "use", "user", "user:", "user:1", "user:10", "user:2", "user:9", "user;", "users",
-        "user:\U0001f600", "\x00", "", "uses",
-        b"user:1", b"\xff", b"\xff\x00", b"\xff\xff", b"\xfe\xff", b"", b"\x00",
-        ("user",), ("user", 1), ("user", 2, "x"), ("user", 7), ("users", 1), ("user\x00x",),
-        ("use",), ("user", -3), ("a", 1), ("a", 10), ("a", 1, 5), ("user", ("nested",)),
-        7, 1.5,
+        "use",
+        "user",
+        "user:",
+        "user:1",
+        "user:10",
+        "user:2",
+        "user:9",
+        "user;",
+        "users",
+        "user:\U0001f600",
+        "\x00",
+        "",
+        "uses",
+        b"user:1",
+        b"\xff",
+        b"\xff\x00",
+        b"\xff\xff",
+        b"\xfe\xff",
+        b"",
+        b"\x00",
+        ("user",),
+        ("user", 1),
+        ("user", 2, "x"),
+        ("user", 7),
+        ("users", 1),
+        ("user\x00x",),
+        ("use",),
+        ("user", -3),
+        ("a", 1),
+        ("a", 10),
+        ("a", 1, 5),
+        ("user", ("nested",)),
+        7,
+        1.5,
     ]
     for k in keys:
         db[k] = repr(k)
@@ -687,13 +859,30 @@ def _keys(it: Any) -> list[Any]:
 
 def test_prefix_str(mixed: halodb.Store) -> None:
     assert _keys(mixed.range(prefix="user:")) == [
-        "user:", "user:1", "user:10", "user:2", "user:9", "user:\U0001f600"
+        "user:",
+        "user:1",
+        "user:10",
+        "user:2",
+        "user:9",
+        "user:\U0001f600",
     ]
     assert _keys(mixed.range(prefix="user:", reverse=True)) == [
-        "user:\U0001f600", "user:9", "user:2", "user:10", "user:1", "user:"
+        "user:\U0001f600",
+        "user:9",
+        "user:2",
+        "user:10",
+        "user:1",
+        "user:",
     ]
     assert _keys(mixed.range(prefix="user")) == [
-        "user", "user:", "user:1", "user:10", "user:2", "user:9", "user:\U0001f600", "user;",
+        "user",
+        "user:",
+        "user:1",
+        "user:10",
+        "user:2",
+        "user:9",
+        "user:\U0001f600",
+        "user;",
         "users",
     ]
     all_str = sorted(k for k in mixed if isinstance(k, str))
@@ -711,7 +900,11 @@ def test_prefix_bytes(mixed: halodb.Store) -> None:
 
 def test_prefix_tuple(mixed: halodb.Store) -> None:
     assert _keys(mixed.range(prefix=("user",))) == [
-        ("user",), ("user", -3), ("user", 1), ("user", 2, "x"), ("user", 7),
+        ("user",),
+        ("user", -3),
+        ("user", 1),
+        ("user", 2, "x"),
+        ("user", 7),
         ("user", ("nested",)),
     ]
     assert _keys(mixed.range(prefix=("a", 1))) == [("a", 1), ("a", 1, 5)]
@@ -725,16 +918,20 @@ def test_prefix_tuple(mixed: halodb.Store) -> None:
 def test_prefix_combined_with_start_and_stop(mixed: halodb.Store) -> None:
     assert _keys(mixed.range("user:10", "user:9", prefix="user:")) == ["user:10", "user:2"]
     assert _keys(mixed.range("user:10", "user:9", prefix="user:", reverse=True)) == [
-        "user:2", "user:10"
+        "user:2",
+        "user:10",
     ]
     assert _keys(mixed.range("a", "user:2", prefix="user:")) == ["user:", "user:1", "user:10"]
     assert _keys(mixed.range("user:2", "zzz", prefix="user:")) == [
-        "user:2", "user:9", "user:\U0001f600"
+        "user:2",
+        "user:9",
+        "user:\U0001f600",
     ]
     assert _keys(mixed.range("v", None, prefix="user:")) == []
     assert _keys(mixed.range(None, "t", prefix="user:")) == []
     assert _keys(mixed.range(("user", 0), ("user", 7), prefix=("user",))) == [
-        ("user", 1), ("user", 2, "x")
+        ("user", 1),
+        ("user", 2, "x"),
     ]
 
 
@@ -938,9 +1135,26 @@ def test_sixteen_mib_value_round_trips(tmp_path: Path) -> None:
 def test_values_around_the_inline_and_page_limits(open_store: Opener) -> None:
     db = open_store()
     page = 1024
-    sizes = sorted({0, 1, page // 4 - 2, page // 4 - 1, page // 4, page // 4 + 1, page // 4 + 2,
-                    page - 17, page - 16, page - 15, page, 2 * (page - 16) - 1,
-                    2 * (page - 16), 2 * (page - 16) + 1, 3 * page, 20_000})
+    sizes = sorted(
+        {
+            0,
+            1,
+            page // 4 - 2,
+            page // 4 - 1,
+            page // 4,
+            page // 4 + 1,
+            page // 4 + 2,
+            page - 17,
+            page - 16,
+            page - 15,
+            page,
+            2 * (page - 16) - 1,
+            2 * (page - 16),
+            2 * (page - 16) + 1,
+            3 * page,
+            20_000,
+        }
+    )
     model = {}
     for i, size in enumerate(sizes):
         model[("b", size)] = bytes([i % 256]) * size
@@ -1012,9 +1226,7 @@ def test_sync_puts_every_record_in_the_log_file(
     for i in range(20):
         db[i] = "x"
     db.sync()
-    on_disk = sum(
-        os.path.getsize(tmp_path / "db" / fmt.partition_file(p, "wal")) for p in range(4)
-    )
+    on_disk = sum(os.path.getsize(tmp_path / "db" / fmt.partition_file(p, "wal")) for p in range(4))
     assert on_disk == sum(wal_bytes(db)) > 4 * WAL_HEADER_SIZE
 
 
@@ -1102,9 +1314,21 @@ def test_stats_fields(open_store: Opener, tmp_path: Path) -> None:
     assert [p.index for p in stats.partitions] == [0, 1, 2, 3]
     for p in stats.partitions:
         assert isinstance(p, halodb.PartitionStats)
-        for name in ("keys", "memtable_entries", "memtable_bytes", "wal_bytes", "tree_height",
-                     "tree_keys", "pages", "free_pages", "cache_hits", "cache_misses",
-                     "bloom_negatives", "bloom_rebuilds", "flushes"):
+        for name in (
+            "keys",
+            "memtable_entries",
+            "memtable_bytes",
+            "wal_bytes",
+            "tree_height",
+            "tree_keys",
+            "pages",
+            "free_pages",
+            "cache_hits",
+            "cache_misses",
+            "bloom_negatives",
+            "bloom_rebuilds",
+            "flushes",
+        ):
             value = getattr(p, name)
             assert type(value) is int and value >= 0, (name, value)
         assert isinstance(p.recovery_seconds, float)
@@ -1347,8 +1571,10 @@ def test_readonly_store_reads_refuses_writes_and_changes_no_byte(tmp_path: Path)
 def test_two_readonly_opens_may_share_a_store(tmp_path: Path) -> None:
     with halodb.open(tmp_path / "s") as db:
         db["a"] = 1
-    with halodb.open(tmp_path / "s", readonly=True) as r1, \
-            halodb.open(tmp_path / "s", readonly=True) as r2:
+    with (
+        halodb.open(tmp_path / "s", readonly=True) as r1,
+        halodb.open(tmp_path / "s", readonly=True) as r2,
+    ):
         assert r1["a"] == r2["a"] == 1
         with pytest.raises(halodb.OperationalError):
             halodb.open(tmp_path / "s")
@@ -1578,7 +1804,6 @@ def test_deleting_all_but_one_leaf_then_flushing(tmp_path: Path) -> None:
         assert list(db.items()) == [(0, "v" * 100)]
     with halodb.open(path) as db:
         assert list(db.items()) == [(0, "v" * 100)]
-
 
 
 class _InterruptingFile(File):

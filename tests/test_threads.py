@@ -297,8 +297,10 @@ def test_len_never_sees_half_a_batch(tmp_path: Path) -> None:
             lengths.append(len(db))
 
     _run(
-        [threading.Thread(target=_guard(errors, writer)),
-         threading.Thread(target=_guard(errors, reader))],
+        [
+            threading.Thread(target=_guard(errors, writer)),
+            threading.Thread(target=_guard(errors, reader)),
+        ],
         errors,
     )
     assert len(lengths) > 100

@@ -24,7 +24,6 @@ from halodb.values import (
     DefaultCodec,
     PickleCodec,
     ValueCodec,
-    codec_by_name,
 )
 
 CODEC = DefaultCodec()
@@ -270,12 +269,3 @@ def test_pickle_codec_damage_raises_corruption_error(data: bytes) -> None:
 
 
 # --------------------------------------------------------------------------- registry
-
-
-def test_codec_by_name() -> None:
-    halo1 = codec_by_name("halo1")
-    pickled = codec_by_name("pickle")
-    assert isinstance(halo1, DefaultCodec)
-    assert isinstance(pickled, PickleCodec)
-    assert codec_by_name("json") is None
-    assert codec_by_name("") is None

@@ -72,6 +72,7 @@ ROWS_PER_PAGE = 16
 """Row-cache entries allowed per page of node cache."""
 
 Ref = tuple[bytes, int, int]
+"""A written node: a lower bound of its keys, its page number, its checksum."""
 
 
 def _slices(page: bytes, base: int, ends: tuple[int, ...]) -> list[bytes]:
@@ -84,9 +85,6 @@ def _slices(page: bytes, base: int, ends: tuple[int, ...]) -> list[bytes]:
 def _ascending(ends: tuple[int, ...]) -> bool:
     """Whether cumulative offsets never go down."""
     return all(map(le, ends, islice(ends, 1, None)))
-
-
-"""A written node: a lower bound of its keys, its page number, its checksum."""
 
 
 @dataclass(slots=True)

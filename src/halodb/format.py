@@ -30,9 +30,9 @@ FORMAT_VERSION: Final = 2
 CRC_MASK: Final = 0xA282EAD8
 
 
-def crc(data: bytes | bytearray | memoryview, start: int = 0) -> int:
-    """Masked CRC-32 of ``data``, continuing from ``start`` (a previous unmasked CRC)."""
-    return zlib.crc32(data, start) ^ CRC_MASK
+def crc(data: bytes | bytearray | memoryview) -> int:
+    """Masked CRC-32 of ``data``."""
+    return zlib.crc32(data) ^ CRC_MASK
 
 
 def page_crc(page_no: int, body: bytes | bytearray | memoryview) -> int:

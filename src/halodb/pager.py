@@ -57,7 +57,6 @@ class PagerStats:
 
     cache_hits: int = 0
     cache_misses: int = 0
-    pages_written: int = 0
 
 
 def _meta_bytes(meta: Meta, partition: int, page_size: int, slot: int) -> bytes:
@@ -219,7 +218,6 @@ class Pager:
                 f"{self.path}: page {page_no} body is {len(body)} bytes, a page holds {size - 4}"
             )
         self.dirty[page_no] = fmt.U32.pack(checksum) + bytes(body)
-        self.stats.pages_written += 1
         if len(self.dirty) >= self.dirty_limit:
             self._write_dirty()
         return checksum

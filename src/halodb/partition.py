@@ -280,6 +280,12 @@ class Partition:
             self.count += 1
         self.last_seq = seq
 
+    def delete(self, key: bytes, seq: int) -> None:
+        """Apply one logged delete of a key the caller found live."""
+        self.memtable.put(key, None)
+        self.count -= 1
+        self.last_seq = seq
+
     def apply(
         self, entries: Sequence[Entry], seq: int, *, clear: bool, batch: bool = False
     ) -> None:

@@ -58,7 +58,6 @@ from halodb.wal import (
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = fmt.LOCK_NAME
 MAX_RECORD_PAYLOAD = 0xFFFFFFFF - 4096
 """A log record's payload length is a u32; a little is kept for the batch header."""
 SCAN_CHUNK = 1024
@@ -246,7 +245,7 @@ class PartitionManager:
             self._check_leftovers(fs.listdir(path), options.page_size or DEFAULT_PAGE_SIZE)
         else:
             fs.mkdir(path)
-        lock_path = os.path.join(path, LOCK_NAME)
+        lock_path = os.path.join(path, fmt.LOCK_NAME)
         existed = fs.exists(lock_path)
         self._write_lock_header(lock_path)  # also fills an empty one left behind
         if not existed:
@@ -278,7 +277,7 @@ class PartitionManager:
         foreign = []
         for name in names:
             kind = _partition_file_kind(name)
-            if name in (LOCK_NAME, fmt.MANIFEST_NAME + ".tmp") or (
+            if name in (fmt.LOCK_NAME, fmt.MANIFEST_NAME + ".tmp") or (
                 kind and kind[1].endswith("tmp")
             ):
                 continue
@@ -325,7 +324,7 @@ class PartitionManager:
         """Bring an older store's manifest and lock file to this format version (the caller
         holds the lock for writing), so an older HaloDB refuses the store cleanly once newer
         pages may be in it."""
-        self._write_lock_header(os.path.join(self.path, LOCK_NAME))
+        self._write_lock_header(os.path.join(self.path, fmt.LOCK_NAME))
         upgraded = Manifest(
             manifest.partitions,
             manifest.page_size,
@@ -338,7 +337,7 @@ class PartitionManager:
         return upgraded
 
     def _take_lock(self) -> Lock:
-        lock_path = os.path.join(self.path, LOCK_NAME)
+        lock_path = os.path.join(self.path, fmt.LOCK_NAME)
         if not self.fs.exists(lock_path):
             raise CorruptionError(f"{lock_path}: lock file is missing")
         lock = self.fs.lock(lock_path, exclusive=not self.readonly)
@@ -471,10 +470,12 @@ class PartitionManager:
             self.check_open()
             return sum(p.count for p in self.parts)
 
-    def scan(
+    def scan_batches(
         self, lo: bytes | None, hi: bytes | None, *, reverse: bool = False, chunk: int = SCAN_CHUNK
-    ) -> Iterator[tuple[bytes, bytes]]:
-        """Live ``(key, value)`` in ``[lo, hi)`` across partitions, in key order, lazily.
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
+        """Live ``(key, value)`` in ``[lo, hi)`` across partitions, in key order, lazily, a list
+        at a time (each list in order and after the one before, so a caller can process a whole
+        list in one go).
 
         Each partition is read in growing chunks under its lock; a chunk resumes after the last
         key returned, so keys come strictly in order, never twice, and a write made after a chunk
@@ -484,17 +485,6 @@ class PartitionManager:
         produce a key before that bound.
         """
         self._guard()
-        return (
-            item
-            for items in self.scan_batches(lo, hi, reverse=reverse, chunk=chunk)
-            for item in items
-        )
-
-    def scan_batches(
-        self, lo: bytes | None, hi: bytes | None, *, reverse: bool = False, chunk: int = SCAN_CHUNK
-    ) -> Iterator[list[tuple[bytes, bytes]]]:
-        """:meth:`scan` a list at a time: each list in order and after the one before, so a
-        caller can process a whole list in one go."""
         self.check_open()
         sources = [self._chunks(p, lo, hi, reverse, chunk) for p in self.parts]
         if len(sources) == 1:
@@ -598,8 +588,9 @@ class PartitionManager:
     def _write_locked(
         self, part: Partition, key: bytes, value: bytes | None, h: tuple[int, int]
     ) -> tuple[LogWriter, int]:
-        """Log and apply one put (or delete, ``value`` None) with ``part.lock`` held; flush the
-        partition if its memtable is full. Returns the log and the offset to sync to."""
+        """Log and apply one put (or delete of a live key, ``value`` None) with ``part.lock``
+        held; flush the partition if its memtable is full. Returns the log and the offset to
+        sync to."""
         wal = part.log
         assert wal is not None
         seq = next(self._seq)
@@ -612,7 +603,7 @@ class PartitionManager:
             self._fail(exc)
             raise
         if value is None:
-            part.apply([(key, None)], seq, clear=False)
+            part.delete(key, seq)  # the caller checked the key is live
         else:
             part.put(key, value, h, seq)
         if part.memtable.size > self.memtable_limit or wal.end > self.log_limit:

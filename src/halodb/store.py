@@ -155,9 +155,10 @@ class Store(MutableMapping[Key, Any]):
     def popitem(self) -> tuple[Key, Any]:
         """Remove and return the first ``(key, value)`` in key order; ``KeyError`` if empty."""
         while True:
-            first = next(iter(self._m.scan(None, None, chunk=1)), None)
-            if first is None:
+            batch = next(self._m.scan_batches(None, None, chunk=1), None)
+            if batch is None:
                 raise KeyError("popitem(): store is empty")
+            first = batch[0]
             deleted, old = self._m.delete(first[0], want_value=True)
             if deleted:
                 assert old is not None

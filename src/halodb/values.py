@@ -37,7 +37,6 @@ __all__ = [
     "DefaultCodec",
     "PickleCodec",
     "ValueCodec",
-    "codec_by_name",
 ]
 
 MAX_DEPTH = 100
@@ -235,15 +234,3 @@ class PickleCodec:
             return pickle.loads(data)  # noqa: S301
         except Exception as exc:
             raise CorruptionError(f"value: cannot unpickle ({type(exc).__name__}: {exc})") from exc
-
-
-_BUILTIN: dict[str, ValueCodec] = {"halo1": DefaultCodec(), "pickle": PickleCodec()}
-
-
-def codec_by_name(name: str) -> ValueCodec | None:
-    """Return the built-in codec recorded on disk as ``name``, or ``None`` if unknown.
-
-    >>> codec_by_name("halo1").name
-    'halo1'
-    """
-    return _BUILTIN.get(name)

@@ -84,10 +84,6 @@ class File:
         except OSError as exc:
             raise OperationalError(f"writing {self.path!r} failed: {exc.strerror or exc}") from exc
 
-    def append(self, data: bytes | bytearray | memoryview, offset: int) -> None:
-        """Write ``data`` at ``offset``, the current end of the file. Does not fsync."""
-        self.write_at(offset, data)
-
     def sync(self) -> None:
         """fsync: everything written so far is durable when this returns."""
         with _oserror("syncing", self.path):
