@@ -250,10 +250,8 @@ class BTree:
         i = bisect_left(keys, key)
         if i < len(keys) and keys[i] == key:
             value = leaf.values[i]
-            rows = self.rows
-            rows[key] = value
-            if len(rows) > self.rows_limit:
-                self.rows = dict(islice(rows.items(), len(rows) // 2, None))
+            if key not in self.rows:  # (a leaf just read from disk put all its rows there)
+                self._remember_rows([key], [value])
             return value if type(value) is bytes else self.read_overflow(value)  # type: ignore[arg-type]
         return None
 

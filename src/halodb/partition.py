@@ -189,11 +189,8 @@ class Partition:
         if records and records[-1].rtype == fmt.REC_CLOSE and not self.memtable.data:
             # Cleanly closed, everything in the tree: start a fresh log rather than write
             # after the close record (after which a torn write would read as damage).
-            self.fs.write_new(self.wal_path, header_bytes(self.index, self.flushed_seq))
-            handle = self.fs.open(self.wal_path, write=True)
-            end = handle.size()
-            self.log = LogWriter(handle, end, buffer_limit=buffer_limit)
-            self.contents = LogContents(self.flushed_seq, [], end, False)
+            self.log = self._new_log(self.flushed_seq, buffer_limit)
+            self.contents = LogContents(self.flushed_seq, [], self.log.end, False)
             return
         handle = self.fs.open(self.wal_path, write=True)
         end = self.contents.valid_end
@@ -340,15 +337,17 @@ class Partition:
         self.batch_seen = False
         self.flushes += 1
 
+    def _new_log(self, base_seq: int, buffer_limit: int | None) -> LogWriter:
+        """Replace the log by an empty one newer than ``base_seq`` (temp, fsync, rename, fsync
+        dir) and return its writer."""
+        self.fs.write_new(self.wal_path, header_bytes(self.index, base_seq))
+        handle = self.fs.open(self.wal_path, write=True)
+        return LogWriter(handle, handle.size(), buffer_limit=buffer_limit)
+
     def _rotate_log(self) -> None:
         assert self.log is not None
         old = self.log
-        self.fs.write_new(self.wal_path, header_bytes(self.index, self.last_seq))
-        handle = self.fs.open(self.wal_path, write=True)
-        end = handle.size()
-        self.log = LogWriter(
-            handle, end, buffer_limit=None if old.buffer is None else old.buffer_limit
-        )
+        self.log = self._new_log(self.last_seq, None if old.buffer is None else old.buffer_limit)
         old.retire()
 
     # -- inspection --------------------------------------------------------------------------
