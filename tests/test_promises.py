@@ -214,3 +214,47 @@ def test_every_new_file_is_written_synced_renamed_and_its_directory_synced(
         assert ("sync", tmp) in before[last_write:], f"{final}: renamed before its data was synced"
         assert fs.events[i + 1] == ("sync_dir", "s"), f"{final}: directory not synced after rename"
     assert {fmt.MANIFEST_NAME, "p000.tree", "p000.wal", "p000.bloom"} <= names
+
+
+_READER = """
+import sys, halodb
+with halodb.open(sys.argv[1], readonly=True) as db:
+    print(db["k"], flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_several_processes_read_together_and_a_writer_waits_for_none(tmp_path: Path) -> None:
+    """README: several processes may open a store read-only together; while any does, an open
+    for writing fails at once (and a read-only open fails while a writer holds it)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "s"
+    with halodb.open(path) as db:
+        db["k"] = "shared"
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _READER, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    try:
+        for reader in readers:
+            assert reader.stdout is not None
+            assert reader.stdout.readline().strip() == "shared"
+        started = time.monotonic()
+        with pytest.raises(halodb.OperationalError, match="already open"):
+            halodb.open(path)
+        assert time.monotonic() - started < 1.0
+    finally:
+        for reader in readers:
+            reader.communicate("", timeout=30)
+    assert all(reader.returncode == 0 for reader in readers)
+    with halodb.open(path) as db:
+        with pytest.raises(halodb.OperationalError, match="already open"):
+            halodb.open(path, readonly=True)
+        db["k"] = "mine again"
