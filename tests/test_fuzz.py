@@ -36,6 +36,7 @@ through, e.g. ``-max_total_time=60``).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import os
@@ -411,6 +412,7 @@ def _atheris_main() -> None:  # pragma: no cover - needs atheris
     except ImportError:
         sys.exit("atheris is not installed: pip install atheris")
     root = _scratch_root()
+    atexit.register(shutil.rmtree, root, True)  # libFuzzer ends the process itself
     fuzz = Fuzz(root)
     kinds = ("bytes", "length", "flip", "zero", "cut", "insert", "splice")
 
