@@ -41,6 +41,7 @@ import contextlib
 import itertools
 import os
 import random
+import resource
 import shutil
 import sys
 import tempfile
@@ -411,6 +412,10 @@ def _atheris_main() -> None:  # pragma: no cover - needs atheris
         import atheris
     except ImportError:
         sys.exit("atheris is not installed: pip install atheris")
+    # In-process, so the address-space limit is the whole fuzzer's: a target that allocates
+    # past it gets MemoryError (a failure) instead of swapping the machine.
+    limit = int(os.environ.get("HALODB_FUZZ_AS_MB", "1024")) << 20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     root = _scratch_root()
     atexit.register(shutil.rmtree, root, True)  # libFuzzer ends the process itself
     fuzz = Fuzz(root)
