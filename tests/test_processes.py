@@ -334,12 +334,6 @@ def test_processes_racing_to_create_a_store_all_get_in(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine defect: PartitionManager._create checks leftovers before taking the "
-    "creation lock, so an open racing another process's creation sees the new store's files "
-    "and raises CorruptionError/InterfaceError instead of OperationalError",
-)
 @pytest.mark.parametrize("written", [True, False])
 def test_an_open_racing_a_creation_is_refused_as_locked(tmp_path: Path, written: bool) -> None:
     """README: while another handle holds the store for writing, an open "fails at once with

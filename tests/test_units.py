@@ -10,7 +10,9 @@ import random
 from bisect import bisect_left
 from pathlib import Path
 
+import mmh3
 import pytest
+from bitarray import bitarray
 
 from halodb import format as fmt
 from halodb.bloom import MIN_BITS, BloomFilter, key_hash
@@ -260,6 +262,37 @@ def test_bloom_false_positive_rate_is_near_the_target(bits_per_key: int) -> None
     optimum = 0.6185**bits_per_key  # what ln 2 probes per bit would give
     assert expected < 2.5 * optimum, (bits_per_key, k, expected, optimum)
     assert expected / 2 < rate < expected * 1.6 + 0.0005, (rate, expected)
+
+
+def test_key_hash_is_the_documented_murmur3_halves() -> None:
+    """Routing and the bloom bits on disk depend on it: ``mmh3.hash64(key, seed, signed=False)``."""
+    rng = random.Random(5)
+    for _ in range(2000):
+        key, seed = rng.randbytes(rng.randrange(40)), rng.randrange(1 << 32)
+        assert key_hash(key, seed) == mmh3.hash64(key, seed, signed=False)
+
+
+@pytest.mark.parametrize("bits_per_key", [2, 6, 10, 16])
+def test_bloom_sets_and_tests_exactly_the_documented_bits(bits_per_key: int) -> None:
+    """Probe ``i`` is bit ``(h1 + i * h2) mod m`` whatever the number of probes (the default
+    of 5 has its own unrolled code)."""
+    bloom = BloomFilter.for_keys(500, bits_per_key)
+    m, k = bloom.nbits, bloom.hashes
+    expected = bitarray(m, endian="little")
+    expected.setall(0)
+    for key in _keys(500, b"in"):
+        h1, h2 = key_hash(key, SEED)
+        probes = [(h1 + i * h2) % m for i in range(k)]
+        before = all(expected[p] for p in probes)
+        for p in probes:
+            expected[p] = 1
+        assert bloom.add((h1, h2)) == before
+    assert bloom.bits == expected
+    for key in _keys(5000, b"out"):
+        h1, h2 = key_hash(key, SEED)
+        assert bloom.might_contain((h1, h2)) == all(
+            expected[(h1 + i * h2) % m] for i in range(k)
+        )
 
 
 def test_bloom_serialisation_round_trip() -> None:

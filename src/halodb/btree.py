@@ -68,8 +68,9 @@ class Internal:
         self.crcs = crcs
 
 
-ROWS_PER_PAGE = 16
-"""Row-cache entries allowed per page of node cache."""
+ROW_OVERHEAD = 64
+"""Bytes charged per row-cache entry on top of its key and value, for the dict slot and the
+objects that hold them."""
 
 Ref = tuple[bytes, int, int]
 """A written node: a lower bound of its keys, its page number, its checksum."""
@@ -112,6 +113,31 @@ def limits(page_size: int) -> tuple[int, int]:
     return page_size // 8, page_size // 4
 
 
+class _Run:
+    """Consecutive leaves being rewritten by a flush, merged: written as one."""
+
+    __slots__ = ("big", "keys", "lower", "values")
+
+    def __init__(
+        self, lower: bytes, keys: list[bytes], values: list[bytes | Overflow], big: bool
+    ) -> None:
+        self.lower = lower
+        self.keys = keys
+        self.values = values
+        self.big = big
+
+    def extend(self, keys: list[bytes], values: list[bytes | Overflow], big: bool) -> None:
+        self.keys += keys
+        self.values += values
+        self.big |= big
+
+    def write(self, tree: BTree) -> list[Ref]:
+        refs = tree._write_leaves(self.keys, self.values, self.big)
+        if refs:
+            refs[0] = (self.lower, refs[0][1], refs[0][2])
+        return refs
+
+
 class BTree:
     """The B+ tree of one partition, over its :class:`Pager`."""
 
@@ -120,10 +146,14 @@ class BTree:
         self.page_size = pager.page_size
         self.max_key, self.max_inline = limits(pager.page_size)
         self.rows: dict[bytes, bytes | Overflow] = {}
-        """Row cache: key -> value of the entries of leaves read from disk lately and of keys
-        looked up lately, so a warm lookup is one hash lookup. Exact: a flush drops every key it
-        changes."""
-        self.rows_limit = max(pager.cache_pages * ROWS_PER_PAGE, 1024)
+        """Row cache: key -> value of the entries a flush wrote lately, of leaves read from disk
+        lately and of keys looked up lately, so a warm lookup is one hash lookup. Exact: a flush
+        gives every key it changes its new value, or drops it."""
+        self.rows_bytes = 0
+        """What the row cache holds: keys, values and ``ROW_OVERHEAD`` per entry."""
+        self.rows_budget = max(pager.cache_pages * pager.page_size, 64 * ROW_OVERHEAD)
+        """Past this many bytes the older half of the row cache is dropped (the same budget as
+        the node cache's)."""
         self.usable = pager.page_size - _HSIZE
         self.where = pager.path
 
@@ -200,10 +230,39 @@ class BTree:
         return node
 
     def _remember_rows(self, keys: list[bytes], values: list[bytes | Overflow]) -> None:
+        """Add rows (keys the cache may already hold are charged again: an overestimate that
+        the next shrink corrects)."""
+        self.rows.update(zip(keys, values, strict=True))
+        self.rows_bytes += sum(map(len, keys)) + sum(map(len, values)) + ROW_OVERHEAD * len(keys)
+        if self.rows_bytes > self.rows_budget:
+            self._shrink_rows()
+
+    def _shrink_rows(self) -> None:
+        """Drop the older half of the row cache (insertion order) and recount its bytes."""
         rows = self.rows
-        rows.update(zip(keys, values, strict=True))
-        if len(rows) > self.rows_limit:
-            self.rows = dict(islice(rows.items(), len(rows) // 2, None))
+        self.rows = rows = dict(islice(rows.items(), len(rows) // 2, None))
+        self.rows_bytes = (
+            sum(map(len, rows)) + sum(map(len, rows.values())) + ROW_OVERHEAD * len(rows)
+        )
+
+    def _refresh_rows(self, keys: list[bytes], values: list[bytes | None]) -> None:
+        """After a flush wrote ``values`` (``None``: deleted) under ``keys``: a value kept
+        inline in its leaf becomes its key's row (the newest), any other changed key leaves the
+        cache (it may hold the old value, or an overflow reference the flush released)."""
+        rows = self.rows
+        pop = rows.pop
+        max_inline = self.max_inline
+        delta = 0
+        for key, value in zip(keys, values, strict=True):
+            old = pop(key, None)
+            if old is not None:
+                delta -= len(key) + len(old) + ROW_OVERHEAD
+            if value is not None and len(value) <= max_inline:
+                rows[key] = value
+                delta += len(key) + len(value) + ROW_OVERHEAD
+        self.rows_bytes += delta
+        if self.rows_bytes > self.rows_budget:
+            self._shrink_rows()
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -380,6 +439,7 @@ class BTree:
         except BaseException:
             self.pager.abort()
             self.rows = {}
+            self.rows_bytes = 0
             raise
         finally:
             self._ckeys = []
@@ -397,6 +457,7 @@ class BTree:
             # one (which may be damaged: clearing is a way out).
             pager.release_all()
             self.rows = {}
+            self.rows_bytes = 0
         if height == 0:
             if None in values:
                 live = [(k, v) for k, v in zip(keys, values, strict=True) if v is not None]
@@ -411,10 +472,8 @@ class BTree:
             refs = self._update(meta.root, meta.root_crc, height - 1, 0, len(keys), b"")
             level = height - 1
         # The row cache may hold the old value of any changed key (loading the old leaves above
-        # put theirs there): drop them all.
-        pop = self.rows.pop
-        for key in keys:
-            pop(key, None)
+        # put theirs there): every changed key gets its new value, or goes.
+        self._refresh_rows(keys, values)
         while len(refs) > 1:
             refs = self._write_internals(refs, level + 1)
             level += 1
@@ -457,15 +516,33 @@ class BTree:
             keys, children, crcs = node.keys, node.children, node.crcs
             ckeys = self._ckeys
             out: list[Ref] = []
+            run: _Run | None = None
             j = lo
             for i in range(len(children)):
                 end = bisect_left(ckeys, keys[i], j, hi) if i < len(keys) else hi
                 child_lower = lower if i == 0 else keys[i - 1]
-                if end > j:
+                if end <= j:
+                    if run is not None:
+                        out.extend(run.write(self))
+                        run = None
+                    out.append((child_lower, children[i], crcs[i]))
+                elif level > 1:
                     out.extend(self._update(children[i], crcs[i], level - 1, j, end, child_lower))
                 else:
-                    out.append((child_lower, children[i], crcs[i]))
+                    # Neighbouring leaves that change are merged as one run and cut into
+                    # full leaves: a copy-on-write rewrite gains nothing from slack, and
+                    # splitting each leaf on its own would leave them half full.
+                    leaf = self._node(children[i], crcs[i], 0)
+                    assert isinstance(leaf, Leaf)
+                    self.pager.release(children[i])
+                    merged = self._merge(leaf, j, end)
+                    if run is None:
+                        run = _Run(child_lower, *merged)
+                    else:
+                        run.extend(*merged)
                 j = end
+            if run is not None:
+                out.extend(run.write(self))
             refs = self._write_internals(out, level) if out else []
         if refs:
             refs[0] = (lower, refs[0][1], refs[0][2])

@@ -49,6 +49,7 @@ import shlex
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -1476,13 +1477,13 @@ def dump(
         total = len(db) if db is not None and whole else None
         if progress is None:  # on a terminal, unless the records go to that terminal too
             progress = sys.stderr.isatty() and not (to_stdout and sys.stdout.isatty())
-        tmp = None if to_stdout else f"{file}.tmp"
+        tmp: str | None = None  # the temporary file beside FILE, once made
         created = False  # whether tmp is ours to remove
         n = 0
 
         def write_error(exc: OSError) -> Exception:
             """An error writing the file names the file the user named, not the temporary."""
-            if tmp is None:
+            if to_stdout:
                 return exc  # stdout: a closed pipe ends the program quietly
             return CliError(EXIT_STORE, f"cannot write {file}: {exc.strerror or exc}")
 
@@ -1496,12 +1497,20 @@ def dump(
         try:
             out: IO[str]
             with contextlib.ExitStack() as stack:
-                if tmp is None:
+                if to_stdout:
                     out = sys.stdout
                 else:
+                    target = os.path.abspath(cast(str, file))
                     with writing():
-                        out = stack.enter_context(open(tmp, "w", encoding="utf-8", newline="\n"))
+                        # A fresh name made with O_EXCL (0600): never a file or link planted
+                        # in advance.
+                        fd, tmp = tempfile.mkstemp(
+                            prefix=os.path.basename(target) + ".",
+                            suffix=".tmp",
+                            dir=os.path.dirname(target),
+                        )
                     created = True
+                    out = stack.enter_context(open(fd, "w", encoding="utf-8", newline="\n"))
                 update = stack.enter_context(_progress(progress, "dumping", total))
                 for key, value in items:
                     line = json_line(key, value) + "\n"

@@ -210,9 +210,10 @@ class Partition:
             return value  # type: ignore[return-value]
         if self.cleared:
             return None
-        value = self.tree.get_cached(key)
-        if value is not None:
-            return value
+        tree = self.tree
+        cached = tree.rows.get(key)  # BTree.get_cached, inlined: the hot path of warm reads
+        if cached is not None:
+            return cached if type(cached) is bytes else tree.read_overflow(cached)  # type: ignore[arg-type]
         if not self.bloom.might_contain(h):
             self.bloom_negatives += 1
             return None
@@ -269,12 +270,15 @@ class Partition:
     def put(self, key: bytes, value: bytes, h: tuple[int, int], seq: int) -> None:
         """Apply one logged put to the memtable, bloom filter and key count."""
         old = self.memtable.put(key, value)
-        maybe_in_tree = self.bloom.add(h)
         if old is MISSING:  # new to the memtable: new to the store unless the tree has it
-            if not maybe_in_tree or self.cleared or not self.tree.contains(key):
+            if not self.bloom.add(h) or self.cleared or not self.tree.contains(key):
                 self.count += 1
-        elif old is None:  # over a tombstone
+                if self.count > self.bloom.capacity:
+                    self._rebuild_bloom(save=False)
+        elif old is None:  # over a tombstone (which the bloom filter may not hold)
+            self.bloom.add(h)
             self.count += 1
+        # (A live value in the memtable means the key is in the bloom filter already.)
         self.last_seq = seq
 
     def delete(self, key: bytes, seq: int) -> None:
@@ -304,6 +308,8 @@ class Partition:
                 self.count += not existed
             else:
                 self.count -= existed
+        if self.count > self.bloom.capacity:
+            self._rebuild_bloom(save=False)
         self.last_seq = seq
 
     def flush(self, *, force: bool = False) -> None:

@@ -241,11 +241,26 @@ class PartitionManager:
 
     def _create(self, codec: str) -> None:
         fs, path, options = self.fs, self.path, self.options
+        lock_path = os.path.join(path, fmt.LOCK_NAME)
         if fs.is_dir(path):
-            self._check_leftovers(fs.listdir(path), options.page_size or DEFAULT_PAGE_SIZE)
+            try:
+                self._check_leftovers(fs.listdir(path), options.page_size or DEFAULT_PAGE_SIZE)
+            except (CorruptionError, InterfaceError):
+                # What looks like data without a manifest may be a store another process is
+                # creating this very moment: refuse as locked while it holds the lock, open the
+                # store if its creation has finished; only otherwise is the directory foreign.
+                if fs.exists(lock_path):
+                    other = fs.lock(lock_path, exclusive=True)
+                    if other is None:
+                        raise OperationalError(
+                            f"{path}: store is being created or opened by another process"
+                        ) from None
+                    other.release()
+                if fs.exists(os.path.join(path, fmt.MANIFEST_NAME)):
+                    return
+                raise
         else:
             fs.mkdir(path)
-        lock_path = os.path.join(path, fmt.LOCK_NAME)
         existed = fs.exists(lock_path)
         self._write_lock_header(lock_path)  # also fills an empty one left behind
         if not existed:
@@ -553,7 +568,18 @@ class PartitionManager:
         with part.lock:
             if self.closed or self.failure is not None or self.readonly:
                 self._check_writable()
-            wal, end = self._write_locked(part, key, value, h)
+            # _write_locked, inlined for a put: the hot path of every single put
+            wal = part.log
+            assert wal is not None
+            seq = next(self._seq)
+            try:
+                end = wal.append(frame_put(seq, key, value))
+            except OperationalError as exc:
+                self._fail(exc)
+                raise
+            part.put(key, value, h, seq)
+            if part.memtable.size > self.memtable_limit or wal.end > self.log_limit:
+                self._flush_part(part)
         if self.full:
             self._sync(wal, end)
 

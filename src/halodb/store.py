@@ -72,7 +72,10 @@ class Store(MutableMapping[Key, Any]):
         return encoded
 
     def _value(self, value: object) -> bytes:
-        encoded = self._encode_value(value)
+        return self._checked(self._encode_value(value))
+
+    def _checked(self, encoded: object) -> bytes:
+        """The codec's output, refused unless it is bytes-like and within the size limit."""
         if type(encoded) is not bytes:
             if not isinstance(encoded, bytes | bytearray | memoryview):
                 raise TypeError(
@@ -85,24 +88,38 @@ class Store(MutableMapping[Key, Any]):
 
     # -- the dict protocol -------------------------------------------------------------------
 
+    # The four methods below inline ``_key`` (and ``__setitem__`` the common case of
+    # ``_value``): they are the hot paths, and a Python call costs as much as the check.
+
     def __getitem__(self, key: KeyLike) -> Any:
         """The value of ``key``; ``KeyError`` if absent. O(log n)."""
-        value = self._m.get(self._key(key))
+        encoded = encode_key(key)
+        if len(encoded) > self._max_key:
+            self._key(key)  # raises
+        value = self._m.get(encoded)
         if value is None:
             raise KeyError(key)
         return self._decode_value(value)
 
     def get(self, key: KeyLike, default: Any = None) -> Any:
         """The value of ``key``, or ``default``. O(log n)."""
-        value = self._m.get(self._key(key))
+        encoded = encode_key(key)
+        if len(encoded) > self._max_key:
+            self._key(key)  # raises
+        value = self._m.get(encoded)
         if value is None:
             return default
         return self._decode_value(value)
 
     def __setitem__(self, key: KeyLike, value: Any) -> None:
         """Store ``value`` under ``key``; durable as the store's durability mode says."""
-        encoded_value = self._value(value)
-        self._m.put(self._key(key), encoded_value)
+        encoded_value = self._encode_value(value)
+        if type(encoded_value) is not bytes or len(encoded_value) > MAX_VALUE_SIZE:
+            encoded_value = self._checked(encoded_value)  # converts or raises
+        encoded = encode_key(key)
+        if len(encoded) > self._max_key:
+            self._key(key)  # raises
+        self._m.put(encoded, encoded_value)
 
     def __delitem__(self, key: KeyLike) -> None:
         """Delete ``key``; ``KeyError`` (and nothing written) if absent."""

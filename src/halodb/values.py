@@ -26,7 +26,6 @@ b'raw'
 from __future__ import annotations
 
 import json
-import pickle
 from typing import Final, Protocol, runtime_checkable
 
 from halodb.errors import CorruptionError, DataError
@@ -218,8 +217,13 @@ class PickleCodec:
 
     name: Final = "pickle"
 
+    # pickle is imported in the methods, not at the top: a process that never opts in never
+    # loads it.
+
     def encode(self, value: object) -> bytes:
         """Return the pickle of ``value``; ``TypeError`` if it cannot be pickled."""
+        import pickle
+
         try:
             return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except RecursionError as exc:
@@ -229,6 +233,8 @@ class PickleCodec:
 
     def decode(self, data: bytes) -> object:
         """Return the unpickled value; ``CorruptionError`` if ``data`` does not unpickle."""
+        import pickle
+
         try:
             # Explicit opt-in codec: the caller chose pickle and trusts the store.
             return pickle.loads(data)  # noqa: S301

@@ -154,10 +154,21 @@ class FileSystem:
             return os.listdir(path)
 
     def mkdir(self, path: str) -> None:
-        """Create directory ``path`` (0700) and its missing parents; fsyncs the new one's parent."""
-        with _oserror("creating directory", path):
-            os.makedirs(path, mode=DIR_MODE, exist_ok=True)
-        self.sync_dir(os.path.dirname(os.path.abspath(path)))
+        """Create directory ``path`` and its missing parents, each 0700 and each made durable
+        (its parent fsynced). An existing directory is left as it is."""
+        missing = []
+        at = os.path.abspath(path)
+        while not os.path.isdir(at) and os.path.dirname(at) != at:
+            missing.append(at)
+            at = os.path.dirname(at)
+        for directory in reversed(missing):
+            with _oserror("creating directory", directory):
+                try:
+                    os.mkdir(directory, DIR_MODE)
+                except FileExistsError:
+                    if not os.path.isdir(directory):
+                        raise
+            self.sync_dir(os.path.dirname(directory))
 
     def rename(self, src: str, dst: str) -> None:
         """Atomically replace ``dst`` by ``src``. Does not fsync the directory."""
