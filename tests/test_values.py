@@ -206,12 +206,27 @@ def test_int_digit_limit() -> None:
         CODEC.encode([0, -(10**MAX_INT_DIGITS)])
 
 
-def test_int_beyond_this_process_limit_is_a_data_error_not_corruption() -> None:
-    data = b"\x02" + b"1" * 5000
+def test_int_beyond_this_process_lowered_limit_is_a_data_error_not_corruption() -> None:
+    data = b"\x02" + b"1" * 2000  # halo1 writes ints of up to MAX_INT_DIGITS digits
     old = sys.get_int_max_str_digits()
     try:
-        sys.set_int_max_str_digits(4300)
+        sys.set_int_max_str_digits(1000)
         with pytest.raises(DataError, match="set_int_max_str_digits"):
+            CODEC.decode(data)
+    finally:
+        sys.set_int_max_str_digits(old)
+
+
+def test_int_longer_than_halo1_ever_writes_is_corruption() -> None:
+    data = b"\x02" + b"1" * (MAX_INT_DIGITS + 1)
+    old = sys.get_int_max_str_digits()
+    try:
+        for limit in (MAX_INT_DIGITS, MAX_INT_DIGITS + 10):
+            sys.set_int_max_str_digits(limit)
+            with pytest.raises(CorruptionError, match="never writes"):
+                CODEC.decode(b"\x02" + b"1" * (limit + 1))
+        sys.set_int_max_str_digits(MAX_INT_DIGITS)
+        with pytest.raises(CorruptionError):
             CODEC.decode(data)
     finally:
         sys.set_int_max_str_digits(old)

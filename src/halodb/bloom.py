@@ -21,6 +21,9 @@ from halodb import format as fmt
 from halodb.errors import CorruptionError
 
 MIN_BITS = 1024
+MAX_BITS_PER_KEY = 128
+"""The largest saved filter worth loading, in bits per key of its tree: twice the largest
+``bloom_bits_per_key`` (a filter is sized for twice its keys). Anything larger is rebuilt."""
 HASHES_PER_BIT = 0.5
 """Probes per bit of key: 5 at the default 10 bits per key, for about 0.9% false positives
 (the optimum, ln 2 per bit, gives 0.8% with 7 probes: two more probes on every lookup of a
@@ -125,32 +128,46 @@ class BloomFilter:
         head = head[:-4] + fmt.U32.pack(fmt.crc(head[:-4]))
         return head + body
 
+    @staticmethod
+    def parse_header(head: bytes, partition: int, where: str) -> tuple[int, int, int, int, int]:
+        """Check a serialised filter's header; returns its bits, hashes, capacity, tree
+        transaction and the checksum of its bits. Raises :class:`CorruptionError`."""
+        size = fmt.BLOOM_HEADER.size
+        if len(head) < size:
+            raise CorruptionError(f"{where}: bloom filter file is {len(head)} bytes, too short")
+        (magic, version, part, hashes, _, nbits, capacity, txn, body_crc, head_crc) = (
+            fmt.BLOOM_HEADER.unpack_from(head)
+        )
+        if fmt.crc(head[: size - 4]) != head_crc:
+            raise CorruptionError(f"{where}: bloom filter header checksum mismatch")
+        if magic != fmt.BLOOM_MAGIC or not 1 <= version <= fmt.FORMAT_VERSION or part != partition:
+            raise CorruptionError(f"{where}: not this partition's bloom filter")
+        if nbits < MIN_BITS or nbits % 64 or not 1 <= hashes <= 16:
+            raise CorruptionError(f"{where}: bloom filter has impossible size {nbits}/{hashes}")
+        return nbits, hashes, capacity, txn, body_crc
+
+    @classmethod
+    def from_parts(
+        cls, header: tuple[int, int, int, int, int], body: bytes, where: str
+    ) -> tuple[BloomFilter, int]:
+        """The filter of a checked header (:meth:`parse_header`) and its bits, with its tree
+        transaction. Raises :class:`CorruptionError`."""
+        nbits, hashes, capacity, txn, body_crc = header
+        if len(body) != nbits // 8:
+            raise CorruptionError(
+                f"{where}: bloom filter holds {len(body)} bytes of bits, header says {nbits // 8}"
+            )
+        if fmt.crc(body) != body_crc:
+            raise CorruptionError(f"{where}: bloom filter bits checksum mismatch")
+        bits = bitarray(endian="little")
+        bits.frombytes(body)
+        return cls(nbits, hashes, capacity, bits), txn
+
     @classmethod
     def from_bytes(cls, data: bytes, partition: int, where: str) -> tuple[BloomFilter, int]:
         """Parse a serialised filter and return it with its tree transaction.
 
         Raises :class:`CorruptionError` naming ``where`` when anything does not check out.
         """
-        size = fmt.BLOOM_HEADER.size
-        if len(data) < size:
-            raise CorruptionError(f"{where}: bloom filter file is {len(data)} bytes, too short")
-        (magic, version, part, hashes, _, nbits, capacity, txn, body_crc, head_crc) = (
-            fmt.BLOOM_HEADER.unpack_from(data)
-        )
-        if fmt.crc(data[: size - 4]) != head_crc:
-            raise CorruptionError(f"{where}: bloom filter header checksum mismatch")
-        if magic != fmt.BLOOM_MAGIC or not 1 <= version <= fmt.FORMAT_VERSION or part != partition:
-            raise CorruptionError(f"{where}: not this partition's bloom filter")
-        if nbits < MIN_BITS or nbits % 64 or not 1 <= hashes <= 16:
-            raise CorruptionError(f"{where}: bloom filter has impossible size {nbits}/{hashes}")
-        if len(data) - size != nbits // 8:
-            raise CorruptionError(
-                f"{where}: bloom filter holds {len(data) - size} bytes of bits, "
-                f"header says {nbits // 8}"
-            )
-        body = data[size:]
-        if fmt.crc(body) != body_crc:
-            raise CorruptionError(f"{where}: bloom filter bits checksum mismatch")
-        bits = bitarray(endian="little")
-        bits.frombytes(body)
-        return cls(nbits, hashes, capacity, bits), txn
+        header = cls.parse_header(data, partition, where)
+        return cls.from_parts(header, data[fmt.BLOOM_HEADER.size :], where)

@@ -22,9 +22,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from halodb import format as fmt
-from halodb.bloom import BloomFilter, key_hash
+from halodb.bloom import MAX_BITS_PER_KEY, MIN_BITS, BloomFilter, key_hash
 from halodb.btree import BTree, TreeReport
-from halodb.errors import CorruptionError, InternalError
+from halodb.errors import CorruptionError
 from halodb.memtable import MISSING, Memtable
 from halodb.pager import Pager, new_tree_file
 from halodb.vfs import FileSystem
@@ -133,13 +133,8 @@ class Partition:
         fs = self.fs
         txn = self.pager.meta.txn
         if fs.exists(self.bloom_path):
-            handle = fs.open(self.bloom_path)
             try:
-                data = handle.read_all()
-            finally:
-                handle.close()
-            try:
-                bloom, bloom_txn = BloomFilter.from_bytes(data, self.index, self.bloom_path)
+                bloom, bloom_txn = self._read_bloom()
                 if bloom_txn == txn:
                     return bloom
                 log.info(
@@ -151,6 +146,33 @@ class Partition:
             except CorruptionError as exc:
                 log.warning("%s; rebuilding it from the tree", exc)
         return self._rebuild_bloom(save=False)
+
+    def _read_bloom(self) -> tuple[BloomFilter, int]:
+        """The saved filter and the tree transaction it covers. Its header is checked before
+        its bits are read: a filter of more than ``MAX_BITS_PER_KEY`` bits per key the
+        tree holds is refused (rebuilt), whatever its file claims, so a damaged header cannot
+        make the open read or allocate without bound."""
+        handle = self.fs.open(self.bloom_path)
+        try:
+            head = handle.read_at(0, fmt.BLOOM_HEADER.size)
+            header = BloomFilter.parse_header(head, self.index, self.bloom_path)
+            nbits = header[0]
+            most = MAX_BITS_PER_KEY * max(self.pager.meta.key_count, MIN_BITS)
+            if nbits > most:
+                raise CorruptionError(
+                    f"{self.bloom_path}: bloom filter of {nbits} bits is larger than a tree of "
+                    f"{self.pager.meta.key_count} keys could need"
+                )
+            expected = fmt.BLOOM_HEADER.size + nbits // 8
+            if handle.size() != expected:
+                raise CorruptionError(
+                    f"{self.bloom_path}: bloom filter file is {handle.size()} bytes, "
+                    f"its header says {expected}"
+                )
+            body = handle.read_at(fmt.BLOOM_HEADER.size, nbits // 8)
+        finally:
+            handle.close()
+        return BloomFilter.from_parts(header, body, self.bloom_path)
 
     def _rebuild_bloom(self, *, save: bool) -> BloomFilter:
         self.bloom_rebuilds += 1
@@ -330,9 +352,11 @@ class Partition:
         cleared = self.cleared
         count = self.tree.apply_columns(keys, values, clear=cleared, flushed_seq=self.last_seq)
         if count != self.count:
-            raise InternalError(
-                f"partition {self.index}: tree holds {count} keys after a flush, "
-                f"but {self.count} were counted"
+            # The files disagree with each other (say, a manifest whose hash seed does not
+            # match the bloom filters and trees), which no checksum can see.
+            raise CorruptionError(
+                f"{self.tree_path}: tree holds {count} keys after a flush, "
+                f"but {self.count} were counted from the tree, log and bloom filter"
             )
         self.memtable.clear()
         self.cleared = False

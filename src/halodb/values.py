@@ -26,6 +26,7 @@ b'raw'
 from __future__ import annotations
 
 import json
+import sys
 from typing import Final, Protocol, runtime_checkable
 
 from halodb.errors import CorruptionError, DataError
@@ -138,7 +139,13 @@ class DefaultCodec:
             except RecursionError as exc:
                 raise CorruptionError("value: JSON nested too deeply to decode") from exc
             except ValueError as exc:  # int longer than sys.get_int_max_str_digits()
-                raise DataError(
+                limit = sys.get_int_max_str_digits()
+                if limit == 0 or limit >= MAX_INT_DIGITS:  # longer than halo1 ever writes
+                    raise CorruptionError(
+                        f"value: JSON int of more than {MAX_INT_DIGITS} digits, which halo1 "
+                        "never writes"
+                    ) from exc
+                raise DataError(  # this process lowered the limit
                     f"value: {exc}; raise the limit with sys.set_int_max_str_digits()"
                 ) from exc
         raise CorruptionError(f"value: unknown codec tag 0x{tag:02x} for codec halo1")
