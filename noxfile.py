@@ -24,13 +24,39 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "-q", *session.posargs)
 
 
+RELIABILITY_SUITES = [
+    "tests/test_crash.py",
+    "tests/test_powerloss.py",
+    "tests/test_corruption.py",
+    "tests/test_hostile.py",
+    "tests/test_iofaults.py",
+    "tests/test_processes.py",
+    "tests/test_model.py",
+]
+"""The suites of docs/reliability.md that grow with HALODB_STRESS."""
+
+
 @nox.session
 def stress(session: nox.Session) -> None:
-    """Long crash loops and state-machine runs: HALODB_CRASH_CYCLES, HALODB_SEED to reproduce."""
+    """Every reliability suite at full size (docs/reliability.md): 20,000 kill cycles per mode
+    (HALODB_CRASH_CYCLES), power cuts over every workload of up to 3 operations, every byte
+    damaged, the whole I/O-fault matrix, more process rounds and state-machine runs.
+    HALODB_SEED reproduces a run; pass test paths or -k to run a part."""
     session.install("-e", ".[test]")
-    cycles = session.env.get("HALODB_CRASH_CYCLES", "20000")
-    env = {"HALODB_CRASH_CYCLES": cycles, "HALODB_STRESS": "1"}
-    session.run("pytest", "-q", "tests/test_crash.py", "tests/test_model.py", env=env)
+    env = {
+        "HALODB_STRESS": "1",
+        "HALODB_CRASH_CYCLES": session.env.get("HALODB_CRASH_CYCLES", "20000"),
+    }
+    session.run("pytest", "-q", "-s", *(session.posargs or RELIABILITY_SUITES), env=env)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Fuzz the store's files for HALODB_FUZZ_SECONDS (default 600); HALODB_FUZZ_SEED replays
+    a run. (``python tests/test_fuzz.py`` runs the same target under atheris, if installed.)"""
+    session.install("-e", ".[test]")
+    env = {"HALODB_FUZZ_SECONDS": session.env.get("HALODB_FUZZ_SECONDS", "600")}
+    session.run("pytest", "-q", "-s", "tests/test_fuzz.py", "-k", "for_a_while", env=env)
 
 
 @nox.session

@@ -11,8 +11,10 @@ bloom filter is never an error: it is rebuilt from the tree and the data comes b
 
 from __future__ import annotations
 
+import os
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,10 @@ from halodb.keys import encode_key
 from halodb.pager import Pager
 from halodb.vfs import FileSystem
 
+STRESS = bool(os.environ.get("HALODB_STRESS"))
+"""``nox -s stress``: every byte of tree pages and bloom filters, not a sample."""
+CASE_SECONDS = 1.0
+"""The longest one damage case may take, open, check and full read together."""
 PAGE = 1024
 META_BYTES = 80
 """The bytes of a meta page that mean something (the rest is padding)."""
@@ -202,6 +208,22 @@ class Outcome:
     cut: int = 0
     """Log truncations that read back as a crash at that point would (a prefix of records)."""
     failures: list[str] = field(default_factory=list)
+    slowest: float = 0.0
+
+
+TOTALS = Outcome()
+"""Every case of the module, printed at its end (``pytest -s``) for docs/reliability.md."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_totals() -> Iterator[None]:
+    yield
+    cases = TOTALS.detected + TOTALS.intact + TOTALS.cut + len(TOTALS.failures)
+    print(
+        f"\ndamage suite: {cases} cases: {TOTALS.detected} CorruptionError, {TOTALS.intact} "
+        f"exact data, {TOTALS.cut} a log prefix, {len(TOTALS.failures)} bad; slowest case "
+        f"{TOTALS.slowest:.3f} s"
+    )
 
 
 def _run(
@@ -227,6 +249,7 @@ def _run(
         for file_name, data in template.files.items():
             (case / file_name).write_bytes(damaged if file_name == name else data)
         label = f"{template.name} {name}: {what}"
+        started = time.perf_counter()
         try:
             back = _read_everything(case, probes)
         except halodb.CorruptionError:
@@ -246,6 +269,8 @@ def _run(
         except Exception as exc:  # any other exception type is the finding
             outcome.failures.append(f"{label}: {type(exc).__name__}: {exc}")
             continue
+        finally:
+            outcome.slowest = max(outcome.slowest, time.perf_counter() - started)
         items = back.items
         if items not in (expected, *others):
             want = dict(expected)
@@ -269,6 +294,11 @@ def _run(
 
 
 def _assert_ok(outcome: Outcome) -> None:
+    for counter in ("detected", "intact", "cut"):
+        setattr(TOTALS, counter, getattr(TOTALS, counter) + getattr(outcome, counter))
+    TOTALS.failures += outcome.failures
+    TOTALS.slowest = max(TOTALS.slowest, outcome.slowest)
+    assert outcome.slowest < CASE_SECONDS, f"a case took {outcome.slowest:.2f} s"
     shown = "\n".join(outcome.failures[:15])
     assert not outcome.failures, f"{len(outcome.failures)} bad outcomes, first ones:\n{shown}"
 
@@ -385,7 +415,11 @@ def test_tree_page_damage(tmp_path: Path, template: Template, part: str) -> None
     rng = random.Random(name)
     data = template.files[name]
     pages = len(data) // PAGE
-    positions = rng.sample(range(2 * PAGE, len(data)), min(200, len(data) - 2 * PAGE))
+    positions = (
+        list(range(2 * PAGE, len(data)))
+        if STRESS
+        else rng.sample(range(2 * PAGE, len(data)), min(200, len(data) - 2 * PAGE))
+    )
     cases = _flips(name, positions, rng) + _cuts_and_garbage(name, len(data), rng)
     cases += [(f"page {p} zeroed", name, put_page(p, bytes(PAGE))) for p in range(2, pages)]
     pairs = {(p, p + 1) for p in range(2, pages - 1)} | {
@@ -421,7 +455,8 @@ def test_bloom_damage_is_rebuilt(tmp_path: Path, template: Template, part: str) 
     name = f"{part}.bloom"
     rng = random.Random(name)
     data = template.files[name]
-    positions = sorted({*range(fmt.BLOOM_HEADER.size), *rng.sample(range(len(data)), 150)})
+    sampled = range(len(data)) if STRESS else rng.sample(range(len(data)), 150)
+    positions = sorted({*range(fmt.BLOOM_HEADER.size), *sampled})
     cases = _flips(name, positions, rng) + _cuts_and_garbage(name, len(data), rng)
     cases.append(("all zero", name, lambda d: bytes(len(d))))
     other = "p001.bloom" if part == "p000" else "p000.bloom"

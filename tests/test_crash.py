@@ -32,7 +32,8 @@ from halodb.keys import encode_key
 
 CYCLES = int(os.environ.get("HALODB_CRASH_CYCLES", "300"))
 SEED = int(os.environ.get("HALODB_SEED", str(random.SystemRandom().randrange(1 << 32))))
-NKEYS = 2000
+NKEYS = 10_000
+POINT_READS = 2000
 OPTIONS: dict[str, Any] = {"partitions": 4, "page_size": 1024, "memtable_size": 64 * 1024}
 
 CHILD = r"""
@@ -188,7 +189,7 @@ def read_store(path: Path, mode: str, where: str) -> dict[int, Any]:
         assert len(db) == len(items), f"{where}: len() is {len(db)}, iteration gives {len(items)}"
         state = {number_of(k): v for k, v in items}
         assert len(state) == len(items)
-        for n in range(NKEYS):  # point reads take the bloom filter path
+        for n in rng.sample(range(NKEYS), POINT_READS):  # the bloom filter and tree path
             assert db.get(key_of(n)) == state.get(n), f"{where}: get({key_of(n)!r}) differs"
         if readonly_items is not None:
             assert readonly_items == items, f"{where}: read-only open saw another state"
@@ -212,9 +213,13 @@ def run_child(
         "nkeys": NKEYS,
         "options": OPTIONS,
     }
-    early = rng.random() < 0.3  # kill while the store opens and recovers (about 10 ms)
-    mark = b"opening\n" if early else b"opened\n"
-    delay = rng.uniform(0, 0.008) if early else rng.uniform(0.05, 0.4)
+    when = rng.random()
+    if when < 0.25:  # while the store opens and recovers (about 10 ms)
+        mark, delay = b"opening\n", rng.uniform(0, 0.008)
+    elif when < 0.45:  # in the middle of an explicit flush (a few ms)
+        mark, delay = b'"kind": "flush"', rng.uniform(0, 0.004)
+    else:  # at any moment of a run of writes (which flush on their own now and then)
+        mark, delay = b"opened\n", rng.uniform(0.05, 0.4)
     proc = subprocess.Popen(
         [sys.executable, str(script), json.dumps(cfg)],
         stdout=subprocess.DEVNULL,
@@ -284,7 +289,7 @@ def check_batches_atomic(where: str, ops: list[Op], state: dict[int, Any]) -> No
 def test_sigkill_loses_nothing_acknowledged(tmp_path: Path, mode: str) -> None:
     """normal and full: every acknowledged op survives; the op in flight is all or nothing."""
     model: dict[int, Any] = {}
-    ops_run = killed_opening = 0
+    ops_run = killed_opening = killed_flushing = 0
     for where, cycle, state in crash_cycles(tmp_path, mode):
         killed_opening += not cycle.opened
         pending = None
@@ -295,6 +300,7 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Path, mode: str) -> None:
                 assert pending is None
                 pending = op
         ops_run += len(cycle.ops)
+        killed_flushing += pending is not None and pending.kind == "flush"
         if pending is None or pending.kind == "flush":
             candidates = [model]
         else:
@@ -311,7 +317,8 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Path, mode: str) -> None:
             )
         model = state
     print(
-        f"{mode}: {CYCLES} cycles ({killed_opening} killed while opening), {ops_run} ops, "
+        f"{mode}: {CYCLES} cycles ({killed_opening} killed while opening, {killed_flushing} "
+        f"during an explicit flush), {ops_run} ops, "
         f"{len(model)} keys at the end"
     )
 

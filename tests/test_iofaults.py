@@ -767,11 +767,6 @@ class Defect:
     """The checks (``Problem.what``) through which the defect shows."""
 
 
-FD_LEAK = Defect(
-    "engine defect: Partition.open_log leaks the log's file descriptor when cutting a torn "
-    "tail fails (its truncate or fsync raises before a LogWriter owns the handle)",
-    ("fds",),
-)
 LOCK_HEADER = Defect(
     "engine defect (minor): a short write of the LOCK header is never repaired: "
     "_write_lock_header writes the header only into an empty LOCK, so LOCK keeps a partial "
@@ -794,8 +789,6 @@ ABORT_HALF_WAY = Defect(
 
 def _defect(scenario: str, durability: str, kind: str, error: str, how: str) -> Defect | None:
     """The engine defect a loop runs into (it is then marked xfail, strict), if any."""
-    if scenario == "recover_torn" and kind in ("truncate", "fsync"):
-        return FD_LEAK
     if scenario in ("create", "upgrade_v1") and kind == "write" and error in ("short", "torn"):
         # (create_leftovers finds a LOCK with its header already)
         return LOCK_HEADER

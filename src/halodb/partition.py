@@ -25,7 +25,7 @@ from halodb import format as fmt
 from halodb.bloom import MAX_BITS_PER_KEY, MIN_BITS, BloomFilter, key_hash
 from halodb.btree import BTree, TreeReport
 from halodb.errors import CorruptionError
-from halodb.memtable import MISSING, Memtable
+from halodb.memtable import ENTRY_OVERHEAD, MISSING, Memtable
 from halodb.pager import Pager, new_tree_file
 from halodb.vfs import FileSystem
 from halodb.wal import Entry, LogContents, LogWriter, Record, frame, header_bytes, read_log
@@ -76,8 +76,12 @@ class Partition:
         cache_pages: int,
         bloom_bits_per_key: int,
         readonly: bool,
+        memtable_size: int = 0,
     ) -> None:
         started = time.perf_counter()
+        self.memtable_keys = memtable_size // ENTRY_OVERHEAD
+        """The most keys one full memtable can add: a rebuilt bloom filter has room for them
+        on top of the keys it already holds, so filling a memtable never rebuilds it."""
         self.fs = fs
         self.index = index
         self.seed = seed
@@ -176,7 +180,9 @@ class Partition:
 
     def _rebuild_bloom(self, *, save: bool) -> BloomFilter:
         self.bloom_rebuilds += 1
-        bloom = BloomFilter.for_keys(max(2 * self.count, 1024), self.bloom_bits_per_key)
+        bloom = BloomFilter.for_keys(
+            max(2 * self.count, self.count + self.memtable_keys, 1024), self.bloom_bits_per_key
+        )
         seed = self.seed
         add = bloom.add
         if not self.cleared:
@@ -216,10 +222,14 @@ class Partition:
             return
         handle = self.fs.open(self.wal_path, write=True)
         end = self.contents.valid_end
-        if self.contents.torn or handle.size() != end:
-            log.warning("%s: dropping a torn tail after offset %d", self.wal_path, end)
-            handle.truncate(end)
-            handle.sync()
+        try:
+            if self.contents.torn or handle.size() != end:
+                log.warning("%s: dropping a torn tail after offset %d", self.wal_path, end)
+                handle.truncate(end)
+                handle.sync()
+        except BaseException:
+            handle.close()
+            raise
         self.log = LogWriter(handle, end, buffer_limit=buffer_limit)
         self.contents = LogContents(self.contents.base_seq, [], end, False)
 
@@ -236,7 +246,9 @@ class Partition:
         cached = tree.rows.get(key)  # BTree.get_cached, inlined: the hot path of warm reads
         if cached is not None:
             return cached if type(cached) is bytes else tree.read_overflow(cached)  # type: ignore[arg-type]
-        if not self.bloom.might_contain(h):
+        bloom = self.bloom
+        # The first probe inlined (most missing keys fail it), then the rest of them.
+        if not bloom.bits[h[0] % bloom.nbits] or not bloom.might_contain(h):
             self.bloom_negatives += 1
             return None
         return self.tree.get(key)
@@ -372,7 +384,11 @@ class Partition:
         dir) and return its writer."""
         self.fs.write_new(self.wal_path, header_bytes(self.index, base_seq))
         handle = self.fs.open(self.wal_path, write=True)
-        return LogWriter(handle, handle.size(), buffer_limit=buffer_limit)
+        try:
+            return LogWriter(handle, handle.size(), buffer_limit=buffer_limit)
+        except BaseException:
+            handle.close()
+            raise
 
     def _rotate_log(self) -> None:
         assert self.log is not None
