@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, islice
 from operator import add, le, lt
@@ -47,6 +47,9 @@ class Leaf:
 
     __slots__ = ("big", "keys", "values")
 
+    level = 0
+    """A leaf's level (a class attribute): compared like :attr:`Internal.level`."""
+
     def __init__(self, keys: list[bytes], values: list[bytes | Overflow], big: bool) -> None:
         self.keys = keys
         self.values = values
@@ -60,12 +63,15 @@ class Internal:
     After deletes an internal node may be left with a single child and no key.
     """
 
-    __slots__ = ("children", "crcs", "keys")
+    __slots__ = ("children", "crcs", "keys", "level")
 
-    def __init__(self, keys: list[bytes], children: list[int], crcs: list[int]) -> None:
+    def __init__(self, keys: list[bytes], children: list[int], crcs: list[int], level: int) -> None:
         self.keys = keys
         self.children = children
         self.crcs = crcs
+        self.level = level
+        """The node's level (at least 1): a cached node reached where another level belongs
+        (a page referred to from two levels, or a cycle) is damage, see :meth:`BTree._node`."""
 
 
 ROW_OVERHEAD = 64
@@ -202,7 +208,7 @@ class BTree:
                     raise CorruptionError(f"{where}: internal node keys run past the page")
                 keys = _slices(page, kbase, kends)
                 self._check_sorted(keys, where)
-                return Internal(keys, list(refs[0::2]), list(refs[1::2]))
+                return Internal(keys, list(refs[0::2]), list(refs[1::2]), level)
         except struct.error as exc:
             raise CorruptionError(f"{where}: malformed node ({exc})") from exc
         raise CorruptionError(f"{where}: page type {ptype} is not a node of level {level}")
@@ -213,12 +219,24 @@ class BTree:
             raise CorruptionError(f"{where}: keys out of order")
 
     def _node(self, page_no: int, crc: int, level: int) -> Leaf | Internal:
+        """The node in ``page_no`` where level ``level`` belongs, from the cache or the disk.
+
+        A page reached at two levels (or a cycle, a page among its own descendants) is
+        damage: the cache holds nodes by page number only, so a cached node's level is
+        compared with the level it is wanted at, as :meth:`_decode` does for a page read."""
         node: Leaf | Internal | None = self.pager.cache.get(page_no)
         if node is None:
-            node = self._load(page_no, crc, level)
-        else:
-            self.pager.stats.cache_hits += 1
+            return self._load(page_no, crc, level)  # type: ignore[no-any-return]
+        if node.level != level:
+            raise self._misplaced(page_no, node.level, level)
+        self.pager.stats.cache_hits += 1
         return node
+
+    def _misplaced(self, page_no: int, found: int, level: int) -> CorruptionError:
+        return CorruptionError(
+            f"{self.where} page {page_no}: node of level {found} where level {level} belongs "
+            "(a page reached at two levels, or a cycle)"
+        )
 
     def _load(self, page_no: int, crc: int, level: int) -> Any:
         pager = self.pager
@@ -277,19 +295,32 @@ class BTree:
         page_no, crc = meta.root, meta.root_crc
         cache = pager.cache
         misses = pager.stats.cache_misses
-        while level:
-            inner = cache.get(page_no)
-            if inner is None:
-                inner = self._load(page_no, crc, level)
-            i = bisect_right(inner.keys, key)
-            page_no = inner.children[i]
-            crc = inner.crcs[i]
-            level -= 1
+        # A page reached at two levels (or a cycle) is damage. The descent takes exactly
+        # ``height - 1`` steps whatever the pages say, and pays only for the checks that keep
+        # it from going wrong: a cached leaf met above level 0 has no children (the
+        # AttributeError, free until raised), and what is reached at level 0 must be a leaf.
+        # An internal node met at another internal level leads to one of these, to a page read
+        # at the wrong level (``_decode``), or to a real leaf; ``check()`` reports it in every
+        # case (``_node``, used everywhere else, compares every level).
+        try:
+            while level:
+                inner = cache.get(page_no)
+                if inner is None:
+                    inner = self._load(page_no, crc, level)
+                i = bisect_right(inner.keys, key)
+                page_no = inner.children[i]
+                crc = inner.crcs[i]
+                level -= 1
+        except AttributeError:
+            if type(cache.get(page_no)) is not Leaf:
+                raise
+            raise self._misplaced(page_no, 0, level) from None
         leaf = cache.get(page_no)
         if leaf is None:
             leaf = self._load(page_no, crc, 0)
+        elif type(leaf) is not Leaf:
+            raise self._misplaced(page_no, leaf.level, 0)
         pager.stats.cache_hits += meta.height - (pager.stats.cache_misses - misses)
-        assert isinstance(leaf, Leaf)
         return leaf
 
     def get_cached(self, key: bytes) -> bytes | None:
@@ -325,13 +356,28 @@ class BTree:
         i = bisect_left(keys, key)
         return i < len(keys) and keys[i] == key
 
+    def _chain_pages(self, ref: Overflow) -> int:
+        """How many pages the overflow chain of ``ref`` has; more than the file's pages in use
+        is damage (a hostile length must not make a reader follow a looping chain for long)."""
+        pages = -(-ref.length // self.usable)
+        if pages > self.pager.next_page - META_PAGES:
+            raise CorruptionError(
+                f"{self.where}: overflow value of {ref.length} bytes at page {ref.page} needs "
+                f"{pages} pages, the file has {self.pager.next_page - META_PAGES}"
+            )
+        return pages
+
     def read_overflow(self, ref: Overflow) -> bytes:
         """The whole value behind an overflow reference, every page verified."""
         chunk = self.usable
-        expected_pages = -(-ref.length // chunk)
+        expected_pages = self._chain_pages(ref)
         parts = []
+        seen: set[int] = set()
         page_no, crc = ref.page, ref.crc
         for i in range(expected_pages):
+            if page_no in seen:
+                raise CorruptionError(f"{self.where} page {page_no}: overflow chain loops")
+            seen.add(page_no)
             page = self.pager.read_page(page_no, crc, "overflow")
             _, ptype, _, n, nxt, nxt_crc = _HEADER.unpack_from(page)
             last = i == expected_pages - 1
@@ -347,6 +393,11 @@ class BTree:
         return value
 
     def _leaves(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[Leaf]:
+        """The leaves that may hold keys in ``[lo, hi)``, in order (reversed: backwards).
+
+        Each leaf's keys must follow the previous leaf's: a subtree reached twice (which
+        could otherwise make the walk visit a page an exponential number of times) is damage,
+        met at its second visit."""
         meta = self.pager.meta
         if not meta.height:
             return
@@ -364,6 +415,7 @@ class BTree:
 
         stack.append((top, start(top), meta.height - 1))
         step = -1 if reverse else 1
+        edge: bytes | None = None  # the last key yielded so far (reversed: the first)
         while stack:
             inner, i, level = stack.pop()
             if not 0 <= i < len(inner.children):
@@ -371,10 +423,17 @@ class BTree:
             stack.append((inner, i + step, level))
             child = node(inner.children[i], inner.crcs[i], level - 1)
             if level == 1:
-                assert isinstance(child, Leaf)
+                assert isinstance(child, Leaf)  # _node checked its level
+                keys = child.keys
+                if edge is not None and (keys[-1] >= edge if reverse else keys[0] <= edge):
+                    raise CorruptionError(
+                        f"{self.where} page {inner.children[i]}: leaf keys out of order with "
+                        "the previous leaf's"
+                    )
+                edge = keys[0] if reverse else keys[-1]
                 yield child
             else:
-                assert isinstance(child, Internal)
+                assert isinstance(child, Internal)  # _node checked its level
                 stack.append((child, start(child), level - 1))
 
     def iterate(
@@ -587,7 +646,11 @@ class BTree:
 
     def _release_overflow(self, ref: Overflow) -> None:
         page_no, crc = ref.page, ref.crc
-        for _ in range(-(-ref.length // self.usable)):
+        seen: set[int] = set()
+        for _ in range(self._chain_pages(ref)):
+            if page_no in seen:
+                raise CorruptionError(f"{self.where} page {page_no}: overflow chain loops")
+            seen.add(page_no)
             page = self.pager.read_page(page_no, crc, "overflow")
             _, ptype, _, _, nxt, nxt_crc = _HEADER.unpack_from(page)
             if ptype != fmt.PAGE_OVERFLOW:
@@ -685,7 +748,7 @@ class BTree:
             )
             page_no = pager.allocate()
             crc = pager.write_page(page_no, body)
-            pager.remember(page_no, Internal(keys, children, crcs))
+            pager.remember(page_no, Internal(keys, children, crcs, level))
             out.append((group[0][0], page_no, crc))
         return out
 
@@ -706,6 +769,11 @@ class BTree:
         owner: dict[int, str] = {0: "meta", 1: "meta"}
 
         def claim(page_no: int, what: str) -> None:
+            if not META_PAGES <= page_no < meta.page_count:
+                raise CorruptionError(
+                    f"{self.where}: {what} page number {page_no} is outside the file "
+                    f"(pages in use: {meta.page_count})"
+                )
             if page_no in owner:
                 raise CorruptionError(
                     f"{self.where} page {page_no} is used as {what} and as {owner[page_no]}"
@@ -763,19 +831,25 @@ class BTree:
                 or leaf.values[i] != value
             ):
                 raise InternalError(f"{self.where}: the row cache disagrees with the tree")
-        missing = [p for p in range(META_PAGES, meta.page_count) if p not in owner]
+        # Every claim lies in [META_PAGES, page_count), once: what is missing is a count, and its
+        # first page is the first gap among the claimed ones (O(pages used), not O(page_count):
+        # a hostile page_count may describe a huge sparse file).
+        missing = meta.page_count - len(owner)
         if missing:
+            first = META_PAGES
+            for page_no in sorted(p for p in owner if p >= META_PAGES):
+                if page_no != first:
+                    break
+                first += 1
             raise CorruptionError(
-                f"{self.where}: {len(missing)} pages are neither used nor free "
-                f"(first: {missing[0]})"
+                f"{self.where}: {missing} pages are neither used nor free (first: {first})"
             )
         return report
 
-    def _claim_overflow(self, ref: Overflow, claim: object) -> None:
-        assert callable(claim)
+    def _claim_overflow(self, ref: Overflow, claim: Callable[[int, str], None]) -> None:
         page_no, crc = ref.page, ref.crc
-        for _ in range(-(-ref.length // self.usable)):
-            claim(page_no, "overflow page")
+        for _ in range(self._chain_pages(ref)):
+            claim(page_no, "overflow page")  # (a page met twice is damage)
             page = self.pager.read_page(page_no, crc, "overflow")
             _, _, _, _, page_no, crc = _HEADER.unpack_from(page)
         self.read_overflow(ref)

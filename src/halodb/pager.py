@@ -27,6 +27,16 @@ from halodb.errors import CorruptionError, InternalError
 from halodb.vfs import File, FileSystem
 
 META_PAGES = 2
+MAX_HEIGHT = 64
+"""The tallest tree a meta page may describe (a real one stays far below: every level
+multiplies the leaves by the fanout)."""
+MAX_COUNTER = 1 << 62
+"""``txn`` and ``flushed_seq`` stay below this: one per flush, or per write, can never get
+there, so a meta page that says otherwise is damaged (and the next commit could not write
+``txn + 1`` as a u64)."""
+MIN_ENTRY = 5
+"""The fewest bytes a leaf entry takes (``docs/format.md``, "Leaf page"): its flag, its key
+end and its value end, with an empty key and value."""
 DIRTY_BYTES = 8 << 20
 """How many bytes of written pages a transaction buffers before handing them to the OS."""
 _HEADER = fmt.PAGE_HEADER
@@ -166,10 +176,35 @@ class Pager:
             raise CorruptionError(
                 f"{where}: {page_count} pages in use but the file holds {file_pages}"
             )
-        if height > 64 or (height == 0) != (root == 0) or (root and not 2 <= root < page_count):
+        if (
+            height > min(MAX_HEIGHT, page_count - META_PAGES)
+            or (height == 0) != (root == 0)
+            or (root and not META_PAGES <= root < page_count)
+        ):
             raise CorruptionError(f"{where}: impossible root {root} at height {height}")
-        if free_count >= page_count or (free_head and not 2 <= free_head < page_count):
+        # The free pages, the free-list pages that list them and the (at least height) tree
+        # nodes are distinct pages in use.
+        free_list_pages = -(-free_count // ((page_size - _HEADER.size) // 4))
+        if free_count + free_list_pages + height > page_count - META_PAGES or (
+            free_head and not META_PAGES <= free_head < page_count
+        ):
             raise CorruptionError(f"{where}: impossible free list {free_head}/{free_count}")
+        if meta.txn >= MAX_COUNTER or meta.flushed_seq >= MAX_COUNTER:
+            raise CorruptionError(
+                f"{where}: impossible txn {meta.txn} or flushed_seq {meta.flushed_seq}"
+            )
+        # Every key is an entry of a leaf (n >= 1 entries: a non-empty tree holds a key); a
+        # leaf holds at most usable // MIN_ENTRY of them (and at most the u16 count); the
+        # leaves are among the pages in use that are neither free nor one of the (at least
+        # height - 1) internal nodes. (check() verifies this page accounting exactly.)
+        per_leaf = min((page_size - _HEADER.size) // MIN_ENTRY, 0xFFFF)
+        leaf_pages = page_count - META_PAGES - free_count - free_list_pages - (height - 1)
+        most = 0 if height == 0 else leaf_pages * per_leaf
+        if meta.key_count > most or (height and not meta.key_count):
+            raise CorruptionError(
+                f"{where}: {meta.key_count} keys in a tree of height {height} and "
+                f"{page_count} pages"
+            )
         return meta
 
     def _read_meta(self) -> Meta:
@@ -181,6 +216,12 @@ class Pager:
         return max(metas, key=lambda m: m.txn)
 
     # -- pages -------------------------------------------------------------------------------
+
+    @property
+    def next_page(self) -> int:
+        """Pages in use, including those of the transaction being built: every valid page
+        number is below it."""
+        return self._next_page
 
     def read_page(self, page_no: int, expected_crc: int | None, what: str) -> bytes:
         """Read and verify a page; ``expected_crc`` is the checksum its referrer recorded."""
@@ -299,12 +340,12 @@ class Pager:
         meta = self.meta
         self._next_page = meta.page_count
         page_no, expected = meta.free_head, meta.free_head_crc
-        seen = 0
+        seen: set[int] = set()
         free: list[int] = []
         while page_no:
-            seen += 1
-            if seen > meta.page_count:
-                raise CorruptionError(f"{self.path}: the free list loops")
+            if page_no in seen:
+                raise CorruptionError(f"{self.path}: the free list loops (page {page_no})")
+            seen.add(page_no)
             page = self.read_page(page_no, expected, "free-list")
             _, ptype, _, count, nxt, nxt_crc = _HEADER.unpack_from(page)
             if ptype != fmt.PAGE_FREELIST or _HEADER.size + count * 4 > self.page_size:
@@ -317,6 +358,11 @@ class Pager:
                         f"outside the file"
                     )
             free.extend(entries)
+            if len(free) > meta.free_count:  # (a chain of distinct pages stops here too)
+                raise CorruptionError(
+                    f"{self.path}: free list holds more than the {meta.free_count} pages "
+                    "the meta page says"
+                )
             self.freelist_pages.append(page_no)
             page_no, expected = nxt, nxt_crc
         if len(free) != meta.free_count:
@@ -333,8 +379,21 @@ class Pager:
         """Make the transaction being built durable and current.
 
         Writes the free list, fsyncs the file, writes the next meta page and fsyncs again.
+        Refuses (``CorruptionError``, before writing anything) a ``txn`` or ``flushed_seq``
+        the next open would refuse, and a page freed twice: both come of damage (a sequence
+        number from a damaged log, a page the tree reaches twice), and committing them would
+        spread it.
         """
+        if self.meta.txn + 1 >= MAX_COUNTER or flushed_seq >= MAX_COUNTER:
+            raise CorruptionError(
+                f"{self.path}: txn {self.meta.txn + 1} or flushed_seq {flushed_seq} is "
+                f"impossible (at least 2^62): damaged sequence numbers"
+            )
         pending = self.pending + self.freelist_pages
+        if len(set(pending).union(self.free)) != len(pending) + len(self.free):
+            raise CorruptionError(
+                f"{self.path}: a page would be freed twice (the tree reaches a page twice)"
+            )
         per_page = (self.page_size - _HEADER.size) // 4
         fl_pages: list[int] = []
         while len(fl_pages) < -(-(len(self.free) + len(pending)) // per_page):
