@@ -779,12 +779,6 @@ BATCH_PREFIX = Defect(
     "writes (reachable here: a flush fsyncs the sibling logs whole, then fails)",
     ("crash",),
 )
-ABORT_HALF_WAY = Defect(
-    "engine defect: after a failed meta-page fsync Pager.abort fsyncs again; when that fails "
-    "too, the rollback stops half-way (free list, allocation and row cache of the failed "
-    "transaction stay), and check() of the failed store reports damage",
-    ("memory",),
-)
 
 
 def _defect(scenario: str, durability: str, kind: str, error: str, how: str) -> Defect | None:
@@ -795,14 +789,7 @@ def _defect(scenario: str, durability: str, kind: str, error: str, how: str) -> 
     if scenario == "flush_cleared" and durability == "normal" and kind in ("write", "fsync"):
         # (in FAST mode the writes after the clear are still in their buffer when the flush
         # fsyncs the sibling log, so the power cut takes them too)
-        if kind == "fsync" and how == "persistent":
-            return Defect(
-                f"{BATCH_PREFIX.reason}; and {ABORT_HALF_WAY.reason}",
-                BATCH_PREFIX.signs + ABORT_HALF_WAY.signs,
-            )
         return BATCH_PREFIX
-    if scenario in FLUSHING and kind == "fsync" and how == "persistent":
-        return ABORT_HALF_WAY
     return None
 
 

@@ -18,12 +18,13 @@ its owner serialises calls.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any
 
 from halodb import format as fmt
-from halodb.errors import CorruptionError, InternalError
+from halodb.errors import CorruptionError, InternalError, OperationalError
 from halodb.vfs import File, FileSystem
 
 META_PAGES = 2
@@ -290,18 +291,27 @@ class Pager:
         hold nodes of pages the transaction wrote). The committed tree was never touched.
 
         Interrupted while its meta page was being written, the transaction may or may not be
-        committed: the state is then read back from the disk, which decides."""
+        committed: the state is then read back from the file, which decides. Never raises:
+        if that too fails (the error that got us here may be a failing disk), the committed
+        tree stays the one in memory, whose pages the transaction did not touch; the store
+        has recorded the failure and writes nothing more."""
         self.pending = []
         self.cache = {}
         self.dirty = {}
+        saved_meta = self.meta
+        saved_free, saved_next, saved_freelist = self._saved
         if self._committing:
             self._committing = False
-            self.file.sync()  # whichever meta page the OS holds now is the one on disk
-            self.meta = self._read_meta()
-            self.freelist_pages = []
-            self._load_free_list()
-        else:
-            self.free, self._next_page, self.freelist_pages = self._saved
+            with suppress(OperationalError):
+                self.file.sync()  # whichever meta page the OS holds now is the one on disk
+            try:
+                self.meta = self._read_meta()
+                self.freelist_pages = []
+                self._load_free_list()
+                return
+            except (OperationalError, CorruptionError):
+                self.meta = saved_meta
+        self.free, self._next_page, self.freelist_pages = saved_free, saved_next, saved_freelist
 
     def allocate(self) -> int:
         """A page number for the transaction being built: a free page, or a new one."""
