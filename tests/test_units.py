@@ -16,7 +16,7 @@ from bitarray import bitarray
 
 from halodb import format as fmt
 from halodb.bloom import MIN_BITS, BloomFilter, key_hash
-from halodb.btree import BTree, limits
+from halodb.btree import ROW_OVERHEAD, BTree, limits
 from halodb.errors import CorruptionError
 from halodb.memtable import ENTRY_OVERHEAD, Memtable
 from halodb.pager import Pager, new_tree_file
@@ -549,6 +549,9 @@ def _verify(
 ) -> None:
     """The tree equals ``model`` by every read path; ``gone``: keys deleted at some point."""
     tree.check()
+    # The row cache's byte count may overestimate (a leaf read from disk charges rows it
+    # holds already), never underestimate.
+    assert tree.rows_bytes >= _row_bytes(tree)
     for key, value in model.items():  # the row cache may miss, never be wrong
         assert tree.get_cached(key) in (None, value), key
     for key in sorted(gone or ())[:300]:
@@ -575,6 +578,10 @@ def _verify(
         key = _rand_key(rng)
         assert tree.get(key) == model.get(key)
         assert tree.contains(key) == (key in model)
+
+
+def _row_bytes(tree: BTree) -> int:
+    return sum(len(k) + len(v) + ROW_OVERHEAD for k, v in tree.rows.items())
 
 
 def _rand_key(rng: random.Random) -> bytes:
@@ -619,6 +626,8 @@ def test_btree_random_changes_against_a_dict(tmp_path: Path, cache_pages: int) -
                 model[key] = value
         assert count == len(model)
         assert tree.pager.meta.flushed_seq == seq
+        if cache_pages == 4096:  # every node in the cache: flushes account rows exactly
+            assert tree.rows_bytes == _row_bytes(tree)
         _verify(tree, model, rng, gone)
     tree.pager.close()
     tree = _tree(tmp_path, cache_pages)

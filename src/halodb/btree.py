@@ -18,9 +18,9 @@ import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, islice
-from operator import add, le, lt
-from typing import Any, NamedTuple
+from itertools import accumulate, compress, islice, repeat
+from operator import add, is_not, le, lt
+from typing import Any, NamedTuple, cast
 
 from halodb import format as fmt
 from halodb.errors import CorruptionError, InternalError
@@ -266,19 +266,30 @@ class BTree:
     def _refresh_rows(self, keys: list[bytes], values: list[bytes | None]) -> None:
         """After a flush wrote ``values`` (``None``: deleted) under ``keys``: a value kept
         inline in its leaf becomes its key's row (the newest), any other changed key leaves the
-        cache (it may hold the old value, or an overflow reference the flush released)."""
+        cache (it may hold the old value, or an overflow reference the flush released).
+        (C-level maps where it can: a flush passes every key of a memtable through here.)"""
         rows = self.rows
-        pop = rows.pop
+        if rows:
+            popped = list(map(rows.pop, keys, repeat(None)))
+            dropped = len(popped) - popped.count(None)
+            if dropped:
+                self.rows_bytes -= (
+                    sum(map(len, compress(keys, map(is_not, popped, repeat(None)))))
+                    + sum(len(v) for v in popped if v is not None)
+                    + ROW_OVERHEAD * dropped
+                )
         max_inline = self.max_inline
-        delta = 0
-        for key, value in zip(keys, values, strict=True):
-            old = pop(key, None)
-            if old is not None:
-                delta -= len(key) + len(old) + ROW_OVERHEAD
-            if value is not None and len(value) <= max_inline:
-                rows[key] = value
-                delta += len(key) + len(value) + ROW_OVERHEAD
-        self.rows_bytes += delta
+        live = cast("list[bytes]", values)  # when it holds no None
+        if values and None not in values and max(map(len, live)) <= max_inline:
+            rows.update(zip(keys, live, strict=True))
+            self.rows_bytes += sum(map(len, keys)) + sum(map(len, live)) + ROW_OVERHEAD * len(keys)
+        else:
+            added = 0
+            for key, value in zip(keys, values, strict=True):
+                if value is not None and len(value) <= max_inline:
+                    rows[key] = value
+                    added += len(key) + len(value) + ROW_OVERHEAD
+            self.rows_bytes += added
         if self.rows_bytes > self.rows_budget:
             self._shrink_rows()
 
