@@ -19,9 +19,10 @@ What is promised after any power cut (README, "Durability"; design.md):
 - in every mode a batch is all or nothing, and nothing that was never written appears.
 
 The harness is shown to bite: each ``test_harness_catches_*`` plants a bug in the engine (a
-skipped fsync, a skipped directory fsync, a rename before its fsync, a log checksum that leaves
-the record header out, a meta page written before its pages, a page reused while the committed
-tree still refers to it) and requires the harness to report it.
+skipped fsync, a skipped directory fsync, a rename before its fsync, a log reader that takes a
+lost sector for damage, a recovery that keeps the writes after a dropped batch, a meta page
+written before its pages, a page reused while the committed tree still refers to it) and
+requires the harness to report it.
 
 ``HALODB_SEED`` (default 0) seeds the few sampled variants; it and the configuration are printed.
 A failure names the mode, the workload, the crash point and the variant; rerun it with
@@ -35,7 +36,6 @@ import contextlib
 import inspect
 import os
 import random
-import re
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -109,53 +109,6 @@ def _announce(request: pytest.FixtureRequest) -> Iterator[None]:
         )
 
 
-# -- engine defects this suite found (see each test below for a reproducer on real files) -----
-
-_WAL_DAMAGE = re.compile(
-    r"open failed: CorruptionError: \S+/(?P<file>p\d+\.wal): "
-    r"record (header )?checksum mismatch at offset (?P<offset>\d+)"
-)
-_LOST_FROM = re.compile(r" (?P<file>p\d+\.wal): .*\(first byte lost: (?P<at>\d+)\)$")
-
-
-def known_defect(v: Violation) -> str | None:
-    """The engine defect a violation is an instance of, if a known one. A log that fails to
-    open counts only if the record it blames starts before the first byte the power cut lost
-    (inside the record that byte belongs to): a zeroed header at a record boundary followed by
-    nothing but zeros is a torn tail the engine does recover, and its failure is a new bug."""
-    if v.problem.startswith(BATCH_GAP):
-        return "batch-gap"
-    damage = _WAL_DAMAGE.fullmatch(v.problem)
-    lost = _LOST_FROM.search(v.variant)
-    if damage is None or lost is None or damage["file"] != lost["file"]:
-        return None
-    offset, at = int(damage["offset"]), int(lost["at"])
-    if v.family == "zero-tail" and offset < at:
-        return "zero-tail"
-    if v.family == "reorder" and offset <= at:
-        return "hole"
-    return None
-
-
-DEFECTS = {
-    "batch-gap": (
-        "engine defect: recovery drops a batch whose part in another partition was lost, but "
-        "keeps the later writes of the partition that had its part, so the partition holds no "
-        "prefix of its writes (normal mode; README promises every write up to some point)"
-    ),
-    "zero-tail": (
-        "engine defect: a log whose new size reached the disk but whose sectors from a boundary "
-        "on did not is called damage (CorruptionError) unless the boundary falls in the payload "
-        "of the last record: not when it falls in an earlier record or in a record header"
-    ),
-    "hole": (
-        "engine defect: a later sector of a log reaching the disk without an earlier one (a "
-        "hole in unsynced appends, even inside the single unacknowledged record of 'full' "
-        "mode) makes open fail with CorruptionError instead of dropping the torn tail"
-    ),
-}
-
-
 def _show(violations: list[Violation], limit: int = 8) -> str:
     lines = [str(v) for v in violations[:limit]]
     if len(violations) > limit:
@@ -170,36 +123,10 @@ def _show(violations: list[Violation], limit: int = 8) -> str:
 @pytest.mark.parametrize("mode", MODES)
 def test_power_cut_at_every_step_keeps_the_promise(mode: str, workload: tuple[str, ...]) -> None:
     """Whatever the moment of the cut and whatever part of the unsynced data reached the disk,
-    the store opens clean and holds a state its mode promises (module docstring). Instances of
-    the known engine defects are left to their own (xfail) tests below."""
+    the store opens clean and holds a state its mode promises (module docstring)."""
     report = report_of(mode, workload)
-    unexplained = [
-        v for found in report.violations.values() for v in found if known_defect(v) is None
-    ]
-    assert not unexplained, (
-        f"{len(unexplained)} broken promises (HALODB_SEED={SEED}):\n{_show(unexplained)}"
-    )
-
-
-@pytest.mark.parametrize(
-    "defect",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=why))
-        for name, why in DEFECTS.items()
-    ],
-)
-def test_no_instance_of_a_known_engine_defect(defect: str) -> None:
-    """Across every workload and mode, no crash image shows the defect. Strict xfail: when the
-    engine is fixed this passes, and the mark must go."""
-    found = [
-        v
-        for mode in MODES
-        for workload in WORKLOADS
-        for family in report_of(mode, workload).violations.values()
-        for v in family
-        if known_defect(v) == defect
-    ]
-    assert not found, f"{len(found)} crash images show it, e.g.:\n{_show(found, 3)}"
+    broken = [v for found in report.violations.values() for v in found]
+    assert not broken, f"{len(broken)} broken promises (HALODB_SEED={SEED}):\n{_show(broken)}"
 
 
 # -- the simulated disk itself -----------------------------------------------------------------
@@ -283,14 +210,13 @@ def caught(
     fresh_base: bool = False,
 ) -> list[Violation]:
     """Run ``workload`` in ``mode`` without, then with, the bug: the run without it must be
-    clean (so whatever is found is the bug's doing); returns what the run with it found that
-    the suite would report (not taken for an instance of a known engine defect)."""
+    clean (so whatever is found is the bug's doing); returns what the run with it found."""
     clean = Run(mode, workload, seed=SEED, cache={}, fresh_base=fresh_base).execute()
     assert clean.violations == {}, _show([v for f in clean.violations.values() for v in f])
     plant_bug()
     bugged = Run(mode, workload, seed=SEED, cache={}, fresh_base=fresh_base).execute()
     monkeypatch.undo()
-    return [v for found in bugged.violations.values() for v in found if known_defect(v) is None]
+    return [v for found in bugged.violations.values() for v in found]
 
 
 def test_harness_catches_a_skipped_log_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -372,41 +298,55 @@ def test_harness_catches_a_rename_before_its_fsync(monkeypatch: pytest.MonkeyPat
     ), _show(found)
 
 
-def test_harness_catches_a_log_checksum_that_leaves_the_header_out(
+def test_harness_catches_a_log_reader_that_takes_a_lost_sector_for_damage(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The record checksum covers the header and a header checksum lets the reader trust
-    ``length``. Planted: no checksum covers the header (the record checksum covers the payload
-    only), so a record header is never verified. A power cut that extends the log but leaves
-    its new sector zero then reads as a record of length 0 that fails its checksum, in the
-    middle of the file: damage, and the store no longer opens (the real engine sees the zeroed
-    header fail its checksum over a zero tail, and drops the torn tail)."""
-
-    def frame(rtype: int, seq: int, payload: bytes) -> bytes:
-        tail = fmt.WAL_RECORD_HEADER_TAIL.pack(len(payload), rtype, seq)
-        return fmt.U32.pack(fmt.crc(payload)) + fmt.U32.pack(0) + tail + payload
-
-    def frame_put(seq: int, key: bytes, value: bytes) -> bytes:
-        return frame(fmt.REC_WRITE, seq, halodb.wal.encode_put(key, value))
+    """A power cut may keep a log's new size but not all of its new sectors: a record that
+    overlaps a zeroed sector is a torn tail (format.md, "Reading a log"). Planted: the reader
+    calls such a record damage when its record checksum fails, so the store no longer opens.
+    (A log checksum that leaves the record header out, the bug planted here before, no longer
+    shows: a power cut only ever zeroes a header, and a zeroed header overlaps a zeroed sector,
+    so it reads as a torn tail with or without the header checksum.)"""
 
     def bug() -> None:
-        for module in (halodb.wal, halodb.partition, halodb.partitions):
-            monkeypatch.setattr(module, "frame", frame)
-        for module in (halodb.wal, halodb.partitions):
-            monkeypatch.setattr(module, "frame_put", frame_put)
         plant(
             monkeypatch,
             halodb.wal,
             "read_log",
-            ("if _crc(data[pos + 8 : pos + rsize]) != head_crc:", "if False:  # planted"),
-            ("_crc(data[pos + 4 : end]) != rec_crc", "_crc(data[pos + rsize : end]) != rec_crc"),
+            ("if _overlaps_a_zeroed_sector(data, pos, end):", "if False:  # planted"),
         )
         monkeypatch.setattr(halodb.partition, "read_log", halodb.wal.read_log)
 
-    found = caught(monkeypatch, "normal", ("put",), bug, fresh_base=True)
+    found = caught(monkeypatch, "normal", ("big",), bug)
     assert any(
         v.family == "zero-tail" and "record checksum mismatch" in v.problem for v in found
     ), _show(found)
+    assert any(v.family == "reorder" and "record checksum mismatch" in v.problem for v in found), (
+        _show(found)
+    )
+
+
+def test_harness_catches_writes_kept_after_a_dropped_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Recovery drops a batch whose part in another partition was lost, and cuts the logs of
+    its partitions there. Planted: the later writes of those partitions are replayed all the
+    same (what the engine did before), so a partition holds a write made after one it lost."""
+
+    def bug() -> None:
+        plant(
+            monkeypatch,
+            halodb.partitions.PartitionManager,
+            "_recover",
+            (
+                "part.replay([r for r in mine[:keep] if r.rtype != fmt.REC_CLOSE])",
+                "part.replay([r for i, r in enumerate(mine) if r.rtype != fmt.REC_CLOSE"
+                " and (i < keep or r.rtype != fmt.REC_BATCH)])",
+            ),
+        )
+
+    found = caught(monkeypatch, "normal", ("batch", "put"), bug)
+    assert any(v.problem.startswith(BATCH_GAP) for v in found), _show(found)
 
 
 def test_harness_catches_a_meta_page_written_before_the_pages(
@@ -455,7 +395,7 @@ def test_harness_catches_a_page_reused_while_still_referenced(
     ), _show(found)
 
 
-# -- the defects on real files: minimal reproducers ---------------------------------------------
+# -- defects this suite found, on real files: minimal reproducers -------------------------------
 
 
 def _abandon(db: halodb.Store) -> None:
@@ -473,7 +413,6 @@ def _key_in(db: halodb.Store, partition: int, prefix: str) -> str:
     )
 
 
-@pytest.mark.xfail(strict=True, reason=DEFECTS["batch-gap"])
 def test_a_lost_batch_part_takes_the_later_writes_of_its_partitions(tmp_path: Path) -> None:
     """Normal mode: a batch over partitions 0 and 1, then a put into partition 0. Power is cut
     and partition 1's log loses the batch part (it was never fsynced) while partition 0's log
@@ -492,7 +431,6 @@ def test_a_lost_batch_part_takes_the_later_writes_of_its_partitions(tmp_path: Pa
         assert dict(db.items()) == {}
 
 
-@pytest.mark.xfail(strict=True, reason=DEFECTS["zero-tail"])
 @pytest.mark.parametrize("first", [600, 442], ids=["boundary-in-an-earlier-record", "in-a-header"])
 def test_a_log_zeroed_from_a_sector_boundary_is_a_torn_tail(tmp_path: Path, first: int) -> None:
     """Two puts; the power cut leaves the log's new size on disk but its sectors from 512 on
@@ -514,7 +452,6 @@ def test_a_log_zeroed_from_a_sector_boundary_is_a_torn_tail(tmp_path: Path, firs
         db.check()
 
 
-@pytest.mark.xfail(strict=True, reason=DEFECTS["hole"])
 def test_a_hole_in_the_last_unsynced_record_is_a_torn_tail(tmp_path: Path) -> None:
     """One put of 3000 bytes, never fsynced; the power cut keeps the log's size and every
     sector of the record but its second one (the disk wrote them out of order). The record is

@@ -79,6 +79,15 @@ REC_BATCH: Final = 2
 REC_CLOSE: Final = 3
 """A clean close: the memtable was flushed; nothing may follow. Empty payload."""
 
+SEQ_LIMIT: Final = 1 << 62
+"""Every sequence number (a record's, a log's ``base_seq``, a tree's ``flushed_seq``) is below
+this: one read at or above it is damage. (A store would need 2^62 writes to reach it; the limit
+keeps ``seq + 1`` and the numbers after it far from the u64 maximum.)"""
+
+MAX_VALUE_SIZE: Final = (1 << 31) - 1
+"""The longest encoded value a store accepts (``DataError``), so the longest a log record may
+hold (``CorruptionError`` when one is read)."""
+
 BATCH_HEADER: Final = struct.Struct("<H")
 """Number of partitions the batch touches; that many ``PARTITION_ID`` follow."""
 PARTITION_ID: Final = struct.Struct("<H")

@@ -49,6 +49,7 @@ from halodb.vfs import FileSystem, Lock
 from halodb.wal import (
     Entry,
     LogWriter,
+    Record,
     encode_batch,
     encode_entries,
     frame,
@@ -58,6 +59,8 @@ from halodb.wal import (
 
 log = logging.getLogger(__name__)
 
+MAX_VALUE_SIZE = fmt.MAX_VALUE_SIZE
+"""The longest encoded value the store accepts, so the longest a log record may hold."""
 MAX_RECORD_PAYLOAD = 0xFFFFFFFF - 4096
 """A log record's payload length is a u32; a little is kept for the batch header."""
 SCAN_CHUNK = 1024
@@ -170,6 +173,10 @@ class PartitionManager:
         self.readonly = options.readonly
         self.closed = False
         self.failure: BaseException | None = None
+        self._after: dict[LogWriter, dict[LogWriter, int]] = {}
+        """FULL mode: for a log holding a part of a batch over several partitions, the other
+        logs, and the offsets up to which they must be durable, before a later record of it is
+        acknowledged (see ``_sync``). Each inner dict is replaced, never changed."""
         self.pid = os.getpid()
         self._lock: Lock | None = None
         started = time.perf_counter()
@@ -373,47 +380,109 @@ class PartitionManager:
         return _parse_manifest(data, manifest_path)
 
     def _recover(self) -> int:
+        """Decide which log records apply, replay them, open the logs for appending, and
+        return the next sequence number (see design.md, "Recovery").
+
+        A batch part is kept only if every partition its batch names has its part in its log
+        or holds the batch in its tree. A dropped part cuts its partition's log there: the
+        records after it are dropped too (a partition holds every write up to some point, never
+        a write after one it lost). A cut can take another batch's part, so that batch is
+        dropped everywhere and cuts its other partitions in turn, up to a fixpoint."""
         parts = self.parts
         n = len(parts)
-        present: dict[int, set[int]] = {}
-        newest = max(p.flushed_seq for p in parts)
+        max_key = self.max_key
+        newest = 0
+        pending: list[list[Record]] = []
+        """Each partition's records that its tree does not hold yet (a suffix of its log)."""
+        holders: dict[int, dict[int, int]] = {}
+        """For each batch sequence number: partition -> index of its part in ``pending``."""
         for part in parts:
+            flushed = part.flushed_seq
+            if flushed >= fmt.SEQ_LIMIT:
+                raise CorruptionError(
+                    f"{part.tree_path}: tree holds writes up to sequence {flushed}, "
+                    "an impossible number"
+                )
+            newest = max(newest, flushed)
+            mine: list[Record] = []
             for record in part.contents.records:
-                newest = max(newest, record.seq)
-                if record.rtype == fmt.REC_BATCH:
-                    if part.index not in record.partitions or any(
-                        not 0 <= q < n for q in record.partitions
-                    ):
+                seq = record.seq
+                newest = max(newest, seq)
+                for key, value in record.entries:
+                    if len(key) > max_key or (value is not None and len(value) > MAX_VALUE_SIZE):
                         raise CorruptionError(
-                            f"{part.wal_path}: batch part at sequence {record.seq} names "
-                            f"partitions {record.partitions}"
+                            f"{part.wal_path}: record at sequence {seq} holds a "
+                            f"{len(key)}-byte key or a value over the limits of the store "
+                            f"({max_key}-byte keys, {MAX_VALUE_SIZE}-byte values)"
                         )
-                    present.setdefault(record.seq, set()).add(part.index)
-        dropped = 0
-        for part in parts:
-            approved = []
-            for record in part.contents.records:
-                if record.seq <= part.flushed_seq:
-                    continue
+                if record.rtype == fmt.REC_BATCH and (
+                    part.index not in record.partitions
+                    or any(not 0 <= q < n for q in record.partitions)
+                ):
+                    raise CorruptionError(
+                        f"{part.wal_path}: batch part at sequence {seq} names "
+                        f"partitions {record.partitions}"
+                    )
+                if seq <= flushed:
+                    continue  # already in the tree
+                if record.rtype == fmt.REC_BATCH:
+                    holders.setdefault(seq, {})[part.index] = len(mine)
+                mine.append(record)
+            pending.append(mine)
+        cut = [len(mine) for mine in pending]
+        work: list[tuple[int, int]] = []
+        for index, mine in enumerate(pending):
+            for i, record in enumerate(mine):
                 if record.rtype == fmt.REC_BATCH and not all(
-                    q in present[record.seq] or parts[q].flushed_seq >= record.seq
+                    q in holders[record.seq] or parts[q].flushed_seq >= record.seq
                     for q in record.partitions
                 ):
-                    dropped += 1
-                    continue
-                approved.append(record)
-            part.replay(approved)
+                    work.append((index, i))
+                    break  # the cut at the first one takes the rest
+        while work:
+            index, i = work.pop()
+            if i >= cut[index]:
+                continue
+            for record in pending[index][i : cut[index]]:
+                if record.rtype == fmt.REC_BATCH:
+                    # This part goes, so its batch goes everywhere: cut its other partitions.
+                    others = holders[record.seq]
+                    del others[index]
+                    work.extend(others.items())
+                    covered = [q for q in record.partitions if parts[q].flushed_seq >= record.seq]
+                    if covered:
+                        raise CorruptionError(
+                            f"{parts[index].wal_path}: the batch at sequence {record.seq} is in "
+                            f"the tree of partition {covered[0]} but cannot apply here (a part "
+                            "of it, or of a batch before it, is missing from a log)"
+                        )
+            cut[index] = i
+        dropped = 0
+        for part, mine, keep in zip(parts, pending, cut, strict=True):
+            dropped += len(mine) - keep
+            # A close record applies nothing; replaying it would only advance last_seq past
+            # what the tree holds, and a log rotated without a flush would then start there.
+            part.replay([r for r in mine[:keep] if r.rtype != fmt.REC_CLOSE])
         buffer = (
             self.options.fast_buffer_size if self.options.durability is Durability.FAST else None
         )
         for part in parts:
             part.open_log(buffer)
         if dropped:
+            cuts = [
+                p for p, mine, keep in zip(parts, pending, cut, strict=True) if keep < len(mine)
+            ]
             log.warning(
-                "%s: dropped %d parts of batches that a crash interrupted", self.path, dropped
+                "%s: dropped %d records of partitions %s, from the first part of a batch that a "
+                "crash interrupted on",
+                self.path,
+                dropped,
+                [p.index for p in cuts],
             )
             if not self.readonly:
-                for part in parts:
+                # Replace the logs that hold dropped records (after flushing what they keep),
+                # so that the decision cannot change later.
+                for part in cuts:
                     self._flush_part(part, force=True)
         return newest + 1
 
@@ -675,19 +744,24 @@ class PartitionManager:
                         record = frame(fmt.REC_BATCH, seq, encode_batch(ids, flags, entries))
                     assert part.log is not None
                     synced.append((part.log, part.log.append(record)))
-            except OperationalError as exc:
-                self._fail(exc)
-                raise
-            if len(parts) > 1:
-                # Every part reaches the OS now, even in FAST mode, so that a flush of one
-                # partition can make its siblings durable first (see _flush_part).
-                try:
+                if len(parts) > 1:
+                    # Every part reaches the OS now, even in FAST mode, so that a flush of one
+                    # partition can make its siblings durable first (see _flush_part).
                     for part in parts:
                         assert part.log is not None
                         part.log.write_out()
-                except OperationalError as exc:
+            except OperationalError as exc:
+                self._fail(exc)
+                raise
+            except BaseException as exc:
+                # Interrupted (KeyboardInterrupt, ...) with some parts maybe in their logs: no
+                # later record may follow them, since recovery drops such a batch and cuts its
+                # partitions' logs there (their later writes would go with it).
+                if len(parts) > 1:
                     self._fail(exc)
-                    raise
+                raise
+            if self.full and len(parts) > 1:
+                self._note_batch(synced)
             for part in parts:
                 part.apply(groups[part.index], seq, clear=clear, batch=len(parts) > 1)
             for part in parts:
@@ -699,11 +773,33 @@ class PartitionManager:
                 self._sync(wal, end)
 
     def _sync(self, wal: LogWriter, end: int) -> None:
+        """Make ``wal`` durable up to ``end`` (FULL mode, and ``sync()``), and with it the parts
+        of batches it holds before ``end`` in other logs (see ``_note_batch``)."""
         try:
             wal.sync_to(end)
+            after = self._after.get(wal)
+            if after:
+                for other, offset in after.items():
+                    other.sync_to(offset)
         except OperationalError as exc:
             self._fail(exc)
             raise
+
+    def _note_batch(self, parts: list[tuple[LogWriter, int]]) -> None:
+        """FULL mode, with the locks of a batch's partitions held, after appending its parts
+        (each log and the offset after its part): a later record in any of these logs may be
+        acknowledged only once every part is durable, and every part of an earlier batch that
+        those logs depend on. Otherwise a power cut could lose a part the batch's own fsyncs
+        had not reached yet, and recovery, dropping the batch, would cut the acknowledged
+        record with it (design.md, "Recovery")."""
+        needed = dict(parts)
+        for wal, _ in parts:
+            for other, offset in self._after.get(wal, {}).items():
+                if needed.get(other, -1) < offset:
+                    needed[other] = offset
+        needed = {other: offset for other, offset in needed.items() if other.synced < offset}
+        for wal, _ in parts:
+            self._after[wal] = needed
 
     def _flush_part(self, part: Partition, *, force: bool = False) -> None:
         """Flush one partition (caller holds its lock).
@@ -713,6 +809,7 @@ class PartitionManager:
         this part as present, so the sibling parts must already be durable in their logs.
         Syncing a log takes no partition lock, only the log's own, so no lock order is broken.
         """
+        old = part.log
         try:
             if part.batch_seen:
                 for other in self.parts:
@@ -720,6 +817,9 @@ class PartitionManager:
                     if other is not part and wal is not None:
                         wal.sync_to(wal.written)
             part.flush(force=force)
+            if old is not None and part.log is not old:
+                # Retired: its records are in the tree, the logs they depended on synced above.
+                self._after.pop(old, None)
         except Error as exc:
             # I/O failure, damage met in an old page, a broken invariant: writes stop here.
             # (An interrupt is not recorded: the half-built flush was forgotten whole, and the

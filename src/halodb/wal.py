@@ -7,10 +7,11 @@ over the header and the payload. An all-zero header never checks out (the checks
 masked).
 
 Reading tells a torn tail (a crash in the middle of appending: a partial header, a record that
-runs past the end of the file, a zero-filled tail, or a last record zeroed from a sector
-boundary on) from damage (anything else that does not check out, including a torn tail right
-after the close record of a clean close), which raises :class:`CorruptionError` instead of
-dropping good records. A writable open never appends after a close record: it starts a fresh log.
+runs past the end of the file, or a first bad record that overlaps a 512-byte sector left zero,
+which is what a power cut leaves of unsynced appends) from damage (anything else that does not
+check out, including a torn tail right after the close record of a clean close, and a sequence
+number of ``SEQ_LIMIT`` or more), which raises :class:`CorruptionError` instead of dropping good
+records. A writable open never appends after a close record: it starts a fresh log.
 """
 
 from __future__ import annotations
@@ -184,6 +185,8 @@ def read_log(data: bytes, partition: int, where: str) -> LogContents:
         raise CorruptionError(f"{where}: not a HaloDB log file")
     if not 1 <= version <= fmt.FORMAT_VERSION or part != partition:
         raise CorruptionError(f"{where}: log is version {version} of partition {part}")
+    if base_seq >= fmt.SEQ_LIMIT:
+        raise CorruptionError(f"{where}: log base_seq {base_seq} is impossibly large")
     records: list[Record] = []
     n = len(data)
     pos = hsize
@@ -196,7 +199,7 @@ def read_log(data: bytes, partition: int, where: str) -> LogContents:
             break
         rec_crc, head_crc, length, rtype, seq = _REC.unpack_from(data, pos)
         if _crc(data[pos + 8 : pos + rsize]) != head_crc:
-            if not data[pos:].strip(b"\x00"):
+            if _overlaps_a_zeroed_sector(data, pos, pos + rsize):
                 torn = True
                 break
             raise CorruptionError(f"{where}: record header checksum mismatch at offset {pos}")
@@ -205,13 +208,14 @@ def read_log(data: bytes, partition: int, where: str) -> LogContents:
             torn = True
             break
         if _crc(data[pos + 4 : end]) != rec_crc:
-            if end == n and _zeroed_from_a_sector(data, pos):
+            if _overlaps_a_zeroed_sector(data, pos, end):
                 torn = True
                 break
             raise CorruptionError(f"{where}: record checksum mismatch at offset {pos}")
-        if seq <= last_seq:
+        if seq <= last_seq or seq >= fmt.SEQ_LIMIT:
             raise CorruptionError(
                 f"{where}: record at offset {pos} has sequence {seq} after {last_seq}"
+                + (" (impossibly large)" if seq >= fmt.SEQ_LIMIT else "")
             )
         partitions, flags, entries = _decode_payload(
             data[pos + rsize : end], rtype, f"{where} offset {pos}"
@@ -227,15 +231,24 @@ def read_log(data: bytes, partition: int, where: str) -> LogContents:
     return LogContents(base_seq, records, pos, torn)
 
 
-def _zeroed_from_a_sector(data: bytes, pos: int) -> bool:
-    """Whether everything from some sector boundary (a multiple of 512) after ``pos`` to the
-    end of the file is zero: what a power cut leaves when the file's new size reached the
-    disk but its last blocks did not."""
-    boundary = (pos // SECTOR + 1) * SECTOR
-    while boundary < len(data):
-        if not data[boundary:].strip(b"\x00"):
+def _overlaps_a_zeroed_sector(data: bytes, start: int, stop: int) -> bool:
+    """Whether some 512-byte sector (aligned in file offsets) that overlaps the record extent
+    ``[start, stop)`` is all zero from ``max(sector start, start)`` to ``min(sector end, end of
+    file)``: a sector of unsynced appends that a power cut kept from the disk (it reads as zeros
+    past the file's old end), while the file's new size, and maybe later sectors, reached it.
+
+    A flipped byte does not zero a sector, so damage inside a record still fails this unless
+    the record's own bytes hold a whole zeroed sector (a value with 512 zero bytes, say), or
+    the record's bytes in the file's last, partial sector are all zero."""
+    n = len(data)
+    stop = min(stop, n)
+    sector = start - start % SECTOR
+    while sector < stop:
+        lo = max(sector, start)
+        hi = min(sector + SECTOR, n)
+        if data.count(0, lo, hi) == hi - lo:
             return True
-        boundary += SECTOR
+        sector += SECTOR
     return False
 
 
