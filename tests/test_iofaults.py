@@ -767,29 +767,8 @@ class Defect:
     """The checks (``Problem.what``) through which the defect shows."""
 
 
-LOCK_HEADER = Defect(
-    "engine defect (minor): a short write of the LOCK header is never repaired: "
-    "_write_lock_header writes the header only into an empty LOCK, so LOCK keeps a partial "
-    "header for good (format.md: the file is exactly its 10-byte header)",
-    ("lock",),
-)
-BATCH_PREFIX = Defect(
-    "engine defect: recovery drops a batch part whose sibling part was lost but keeps the same "
-    "partition's later records, so after a power cut a partition is not a prefix of its "
-    "writes (reachable here: a flush fsyncs the sibling logs whole, then fails)",
-    ("crash",),
-)
-
-
 def _defect(scenario: str, durability: str, kind: str, error: str, how: str) -> Defect | None:
     """The engine defect a loop runs into (it is then marked xfail, strict), if any."""
-    if scenario in ("create", "upgrade_v1") and kind == "write" and error in ("short", "torn"):
-        # (create_leftovers finds a LOCK with its header already)
-        return LOCK_HEADER
-    if scenario == "flush_cleared" and durability == "normal" and kind in ("write", "fsync"):
-        # (in FAST mode the writes after the clear are still in their buffer when the flush
-        # fsyncs the sibling log, so the power cut takes them too)
-        return BATCH_PREFIX
     return None
 
 
@@ -973,12 +952,6 @@ class _GatedFile(File):
         super().sync()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KnownDefect,
-    reason="engine defect: LogWriter.sync_to forgets a failed fsync; a writer waiting on it "
-    "fsyncs again and returns success",
-)
 def test_a_failed_fsync_is_not_retried_into_a_success_by_a_waiting_writer(tmp_path: Path) -> None:
     """Group commit, ``"full"`` mode: writer A fsyncs the log; writer B appends its record after
     A's and waits for A's fsync. A's fsync fails. B must not fsync again and report success:
@@ -1014,7 +987,7 @@ def test_a_failed_fsync_is_not_retried_into_a_success_by_a_waiting_writer(tmp_pa
         b.join(10)
         assert isinstance(results["A"], halodb.OperationalError), results["A"]
         if results["B"] is None:
-            raise KnownDefect("B's put succeeded after the fsync before it failed")
+            pytest.fail("B's put succeeded after the fsync before it failed")
         assert isinstance(results["B"], halodb.OperationalError), results["B"]
         with pytest.raises(halodb.OperationalError, match="refuses writes"):
             db["c"] = 3

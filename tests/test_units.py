@@ -290,9 +290,7 @@ def test_bloom_sets_and_tests_exactly_the_documented_bits(bits_per_key: int) -> 
     assert bloom.bits == expected
     for key in _keys(5000, b"out"):
         h1, h2 = key_hash(key, SEED)
-        assert bloom.might_contain((h1, h2)) == all(
-            expected[(h1 + i * h2) % m] for i in range(k)
-        )
+        assert bloom.might_contain((h1, h2)) == all(expected[(h1 + i * h2) % m] for i in range(k))
 
 
 def test_bloom_serialisation_round_trip() -> None:

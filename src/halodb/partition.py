@@ -154,15 +154,15 @@ class Partition:
     def _read_bloom(self) -> tuple[BloomFilter, int]:
         """The saved filter and the tree transaction it covers. Its header is checked before
         its bits are read: a filter of more than ``MAX_BITS_PER_KEY`` bits per key the
-        tree holds is refused (rebuilt), whatever its file claims, so a damaged header cannot
+        tree holds (and a memtable could add) is refused (rebuilt), whatever its file claims, so a damaged header cannot
         make the open read or allocate without bound."""
         handle = self.fs.open(self.bloom_path)
         try:
             head = handle.read_at(0, fmt.BLOOM_HEADER.size)
             header = BloomFilter.parse_header(head, self.index, self.bloom_path)
             nbits = header[0]
-            most = MAX_BITS_PER_KEY * max(self.pager.meta.key_count, MIN_BITS)
-            if nbits > most:
+            keys = self.pager.meta.key_count + self.memtable_keys  # (what a rebuild sizes for)
+            if nbits > MAX_BITS_PER_KEY * max(keys, MIN_BITS):
                 raise CorruptionError(
                     f"{self.bloom_path}: bloom filter of {nbits} bits is larger than a tree of "
                     f"{self.pager.meta.key_count} keys could need"

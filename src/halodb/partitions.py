@@ -224,6 +224,7 @@ class PartitionManager:
                         cache_pages=cache_pages,
                         bloom_bits_per_key=options.bloom_bits_per_key,
                         readonly=self.readonly,
+                        memtable_size=options.memtable_size,
                     )
                 )
             next_seq = self._recover()
@@ -331,13 +332,17 @@ class PartitionManager:
             )
 
     def _write_lock_header(self, lock_path: str) -> None:
-        """Create the lock file with its header, or give an empty one (version 1) its header.
+        """Create the lock file with its header, or give an empty one (version 1), or one a
+        failed write left short, its header.
         Written in place, never renamed: a rename would give other processes another inode to
         lock. Fsyncs the file."""
+        header = fmt.LOCK_HEADER.pack(fmt.LOCK_MAGIC, fmt.FORMAT_VERSION)
         handle = self.fs.open(lock_path, create=True)
         try:
-            if handle.size() == 0:
-                handle.write_at(0, fmt.LOCK_HEADER.pack(fmt.LOCK_MAGIC, fmt.FORMAT_VERSION))
+            size = handle.size()
+            # Empty, or a prefix of the header that a failed (short) write left behind.
+            if size < len(header) and header.startswith(handle.read_at(0, size)):
+                handle.write_at(0, header)
                 handle.sync()
         finally:
             handle.close()

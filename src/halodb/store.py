@@ -28,6 +28,7 @@ from collections.abc import (
 from types import TracebackType
 from typing import Any
 
+from halodb import format as fmt
 from halodb.btree import TreeReport
 from halodb.errors import DataError, InterfaceError, ProgrammingError
 from halodb.keys import Key, KeyLike, decode_key, encode_key, prefix_range
@@ -36,7 +37,7 @@ from halodb.partitions import PartitionManager, StoreStats
 from halodb.values import DefaultCodec, ValueCodec
 from halodb.vfs import FileSystem
 
-MAX_VALUE_SIZE = (1 << 31) - 1
+MAX_VALUE_SIZE = fmt.MAX_VALUE_SIZE
 MAX_CODEC_NAME = 16
 OPTION_NAMES = frozenset(Options.__dataclass_fields__)
 _MISSING: Any = object()

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from halodb import format as fmt
-from halodb.errors import CorruptionError
+from halodb.errors import CorruptionError, OperationalError
 from halodb.vfs import File
 
 Entry = tuple[bytes, bytes | None]
@@ -264,7 +264,17 @@ class LogWriter:
     and one fsync covers every record written before it started. It fsyncs.
     """
 
-    __slots__ = ("buffer", "buffer_limit", "cond", "end", "file", "synced", "syncing", "written")
+    __slots__ = (
+        "buffer",
+        "buffer_limit",
+        "cond",
+        "end",
+        "file",
+        "sync_error",
+        "synced",
+        "syncing",
+        "written",
+    )
 
     def __init__(self, file: File, end: int, *, buffer_limit: int | None) -> None:
         self.file = file
@@ -273,6 +283,8 @@ class LogWriter:
         self.written = end
         """Offset after the last record handed to the OS."""
         self.synced = end
+        self.sync_error: BaseException | None = None
+        """The error of a failed fsync: every later sync_to raises (see there)."""
         """Offset up to which the log is known durable."""
         self.buffer: bytearray | None = None if buffer_limit is None else bytearray()
         self.buffer_limit = buffer_limit or 0
@@ -305,6 +317,12 @@ class LogWriter:
         cond = self.cond
         with cond:
             while self.synced < offset:
+                if self.sync_error is not None:
+                    # A failed fsync may have dropped pages this offset needs; fsyncing again
+                    # could report success for data that is gone. Never retried.
+                    raise OperationalError(
+                        f"{self.file.path}: an earlier fsync of this log failed"
+                    ) from self.sync_error
                 if self.syncing:
                     cond.wait()
                     continue
@@ -313,6 +331,9 @@ class LogWriter:
                 cond.release()
                 try:
                     self.file.sync()
+                except BaseException as exc:
+                    self.sync_error = exc
+                    raise
                 finally:
                     cond.acquire()
                     self.syncing = False
