@@ -1,10 +1,14 @@
-"""Shared fixtures of the store-level tests: small stores that flush, split and overflow early."""
+"""Shared fixtures of the store-level tests: small stores that flush, split and overflow early;
+and ``plant``, which puts a known bug into the engine to show a suite catches it."""
 
 from __future__ import annotations
+import __future__
 
 import contextlib
 import hashlib
+import inspect
 import os
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -99,3 +103,23 @@ def open_store(tmp_path: Path) -> Iterator[Callable[..., halodb.Store]]:
     for db in opened:
         with contextlib.suppress(halodb.Error):
             db.close()
+
+
+def plant(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *edits: tuple[str, str]) -> None:
+    """Replace ``owner.name`` by its own source with each ``(old, new)`` edit applied (each
+    ``old`` must occur exactly once, so a change of the engine shows here, not as a pass)."""
+    function = getattr(owner, name)
+    source = textwrap.dedent(inspect.getsource(function))
+    for old, new in edits:
+        assert source.count(old) == 1, f"{name}: {old!r} is not in its source exactly once"
+        source = source.replace(old, new)
+    namespace: dict[str, Any] = {}
+    code = compile(
+        source,
+        f"<planted bug in {name}>",
+        "exec",
+        flags=__future__.annotations.compiler_flag,
+        dont_inherit=True,
+    )
+    exec(code, function.__globals__, namespace)
+    monkeypatch.setattr(owner, name, namespace[name])

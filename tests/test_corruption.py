@@ -22,6 +22,10 @@ from typing import Any
 import pytest
 
 import halodb
+import halodb.partition
+import halodb.partitions
+import halodb.wal
+from conftest import plant
 from halodb import format as fmt
 from halodb.btree import BTree
 from halodb.keys import encode_key
@@ -554,3 +558,37 @@ def test_check_finds_a_key_in_the_wrong_partition(tmp_path: Path, template: Temp
             db.check()
     finally:
         _abandon(db)
+
+
+def test_the_damage_suite_catches_a_log_checksum_that_leaves_the_header_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The suite bites: a record checksum over the header and a header checksum put every byte
+    of a log under a checksum. Planted: no checksum covers the header (the record checksum
+    covers the payload only, the header checksum is written as 0 and never read). The flips of
+    ``test_wal_damage`` then find header bytes whose damage nobody notices."""
+
+    def frame(rtype: int, seq: int, payload: bytes) -> bytes:
+        tail = fmt.WAL_RECORD_HEADER_TAIL.pack(len(payload), rtype, seq)
+        return fmt.U32.pack(fmt.crc(payload)) + fmt.U32.pack(0) + tail + payload
+
+    def frame_put(seq: int, key: bytes, value: bytes) -> bytes:
+        return frame(fmt.REC_WRITE, seq, halodb.wal.encode_put(key, value))
+
+    for module in (halodb.wal, halodb.partition, halodb.partitions):
+        monkeypatch.setattr(module, "frame", frame)
+    for module in (halodb.wal, halodb.partitions):
+        monkeypatch.setattr(module, "frame_put", frame_put)
+    plant(
+        monkeypatch,
+        halodb.wal,
+        "read_log",
+        ("if _crc(data[pos + 8 : pos + rsize]) != head_crc:", "if False:  # planted"),
+        ("_crc(data[pos + 4 : end]) != rec_crc", "_crc(data[pos + rsize : end]) != rec_crc"),
+    )
+    monkeypatch.setattr(halodb.partition, "read_log", halodb.wal.read_log)
+    template = _build(tmp_path / "template", "abandoned", abandoned=True)
+    name = "p000.wal"
+    data = template.files[name]
+    outcome = _run(tmp_path, template, _flips(name, list(range(len(data))), random.Random(name)))
+    assert outcome.intact or outcome.failures, "the planted bug went unnoticed"

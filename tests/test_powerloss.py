@@ -30,16 +30,12 @@ A failure names the mode, the workload, the crash point and the variant; rerun i
 """
 
 from __future__ import annotations
-import __future__
 
 import contextlib
-import inspect
 import os
 import random
-import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -47,6 +43,7 @@ import halodb
 import halodb.partition
 import halodb.partitions
 import halodb.wal
+from conftest import plant
 from halodb import format as fmt
 from halodb.bloom import key_hash
 from halodb.keys import encode_key
@@ -179,26 +176,6 @@ def test_the_simulated_disk_loses_exactly_what_was_not_synced() -> None:
 
 
 # -- the harness bites: planted bugs it must report -------------------------------------------
-
-
-def plant(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *edits: tuple[str, str]) -> None:
-    """Replace ``owner.name`` by its own source with each ``(old, new)`` edit applied (each
-    ``old`` must occur exactly once, so a change of the engine shows here, not as a pass)."""
-    function = getattr(owner, name)
-    source = textwrap.dedent(inspect.getsource(function))
-    for old, new in edits:
-        assert source.count(old) == 1, f"{name}: {old!r} is not in its source exactly once"
-        source = source.replace(old, new)
-    namespace: dict[str, Any] = {}
-    code = compile(
-        source,
-        f"<planted bug in {name}>",
-        "exec",
-        flags=__future__.annotations.compiler_flag,
-        dont_inherit=True,
-    )
-    exec(code, function.__globals__, namespace)
-    monkeypatch.setattr(owner, name, namespace[name])
 
 
 def caught(
