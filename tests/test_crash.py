@@ -328,8 +328,11 @@ def test_sigkill_fast_mode_loses_only_whole_recent_writes(tmp_path: Path) -> Non
     each value is one written to that key, nothing older than the last durable state comes
     back, writes acknowledged before a flush survive, and batches are all or nothing."""
     state_before: dict[int, Any] = {}
+    ops_run = killed_opening = 0
     for where, cycle, state in crash_cycles(tmp_path, "fast"):
         ops = cycle.ops
+        ops_run += len(ops)
+        killed_opening += not cycle.opened
         durable = dict(state_before)  # what a crash cannot take away
         durable_at = 0
         for i, op in enumerate(ops):
@@ -350,6 +353,10 @@ def test_sigkill_fast_mode_loses_only_whole_recent_writes(tmp_path: Path) -> Non
             )
         check_batches_atomic(where, ops, state)
         state_before = state
+    print(
+        f"fast: {CYCLES} cycles ({killed_opening} killed while opening), {ops_run} ops, "
+        f"{len(state_before)} keys at the end"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
