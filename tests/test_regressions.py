@@ -346,3 +346,64 @@ def test_leaves_rewritten_together_are_cut_full(tmp_path: Path) -> None:
         (report,) = db.check()
     leaves = TreeReport(1, report.nodes_per_level[-1:], report.bytes_used_per_level[-1:])
     assert leaves.fill_factor(4096) > 0.85, leaves
+
+
+def test_a_batch_logged_whole_but_applied_in_part_stops_all_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is logged in every partition, then applied to each memtable in turn. If applying
+    one part fails (a tree read failing, an interrupt), memory holds half the batch: the store
+    must write nothing more (a flush would make the half permanent), and a reopen replays the
+    logged batch whole."""
+    import halodb.partition
+
+    path = tmp_path / "db"
+    db = halodb.open(path, partitions=2)
+    keys = [f"k{i}" for i in range(40)]
+    real_apply = halodb.partition.Partition.apply
+    calls: list[int] = []
+
+    def apply(self: halodb.partition.Partition, *args: object, **kwargs: object) -> None:
+        calls.append(self.index)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_apply(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(halodb.partition.Partition, "apply", apply)
+    with pytest.raises(KeyboardInterrupt), db.batch() as batch:
+        for key in keys:
+            batch[key] = "batch"
+    monkeypatch.undo()
+    assert calls == [0, 1]
+    with pytest.raises(halodb.OperationalError, match="refus"):
+        db["later"] = "x"
+    with pytest.raises(halodb.OperationalError):
+        db.flush()
+    db.close()
+    with halodb.open(path) as db:
+        db.check()
+        assert {key: db.get(key) for key in keys} == dict.fromkeys(keys, "batch")
+
+
+def test_a_saved_bloom_filter_is_used_after_heavy_deletes(tmp_path: Path) -> None:
+    """A filter is sized for twice the keys at its last rebuild; after most keys are deleted it
+    is larger than the tree now needs, which is no reason to refuse it at every open."""
+    path = tmp_path / "db"
+    with halodb.open(path, partitions=1) as db:
+        db.update({f"k{i}": "v" for i in range(20_000)})
+        db.flush()
+        for i in range(19_950):
+            del db[f"k{i}"]
+    with halodb.open(path) as db:
+        assert db.stats().partitions[0].bloom_rebuilds == 0
+        assert len(db) == 50
+
+
+def test_the_row_cache_stays_within_its_budget_after_a_large_flush(tmp_path: Path) -> None:
+    """One halving may not be enough after a flush of many more rows than the budget holds."""
+    with halodb.open(tmp_path / "db", partitions=1, cache_size=256 * 1024) as db:
+        db.update({f"k{i:06d}": "v" * 50 for i in range(50_000)})
+        db.flush()
+        tree = db._m.parts[0].tree
+        assert 0 < tree.rows_bytes <= tree.rows_budget
+        assert tree.rows_bytes == sum(len(k) + len(v) + 64 for k, v in tree.rows.items())

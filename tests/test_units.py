@@ -17,10 +17,10 @@ from bitarray import bitarray
 from halodb import format as fmt
 from halodb.bloom import MIN_BITS, BloomFilter, key_hash
 from halodb.btree import ROW_OVERHEAD, BTree, limits
-from halodb.errors import CorruptionError
+from halodb.errors import CorruptionError, OperationalError
 from halodb.memtable import ENTRY_OVERHEAD, Memtable
 from halodb.pager import Pager, new_tree_file
-from halodb.vfs import FileSystem
+from halodb.vfs import File, FileSystem
 from halodb.wal import (
     LogWriter,
     encode_batch,
@@ -211,7 +211,7 @@ def test_wal_writer_buffered_and_unbuffered(tmp_path: Path) -> None:
     assert FS.open(path).read_all() == header_bytes(PART, BASE) + records[0]
     writer.sync_to(end)
     assert writer.synced >= end
-    writer.retire()
+    writer.retire(durable=True)
 
     handle = FS.open(path, write=True)
     writer = LogWriter(handle, handle.size(), buffer_limit=len(records[1]) * 3)
@@ -226,7 +226,44 @@ def test_wal_writer_buffered_and_unbuffered(tmp_path: Path) -> None:
     contents = read_log(FS.open(path).read_all(), PART, path)
     assert [r.seq for r in contents.records] == [BASE + i for i in range(1, 6)]
     assert contents.torn is False
-    writer.retire()
+    writer.retire(durable=False)
+    with pytest.raises(OperationalError, match="closed before this write was synced"):
+        writer.sync_to(writer.end)  # never a success for records no fsync covered
+
+
+class _FlakySync(File):
+    """A file whose fsync raises each of ``failures`` (last first) before it works again."""
+
+    __slots__ = ("failures",)
+    failures: list[BaseException]
+
+    def sync(self) -> None:
+        if self.failures:
+            raise self.failures.pop()
+        super().sync()
+
+
+def test_wal_writer_latches_a_failed_fsync_but_not_an_interrupt(tmp_path: Path) -> None:
+    """A failed fsync may have dropped the log's dirty pages: every later sync fails, also of
+    records appended after it. An interrupt during an fsync is no failed fsync."""
+    path = str(tmp_path / "w.wal")
+    FS.write_new(path, header_bytes(PART, BASE))
+    opened = FS.open(path, write=True)
+    handle = _FlakySync(FS, opened.path, opened.fd)
+    failures = handle.failures = [KeyboardInterrupt()]
+    writer = LogWriter(handle, handle.size(), buffer_limit=None)
+    end = writer.append(frame(fmt.REC_WRITE, BASE + 1, encode_put(b"a", b"v")))
+    with pytest.raises(KeyboardInterrupt):
+        writer.sync_to(end)
+    writer.sync_to(end)  # the interrupt is not remembered
+    failures.append(OperationalError("injected fsync failure"))
+    end = writer.append(frame(fmt.REC_WRITE, BASE + 2, encode_put(b"b", b"v")))
+    with pytest.raises(OperationalError, match="injected"):
+        writer.sync_to(end)
+    end = writer.append(frame(fmt.REC_WRITE, BASE + 3, encode_put(b"c", b"v")))
+    with pytest.raises(OperationalError, match="earlier fsync of this log failed"):
+        writer.sync_to(end)
+    writer.retire(durable=False)
 
 
 # =============================================================================================

@@ -256,12 +256,17 @@ class BTree:
             self._shrink_rows()
 
     def _shrink_rows(self) -> None:
-        """Drop the older half of the row cache (insertion order) and recount its bytes."""
+        """Drop the older half of the row cache (insertion order), again until it is within
+        its budget, and recount its bytes."""
         rows = self.rows
-        self.rows = rows = dict(islice(rows.items(), len(rows) // 2, None))
-        self.rows_bytes = (
-            sum(map(len, rows)) + sum(map(len, rows.values())) + ROW_OVERHEAD * len(rows)
-        )
+        while True:
+            rows = dict(islice(rows.items(), len(rows) // 2, None))
+            self.rows_bytes = (
+                sum(map(len, rows)) + sum(map(len, rows.values())) + ROW_OVERHEAD * len(rows)
+            )
+            if self.rows_bytes <= self.rows_budget or not rows:
+                break
+        self.rows = rows
 
     def _refresh_rows(self, keys: list[bytes], values: list[bytes | None]) -> None:
         """After a flush wrote ``values`` (``None``: deleted) under ``keys``: a value kept

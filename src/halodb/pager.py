@@ -139,6 +139,8 @@ class Pager:
         """Pages the transaction being built stopped using; free from the next one on."""
         self._saved: tuple[list[int], int, list[int]] = ([], 0, [])
         self._committing = False
+        self.unsettled = False
+        """An interrupted commit could not be settled from the file (see :meth:`abort`)."""
 
     # -- meta pages --------------------------------------------------------------------------
 
@@ -207,6 +209,13 @@ class Pager:
                 f"{page_count} pages"
             )
         return meta
+
+    def most_keys(self) -> int:
+        """The most keys the tree file's pages could ever have held as leaf entries (every
+        page but the meta pages a full leaf): a bound that never shrinks, as the file does
+        not."""
+        per_leaf = min((self.page_size - _HEADER.size) // MIN_ENTRY, 0xFFFF)
+        return (self.meta.page_count - META_PAGES) * per_leaf
 
     def _read_meta(self) -> Meta:
         first = self.file.read_at(0, self.page_size)
@@ -293,8 +302,9 @@ class Pager:
         Interrupted while its meta page was being written, the transaction may or may not be
         committed: the state is then read back from the file, which decides. Never raises:
         if that too fails (the error that got us here may be a failing disk), the committed
-        tree stays the one in memory, whose pages the transaction did not touch; the store
-        has recorded the failure and writes nothing more."""
+        tree stays the one in memory, whose pages the transaction did not touch, and
+        ``unsettled`` tells the owner that the file may hold the other one: it must write
+        nothing more."""
         self.pending = []
         self.cache = {}
         self.dirty = {}
@@ -311,6 +321,7 @@ class Pager:
                 return
             except (OperationalError, CorruptionError):
                 self.meta = saved_meta
+                self.unsettled = True
         self.free, self._next_page, self.freelist_pages = saved_free, saved_next, saved_freelist
 
     def allocate(self) -> int:

@@ -25,7 +25,7 @@ from halodb import format as fmt
 from halodb.bloom import MAX_BITS_PER_KEY, MIN_BITS, BloomFilter, key_hash
 from halodb.btree import BTree, TreeReport
 from halodb.errors import CorruptionError
-from halodb.memtable import ENTRY_OVERHEAD, MISSING, Memtable
+from halodb.memtable import MISSING, Memtable
 from halodb.pager import Pager, new_tree_file
 from halodb.vfs import FileSystem
 from halodb.wal import Entry, LogContents, LogWriter, Record, frame, header_bytes, read_log
@@ -76,12 +76,8 @@ class Partition:
         cache_pages: int,
         bloom_bits_per_key: int,
         readonly: bool,
-        memtable_size: int = 0,
     ) -> None:
         started = time.perf_counter()
-        self.memtable_keys = memtable_size // ENTRY_OVERHEAD
-        """The most keys one full memtable can add: a rebuilt bloom filter has room for them
-        on top of the keys it already holds, so filling a memtable never rebuilds it."""
         self.fs = fs
         self.index = index
         self.seed = seed
@@ -153,19 +149,21 @@ class Partition:
 
     def _read_bloom(self) -> tuple[BloomFilter, int]:
         """The saved filter and the tree transaction it covers. Its header is checked before
-        its bits are read: a filter of more than ``MAX_BITS_PER_KEY`` bits per key the
-        tree holds (and a memtable could add) is refused (rebuilt), whatever its file claims, so a damaged header cannot
-        make the open read or allocate without bound."""
+        its bits are read: a filter of more than ``MAX_BITS_PER_KEY`` bits per key the tree's
+        pages could hold is refused (rebuilt), whatever its file claims, so a damaged header
+        cannot make the open read or allocate without bound."""
         handle = self.fs.open(self.bloom_path)
         try:
             head = handle.read_at(0, fmt.BLOOM_HEADER.size)
             header = BloomFilter.parse_header(head, self.index, self.bloom_path)
             nbits = header[0]
-            keys = self.pager.meta.key_count + self.memtable_keys  # (what a rebuild sizes for)
-            if nbits > MAX_BITS_PER_KEY * max(keys, MIN_BITS):
+            # Sized for twice the keys at its last rebuild, which the tree's pages held (its file
+            # never shrinks): more than that many bits per key the pages can hold is damage.
+            most = self.pager.most_keys()
+            if nbits > MAX_BITS_PER_KEY * max(most, MIN_BITS):
                 raise CorruptionError(
                     f"{self.bloom_path}: bloom filter of {nbits} bits is larger than a tree of "
-                    f"{self.pager.meta.key_count} keys could need"
+                    f"at most {most} keys could need"
                 )
             expected = fmt.BLOOM_HEADER.size + nbits // 8
             if handle.size() != expected:
@@ -180,9 +178,7 @@ class Partition:
 
     def _rebuild_bloom(self, *, save: bool) -> BloomFilter:
         self.bloom_rebuilds += 1
-        bloom = BloomFilter.for_keys(
-            max(2 * self.count, self.count + self.memtable_keys, 1024), self.bloom_bits_per_key
-        )
+        bloom = BloomFilter.for_keys(max(2 * self.count, 1024), self.bloom_bits_per_key)
         seed = self.seed
         add = bloom.add
         if not self.cleared:
@@ -307,8 +303,6 @@ class Partition:
         if old is MISSING:  # new to the memtable: new to the store unless the tree has it
             if not self.bloom.add(h) or self.cleared or not self.tree.contains(key):
                 self.count += 1
-                if self.count > self.bloom.capacity:
-                    self._rebuild_bloom(save=False)
         elif old is None:  # over a tombstone (which the bloom filter may not hold)
             self.bloom.add(h)
             self.count += 1
@@ -342,8 +336,6 @@ class Partition:
                 self.count += not existed
             else:
                 self.count -= existed
-        if self.count > self.bloom.capacity:
-            self._rebuild_bloom(save=False)
         self.last_seq = seq
 
     def flush(self, *, force: bool = False) -> None:
@@ -394,7 +386,7 @@ class Partition:
         assert self.log is not None
         old = self.log
         self.log = self._new_log(self.last_seq, None if old.buffer is None else old.buffer_limit)
-        old.retire()
+        old.retire(durable=True)
 
     # -- inspection --------------------------------------------------------------------------
 
@@ -480,5 +472,5 @@ class Partition:
                     log.sync_to(log.written)
         finally:
             if log is not None:
-                log.retire()
+                log.retire(durable=False)
             self.pager.close()

@@ -224,7 +224,6 @@ class PartitionManager:
                         cache_pages=cache_pages,
                         bloom_bits_per_key=options.bloom_bits_per_key,
                         readonly=self.readonly,
-                        memtable_size=options.memtable_size,
                     )
                 )
             next_seq = self._recover()
@@ -651,7 +650,11 @@ class PartitionManager:
             except OperationalError as exc:
                 self._fail(exc)
                 raise
-            part.put(key, value, h, seq)
+            try:
+                part.put(key, value, h, seq)
+            except BaseException as exc:  # logged, not counted: see commit()
+                self._fail(exc)
+                raise
             if part.memtable.size > self.memtable_limit or wal.end > self.log_limit:
                 self._flush_part(part)
         if self.full:
@@ -702,10 +705,14 @@ class PartitionManager:
         except OperationalError as exc:
             self._fail(exc)
             raise
-        if value is None:
-            part.delete(key, seq)  # the caller checked the key is live
-        else:
-            part.put(key, value, h, seq)
+        try:
+            if value is None:
+                part.delete(key, seq)  # the caller checked the key is live
+            else:
+                part.put(key, value, h, seq)
+        except BaseException as exc:  # logged, not counted: see commit()
+            self._fail(exc)
+            raise
         if part.memtable.size > self.memtable_limit or wal.end > self.log_limit:
             self._flush_part(part)
         return wal, end
@@ -767,8 +774,15 @@ class PartitionManager:
                 raise
             if self.full and len(parts) > 1:
                 self._note_batch(synced)
-            for part in parts:
-                part.apply(groups[part.index], seq, clear=clear, batch=len(parts) > 1)
+            try:
+                for part in parts:
+                    part.apply(groups[part.index], seq, clear=clear, batch=len(parts) > 1)
+            except BaseException as exc:
+                # Logged whole but applied in part (a read of the tree failed or was
+                # interrupted): memory no longer matches the logs, so nothing more is written
+                # (a flush could make the half permanent). Reopening replays the logs.
+                self._fail(exc)
+                raise
             for part in parts:
                 assert part.log is not None
                 if part.memtable.size > self.memtable_limit or part.log.end > self.log_limit:
@@ -830,6 +844,10 @@ class PartitionManager:
             # (An interrupt is not recorded: the half-built flush was forgotten whole, and the
             # store goes on as before it.)
             self._fail(exc)
+            raise
+        except BaseException as exc:
+            if part.pager.unsettled:  # interrupted in a commit the file could not settle
+                self._fail(exc)
             raise
 
     def flush(self) -> None:

@@ -323,6 +323,10 @@ class LogWriter:
                     raise OperationalError(
                         f"{self.file.path}: an earlier fsync of this log failed"
                     ) from self.sync_error
+                if self.file.closed:  # retired before these records were made durable
+                    raise OperationalError(
+                        f"{self.file.path}: the log was closed before this write was synced"
+                    )
                 if self.syncing:
                     cond.wait()
                     continue
@@ -331,7 +335,7 @@ class LogWriter:
                 cond.release()
                 try:
                     self.file.sync()
-                except BaseException as exc:
+                except OperationalError as exc:  # (an interrupt is no failed fsync)
                     self.sync_error = exc
                     raise
                 finally:
@@ -340,11 +344,14 @@ class LogWriter:
                     cond.notify_all()
                 self.synced = max(self.synced, goal)
 
-    def retire(self) -> None:
-        """Close the log once its records are durable elsewhere (flushed into the tree)."""
+    def retire(self, *, durable: bool) -> None:
+        """Close the log. ``durable``: its records are durable elsewhere (flushed into the
+        tree), so a writer still waiting to sync them is done; otherwise such a writer gets an
+        error, never a success for records that may not be on disk."""
         with self.cond:
             while self.syncing:
                 self.cond.wait()
-            self.synced = self.end
-            self.cond.notify_all()
+            if durable:
+                self.synced = self.end
             self.file.close()
+            self.cond.notify_all()
