@@ -572,7 +572,8 @@ assert cli.main(["--path", os.path.join(root, "c"), "flush"]) == 0
 
 final = {}
 for directory in (store, v1, os.path.join(root, "c")):
-    final[directory + "/"] = stat.S_IMODE(os.stat(directory).st_mode)
+    if directory != v1:  # (v1 is the copy of a checked-in directory: its mode is git's)
+        final[directory + "/"] = stat.S_IMODE(os.stat(directory).st_mode)
     for name in os.listdir(directory):
         st = os.stat(os.path.join(directory, name))
         replaced = directory != v1 or before.get(name) != st.st_ino
