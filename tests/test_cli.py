@@ -1235,6 +1235,9 @@ class Terminal:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: become the program
             try:
+                # As a terminal's shell starts it: a test run started in the background has
+                # SIGINT ignored, and Python installs no Ctrl-C handler where it starts ignored.
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
                 os.execve(sys.executable, [sys.executable, "-m", "halodb", *args], env)
             finally:
                 os._exit(127)
