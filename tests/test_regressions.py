@@ -407,3 +407,21 @@ def test_the_row_cache_stays_within_its_budget_after_a_large_flush(tmp_path: Pat
         tree = db._m.parts[0].tree
         assert 0 < tree.rows_bytes <= tree.rows_budget
         assert tree.rows_bytes == sum(len(k) + len(v) + 64 for k, v in tree.rows.items())
+
+
+def test_a_directory_made_by_another_process_mid_open_is_no_file(tmp_path: Path) -> None:
+    """Opening a new store asked "not a directory?" then "exists?": a directory another process
+    made in between read as a file ("not a directory, so not a HaloDB store")."""
+    path = tmp_path / "db"
+
+    class MkdirBetween(halodb.vfs.FileSystem):
+        def is_dir(self, p: str) -> bool:
+            answer = super().is_dir(p)
+            if p == str(path) and not path.exists():
+                path.mkdir()  # another process, just after this answer
+            return answer
+
+    with halodb.open(path, filesystem=MkdirBetween()) as db:
+        db["k"] = "v"
+    with halodb.open(path) as db:
+        assert db["k"] == "v"

@@ -182,7 +182,7 @@ class PartitionManager:
         started = time.perf_counter()
         manifest_path = os.path.join(path, fmt.MANIFEST_NAME)
         if not fs.exists(manifest_path):
-            if not fs.is_dir(path) and fs.exists(path):
+            if fs.exists(path) and not fs.is_dir(path):  # (in this order: no race with a mkdir)
                 raise InterfaceError(f"{path}: not a directory, so not a HaloDB store")
             if not options.create:
                 raise InterfaceError(
