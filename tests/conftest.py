@@ -123,3 +123,13 @@ def plant(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *edits: tuple[
     )
     exec(code, function.__globals__, namespace)
     monkeypatch.setattr(owner, name, namespace[name])
+
+
+def batch_apply(db: halodb.Store, changes: dict[Any, Any]) -> None:
+    """Write ``changes`` in one batch: ``None`` deletes the key, anything else is stored."""
+    with db.batch() as batch:
+        for key, value in changes.items():
+            if value is None:
+                del batch[key]
+            else:
+                batch[key] = value

@@ -25,7 +25,7 @@ import halodb
 import halodb.partition
 import halodb.partitions
 import halodb.wal
-from conftest import plant
+from conftest import batch_apply, plant
 from halodb import format as fmt
 from halodb.btree import BTree
 from halodb.keys import encode_key
@@ -127,12 +127,7 @@ def _build(root: Path, name: str, abandoned: bool) -> Template:
                 else:
                     db[key] = value
             else:
-                with db.batch() as batch:
-                    for key, value in changes.items():
-                        if value is None:
-                            del batch[key]
-                        else:
-                            batch[key] = value
+                batch_apply(db, changes)
             parts = {db._m.part_of(encode_key(k))[0].index for k in changes}
             template.log_ops.append((changes, parts))
             _apply(expected, changes)

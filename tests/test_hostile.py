@@ -52,6 +52,7 @@ import pytest
 
 import halodb
 import halodb.partitions
+from conftest import batch_apply
 from halodb import format as fmt
 from halodb.keys import encode_key
 
@@ -619,12 +620,7 @@ def _build_template(path: Path, mine: int, theirs: int, big: int) -> Template:
         {fresh0[4]: "the last record of partition 0"},
     ]
     for changes in ops:
-        with db.batch() as batch:
-            for key, value in changes.items():
-                if value is None:
-                    del batch[key]
-                else:
-                    batch[key] = value
+        batch_apply(db, changes)
         tpl.log_ops.append((changes, {tpl.route(k) for k in changes}))
         for key, value in changes.items():
             if value is None:

@@ -59,6 +59,7 @@ import pytest
 
 import halodb
 import halodb.partitions
+from conftest import batch_apply
 from faultfs import KINDS, Fault, FaultFS
 from halodb import format as fmt
 from halodb.bloom import key_hash
@@ -166,12 +167,7 @@ class History:
         self.events.append(Event(f"delete {key!r}", _encoded({key: None})))
 
     def batch(self, db: halodb.Store, changes: dict[Any, Any]) -> None:
-        with db.batch() as b:
-            for key, value in changes.items():
-                if value is None:
-                    del b[key]
-                else:
-                    b[key] = value
+        batch_apply(db, changes)
         self.events.append(Event(f"batch of {len(changes)}", _encoded(changes)))
 
     def clear(self, db: halodb.Store) -> None:
@@ -470,12 +466,7 @@ def _op_batch(db: halodb.Store, hist: History, durability: str) -> None:
     changes[_live_tree_key(hist, 1, 4)] = None
     changes[_live_tree_key(hist, 0, 5)] = "batch overwrite"
     hist.attempt("batch", changes)
-    with db.batch() as b:
-        for key, value in changes.items():
-            if value is None:
-                del b[key]
-            else:
-                b[key] = value
+    batch_apply(db, changes)
 
 
 def _op_update(db: halodb.Store, hist: History, durability: str) -> None:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import halodb
-from conftest import abandon
+from conftest import abandon, batch_apply
 
 keys = st.one_of(
     st.text(alphabet="ab\x00é", max_size=3),
@@ -110,12 +110,7 @@ class StoreVersusDict(RuleBasedStateMachine):
 
     @rule(changes=changes)
     def batch(self, changes: list[tuple[Any, Any]]) -> None:
-        with self.db.batch() as b:
-            for key, value in changes:
-                if value is None:
-                    del b[key]
-                else:
-                    b[key] = value
+        batch_apply(self.db, dict(changes))
         for key, value in changes:
             if value is None:
                 self.model.pop(key, None)
