@@ -31,13 +31,19 @@ from typing import Any
 from halodb import format as fmt
 from halodb.btree import TreeReport
 from halodb.errors import DataError, InterfaceError, ProgrammingError
+from halodb.keys import TAG_BYTES as KEY_TAG_BYTES
 from halodb.keys import Key, KeyLike, decode_key, encode_key, prefix_range
 from halodb.options import Options, validate_options
 from halodb.partitions import PartitionManager, StoreStats
+from halodb.values import TAG_BYTES as VALUE_TAG_BYTES
 from halodb.values import DefaultCodec, ValueCodec
 from halodb.vfs import FileSystem
 
 MAX_VALUE_SIZE = fmt.MAX_VALUE_SIZE
+_KEY_BYTES = bytes((KEY_TAG_BYTES,))
+"""What ``encode_key`` puts before a bytes key."""
+_VALUE_BYTES = bytes((VALUE_TAG_BYTES,))
+"""What the ``halo1`` codec puts before a bytes value."""
 MAX_CODEC_NAME = 16
 OPTION_NAMES = frozenset(Options.__dataclass_fields__)
 _MISSING: Any = object()
@@ -59,6 +65,8 @@ class Store(MutableMapping[Key, Any]):
         self._codec = codec
         self._encode_value = codec.encode
         self._decode_value = codec.decode
+        self._halo1 = type(codec) is DefaultCodec
+        """Whether bytes values may be encoded and decoded here, inline (the hot paths)."""
         self._max_key = manager.max_key
 
     # -- encoding ------------------------------------------------------------------------------
@@ -89,35 +97,42 @@ class Store(MutableMapping[Key, Any]):
 
     # -- the dict protocol -------------------------------------------------------------------
 
-    # The four methods below inline ``_key`` (and ``__setitem__`` the common case of
-    # ``_value``): they are the hot paths, and a Python call costs as much as the check.
+    # The methods below inline ``_key`` and the bytes cases of ``encode_key`` and of the
+    # ``halo1`` codec: they are the hot paths, and a Python call costs as much as the check.
 
     def __getitem__(self, key: KeyLike) -> Any:
         """The value of ``key``; ``KeyError`` if absent. O(log n)."""
-        encoded = encode_key(key)
+        encoded = _KEY_BYTES + key if type(key) is bytes else encode_key(key)
         if len(encoded) > self._max_key:
             self._key(key)  # raises
         value = self._m.get(encoded)
         if value is None:
             raise KeyError(key)
+        if self._halo1 and value[:1] == _VALUE_BYTES:
+            return value[1:]
         return self._decode_value(value)
 
     def get(self, key: KeyLike, default: Any = None) -> Any:
         """The value of ``key``, or ``default``. O(log n)."""
-        encoded = encode_key(key)
+        encoded = _KEY_BYTES + key if type(key) is bytes else encode_key(key)
         if len(encoded) > self._max_key:
             self._key(key)  # raises
         value = self._m.get(encoded)
         if value is None:
             return default
+        if self._halo1 and value[:1] == _VALUE_BYTES:
+            return value[1:]
         return self._decode_value(value)
 
     def __setitem__(self, key: KeyLike, value: Any) -> None:
         """Store ``value`` under ``key``; durable as the store's durability mode says."""
-        encoded_value = self._encode_value(value)
+        if self._halo1 and type(value) is bytes:
+            encoded_value = _VALUE_BYTES + value
+        else:
+            encoded_value = self._encode_value(value)
         if type(encoded_value) is not bytes or len(encoded_value) > MAX_VALUE_SIZE:
             encoded_value = self._checked(encoded_value)  # converts or raises
-        encoded = encode_key(key)
+        encoded = _KEY_BYTES + key if type(key) is bytes else encode_key(key)
         if len(encoded) > self._max_key:
             self._key(key)  # raises
         self._m.put(encoded, encoded_value)
