@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,10 @@ from typing import Any
 
 import halodb
 from conftest import SMALL, DurableImages
+from halodb.bloom import key_hash
+from halodb.keys import encode_key
+from halodb.memtable import MISSING, Memtable
+from halodb.values import DefaultCodec
 
 WRITERS = 4
 SPAN = 400
@@ -307,4 +312,92 @@ def test_len_never_sees_half_a_batch(tmp_path: Path) -> None:
     assert set(lengths) <= {0, size}, sorted(set(lengths))
     assert sorted(db) == sorted(live)
     db.check()
+    db.close()
+
+
+def test_gets_never_see_half_a_batch(tmp_path: Path) -> None:
+    """Gets read without the partition lock when they can: a batch must still be seen whole.
+
+    Each batch sets every key of ``KEYS`` (spread over all partitions, several per partition)
+    to the same new int. A reader that gets them one after another sees a batch's value only
+    once the whole batch is applied, so what it reads never goes down. Switching threads every
+    microsecond makes a switch land inside a batch's apply thousands of times per run (without
+    the partitions' epochs this fails within a few hundred batches), and the small memtable
+    makes the flushes, which change the row cache and bloom filters under the reader, frequent.
+    """
+    keys = [f"k{i}" for i in range(64)]
+    db = halodb.open(tmp_path / "db", **SMALL)
+    db.update(dict.fromkeys(keys, 0))
+    errors: list[BaseException] = []
+    done = threading.Event()
+    reads = [0]
+
+    def writer() -> None:
+        try:
+            for version in range(1, 1500):
+                with db.batch() as b:
+                    for key in keys:
+                        b[key] = version
+                if version % 100 == 0:
+                    db[f"pad{version}"] = "x" * 2000  # more flushes
+        finally:
+            done.set()
+
+    def reader(order: list[str]) -> None:
+        get = db.get
+        while not done.is_set():
+            seen = [get(key) for key in order]
+            reads[0] += 1
+            assert seen == sorted(seen), seen
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        _run(
+            [
+                threading.Thread(target=_guard(errors, writer)),
+                threading.Thread(target=_guard(errors, lambda: reader(keys))),
+                threading.Thread(target=_guard(errors, lambda: reader(keys[::-1]))),
+            ],
+            errors,
+        )
+    finally:
+        sys.setswitchinterval(old)
+    assert reads[0] > 100
+    assert all(db[key] == 1499 for key in keys)
+    assert db.stats().partitions[0].flushes > 0
+    db.check()
+    db.close()
+
+
+def test_a_flush_empties_the_memtable_only_once_its_keys_read_from_the_tree(
+    tmp_path: Path,
+) -> None:
+    """What a get without the lock relies on: at the moment a flush empties the memtable
+    (after a clear too), every key already reads from below it, with the right value."""
+    db = halodb.open(tmp_path / "db", partitions=1)
+    db.update({f"old{i}": i for i in range(300)})
+    db.flush()
+    db.clear()
+    fresh = {f"new{i}": "v" * (i % 7) for i in range(300)}
+    db.update(fresh)
+    db["big"] = "b" * 5000  # an overflow value: never read without the lock
+    part = db._m.parts[0]
+    seen: dict[str, object] = {}
+
+    class Watched(Memtable):
+        __slots__ = ()
+
+        def clear(self) -> None:
+            super().clear()
+            for key in [*fresh, "old7", "big"]:
+                encoded = encode_key(key)
+                seen[key] = part.peek(encoded, key_hash(encoded, part.seed))
+
+    part.memtable.__class__ = Watched
+    db.flush()
+    assert seen.pop("old7") in (None, MISSING)  # cleared (the old bloom filter may not know)
+    assert seen.pop("big") is MISSING
+    assert seen == {key: DefaultCodec().encode(value) for key, value in fresh.items()}
+    assert db["big"] == "b" * 5000
     db.close()

@@ -98,6 +98,10 @@ class Partition:
         self.log: LogWriter | None = None
         self.batch_seen = False
         """The memtable holds part of a batch that spans partitions (see the manager's flush)."""
+        self.epoch = 0
+        """Odd while a batch is being applied to the memtable, one entry at a time; changed by
+        each batch. A reader without the lock (:meth:`peek`) trusts what it read only if the
+        epoch was even and the same before and after."""
         self.bloom_negatives = 0
         self.bloom_rebuilds = 0
         self.flushes = 0
@@ -231,23 +235,41 @@ class Partition:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def get(self, key: bytes, h: tuple[int, int]) -> bytes | None:
-        """The value of ``key`` (hashed ``h``), or ``None``."""
+    def peek(self, key: bytes, h: tuple[int, int]) -> object:
+        """The value of ``key`` (hashed ``h``) if no tree page is needed to tell: bytes, or
+        ``None`` (absent); else :data:`MISSING` (then :meth:`get` it, under the lock).
+
+        Safe without the lock between batches (see :attr:`epoch`): it reads the memtable, the
+        row cache and the bloom filter, one dict or bit lookup each, and every other change
+        to them keeps a reader in that order right: a put or delete is one dict store; a flush
+        gives the row cache each key's new value (or drops it) before it empties the memtable,
+        and resets ``cleared`` first; a new bloom filter replaces the old one whole.
+        """
         value = self.memtable.data.get(key, MISSING)
         if value is not MISSING:
-            return value  # type: ignore[return-value]
+            return value
         if self.cleared:
             return None
-        tree = self.tree
-        cached = tree.rows.get(key)  # BTree.get_cached, inlined: the hot path of warm reads
+        cached = self.tree.rows.get(key)  # BTree.get_cached, inlined: the hot path of warm reads
         if cached is not None:
-            return cached if type(cached) is bytes else tree.read_overflow(cached)  # type: ignore[arg-type]
+            return cached if type(cached) is bytes else MISSING  # an overflow chain to read
         bloom = self.bloom
         # The first probe inlined (most missing keys fail it), then the rest of them.
         if not bloom.bits[h[0] % bloom.nbits] or not bloom.might_contain(h):
             self.bloom_negatives += 1
             return None
-        return self.tree.get(key)
+        return MISSING
+
+    def get(self, key: bytes, h: tuple[int, int]) -> bytes | None:
+        """The value of ``key`` (hashed ``h``), or ``None``. Caller holds the lock."""
+        value = self.peek(key, h)
+        if value is not MISSING:
+            return value  # type: ignore[return-value]
+        tree = self.tree
+        cached = tree.rows.get(key)
+        if cached is not None:
+            return tree.read_overflow(cached)  # type: ignore[arg-type]
+        return tree.get(key)
 
     def contains(self, key: bytes, h: tuple[int, int]) -> bool:
         """Whether ``key`` is live, without reading a large value."""
@@ -362,8 +384,8 @@ class Partition:
                 f"{self.tree_path}: tree holds {count} keys after a flush, "
                 f"but {self.count} were counted from the tree, log and bloom filter"
             )
+        self.cleared = False  # before the memtable empties: see peek()
         self.memtable.clear()
-        self.cleared = False
         if cleared or count > self.bloom.capacity:
             self._rebuild_bloom(save=False)
         self.fs.write_new(self.bloom_path, self.bloom.to_bytes(self.index, self.pager.meta.txn))

@@ -42,6 +42,7 @@ from halodb.errors import (
     OperationalError,
     ProgrammingError,
 )
+from halodb.memtable import MISSING
 from halodb.options import DEFAULT_PAGE_SIZE, DEFAULT_PARTITIONS, Durability, Options
 from halodb.pager import new_tree_file
 from halodb.partition import Partition, PartitionStats, create_files
@@ -532,11 +533,21 @@ class PartitionManager:
         return self.parts[route(h, len(self.parts))], h
 
     def get(self, key: bytes) -> bytes | None:
-        """The encoded value of ``key``, or ``None``."""
+        """The encoded value of ``key``, or ``None``.
+
+        Tried without the partition's lock first (``Partition.peek``): a read of the memtable,
+        the row cache or the bloom filter alone waits for no flush. It is trusted only if no
+        batch was being applied to the partition meanwhile (its ``epoch`` even and unchanged),
+        so a batch is still seen whole or not at all."""
         h = key_hash(key, self.seed)
         part = self.parts[(h[1] >> 32) % len(self.parts)]  # route(), inlined: the hot path
         if self.closed:  # also after fork(), where another thread may have held the lock
             self.check_open()
+        epoch = part.epoch
+        if not epoch & 1:
+            value = part.peek(key, h)
+            if value is not MISSING and part.epoch == epoch:
+                return value  # type: ignore[return-value]
         with part.lock:
             if self.closed:
                 self.check_open()
@@ -774,6 +785,10 @@ class PartitionManager:
                 raise
             if self.full and len(parts) > 1:
                 self._note_batch(synced)
+            # Readers without a lock (get) must not see the batch in part: every partition's
+            # epoch is odd from before its first entry is applied to after its last.
+            for part in parts:
+                part.epoch += 1
             try:
                 for part in parts:
                     part.apply(groups[part.index], seq, clear=clear, batch=len(parts) > 1)
@@ -783,6 +798,9 @@ class PartitionManager:
                 # (a flush could make the half permanent). Reopening replays the logs.
                 self._fail(exc)
                 raise
+            finally:
+                for part in parts:
+                    part.epoch += 1
             for part in parts:
                 assert part.log is not None
                 if part.memtable.size > self.memtable_limit or part.log.end > self.log_limit:
