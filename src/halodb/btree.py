@@ -182,8 +182,9 @@ class BTree:
         self.max_key, self.max_inline = limits(pager.page_size)
         self.rows: dict[bytes, bytes | Overflow] = {}
         """Row cache: key -> value of the entries a flush wrote lately, of leaves read from disk
-        lately and of keys looked up lately, so a warm lookup is one hash lookup. Exact: a flush
-        gives every key it changes its new value, or drops it."""
+        lately and of keys looked up lately, so a warm lookup is one hash lookup. Exact outside a
+        flush: a flush gives every key it changes its new value, or drops it (while it runs, a
+        changed key may have its old or its new row; its owner's memtable still holds it)."""
         self.rows_bytes = 0
         """What the row cache holds: keys, values and ``ROW_OVERHEAD`` per entry."""
         self.rows_budget = max(pager.cache_pages * pager.page_size, 64 * ROW_OVERHEAD)

@@ -8,7 +8,8 @@ bloom filter, whose negative answer skips the tree; then the tree, through its n
 saves the bloom filter, and only then replaces the log by an empty one: the log is never cut
 before the tree holding its records is durable.
 
-Every method except ``__init__`` expects the caller (the partition manager) to hold ``lock``.
+Every method except ``__init__`` and ``peek`` expects the caller (the partition manager) to hold
+``lock``; ``peek`` is the lock-free first try of a get (see there).
 The partition keeps an exact count of its live keys, so the store's ``len()`` never scans.
 """
 

@@ -783,24 +783,27 @@ class PartitionManager:
                 if len(parts) > 1:
                     self._fail(exc)
                 raise
-            if self.full and len(parts) > 1:
-                self._note_batch(synced)
             # Readers without a lock (get) must not see the batch in part: every partition's
-            # epoch is odd from before its first entry is applied to after its last.
-            for part in parts:
-                part.epoch += 1
+            # epoch is odd from before its first entry is applied to after its last. The
+            # values are set, not counted up, so an interrupt between two of these stores
+            # leaves a partition odd (its gets take the lock) only until its next batch.
+            odd = [part.epoch | 1 for part in parts]
             try:
+                if self.full and len(parts) > 1:
+                    self._note_batch(synced)
+                for part, epoch in zip(parts, odd, strict=True):
+                    part.epoch = epoch
                 for part in parts:
                     part.apply(groups[part.index], seq, clear=clear, batch=len(parts) > 1)
             except BaseException as exc:
-                # Logged whole but applied in part (a read of the tree failed or was
-                # interrupted): memory no longer matches the logs, so nothing more is written
-                # (a flush could make the half permanent). Reopening replays the logs.
+                # Logged whole but not applied, or applied in part (a read of the tree failed,
+                # or an interrupt): memory no longer matches the logs, so nothing more is
+                # written (a flush could make the half permanent). Reopening replays the logs.
                 self._fail(exc)
                 raise
             finally:
-                for part in parts:
-                    part.epoch += 1
+                for part, epoch in zip(parts, odd, strict=True):
+                    part.epoch = epoch + 1
             for part in parts:
                 assert part.log is not None
                 if part.memtable.size > self.memtable_limit or part.log.end > self.log_limit:

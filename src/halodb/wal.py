@@ -283,9 +283,9 @@ class LogWriter:
         self.written = end
         """Offset after the last record handed to the OS."""
         self.synced = end
+        """Offset up to which the log is known durable."""
         self.sync_error: BaseException | None = None
         """The error of a failed fsync: every later sync_to raises (see there)."""
-        """Offset up to which the log is known durable."""
         self.buffer: bytearray | None = None if buffer_limit is None else bytearray()
         self.buffer_limit = buffer_limit or 0
         self.syncing = False
