@@ -14,9 +14,10 @@ import mmh3
 import pytest
 from bitarray import bitarray
 
+from halodb import btree as btree_module
 from halodb import format as fmt
 from halodb.bloom import MIN_BITS, BloomFilter, key_hash
-from halodb.btree import ROW_OVERHEAD, BTree, limits
+from halodb.btree import ROW_OVERHEAD, BTree, Internal, Leaf, limits
 from halodb.errors import CorruptionError, OperationalError
 from halodb.memtable import ENTRY_OVERHEAD, Memtable
 from halodb.pager import Pager, new_tree_file
@@ -831,3 +832,88 @@ def test_wal_frame_put_is_the_general_frame_byte_for_byte(key: bytes, value: byt
     from halodb.wal import frame_put
 
     assert frame_put(12345, key, value) == frame(fmt.REC_WRITE, 12345, encode_put(key, value))
+
+
+# -- leaf layouts ------------------------------------------------------------------------------
+
+
+def _leaf_pages(tree: BTree) -> list[tuple[int, bytes]]:
+    """Every leaf of ``tree`` as (page number, raw page), read from disk."""
+    pager = tree.pager
+    out: list[tuple[int, bytes]] = []
+
+    def walk(page_no: int, crc: int, level: int) -> None:
+        page = pager.read_page(page_no, crc, "node")
+        if level == 0:
+            out.append((page_no, page))
+            return
+        node = tree._decode(page_no, page, level)
+        assert isinstance(node, Internal)
+        for child, child_crc in zip(node.children, node.crcs, strict=True):
+            walk(child, child_crc, level - 1)
+
+    meta = pager.meta
+    walk(meta.root, meta.root_crc, meta.height - 1)
+    return out
+
+
+def _fixed_tree(tmp_path: Path, count: int = 2000) -> BTree:
+    tree = _tree(tmp_path)
+    changes = [(b"@%015d" % i, b"\x00" + b"v" * 40) for i in range(count)]
+    tree.apply(changes, clear=False, flushed_seq=1)
+    return tree
+
+
+def test_a_leaf_layout_met_twice_is_remembered_and_decodes_the_same(tmp_path: Path) -> None:
+    btree_module._LAYOUTS.clear()
+    tree = _fixed_tree(tmp_path)
+    pages = _leaf_pages(tree)
+    assert len(pages) > 10
+    first = [tree._decode(n, page, 0) for n, page in pages]  # the slicing loop, then Structs
+    assert any(layout is not None for layout in btree_module._LAYOUTS.values())
+    again = [tree._decode(n, page, 0) for n, page in pages]  # every layout remembered now
+    for a, b in zip(first, again, strict=True):
+        assert isinstance(a, Leaf) and isinstance(b, Leaf)
+        assert (a.keys, a.values, a.big) == (b.keys, b.values, b.big)
+    keys = [key for leaf in again for key in leaf.keys]  # type: ignore[union-attr]
+    assert keys == [b"@%015d" % i for i in range(2000)]
+    tree.pager.close()
+
+
+def test_damage_in_a_leaf_of_a_remembered_layout_is_still_found(tmp_path: Path) -> None:
+    btree_module._LAYOUTS.clear()
+    tree = _fixed_tree(tmp_path)
+    page_no, page = _leaf_pages(tree)[1]
+    for _ in range(2):
+        tree._decode(page_no, page, 0)
+    _, _, _, n, _, _ = fmt.PAGE_HEADER.unpack_from(page)
+    head = fmt.PAGE_HEADER.size
+    assert btree_module._LAYOUTS[page[head + n : head + 5 * n]] is not None
+    kbase = head + 5 * n
+    swapped = page[:kbase] + page[kbase + 16 : kbase + 32] + page[kbase : kbase + 16]
+    swapped += page[kbase + 32 :]  # the first two keys (16 bytes each) in the wrong order
+    with pytest.raises(CorruptionError, match="keys out of order"):
+        tree._decode(page_no, swapped, 0)
+    flags = bytearray(page)
+    flags[head] = 7
+    with pytest.raises(CorruptionError, match="unknown value flag 7"):
+        tree._decode(page_no, bytes(flags), 0)
+    with pytest.raises(CorruptionError, match="malformed node"):
+        tree._decode(page_no, page[: kbase + 100], 0)  # shorter than the layout
+    tree.pager.close()
+
+
+def test_leaves_of_varied_sizes_keep_the_layout_cache_bounded(tmp_path: Path) -> None:
+    btree_module._LAYOUTS.clear()
+    tree = _tree(tmp_path)
+    rng = random.Random(5)
+    changes = sorted(
+        {_rand_key(rng): b"\x00" + b"v" * rng.randrange(200) for _ in range(20_000)}.items()
+    )
+    tree.apply(changes, clear=False, flushed_seq=1)
+    pages = _leaf_pages(tree)
+    assert len(pages) > btree_module.LAYOUTS_MAX
+    for n, page in pages:
+        tree._decode(n, page, 0)
+    assert 0 < len(btree_module._LAYOUTS) <= btree_module.LAYOUTS_MAX
+    tree.pager.close()
