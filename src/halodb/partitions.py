@@ -787,8 +787,9 @@ class PartitionManager:
             # epoch is odd from before its first entry is applied to after its last. The
             # values are set, not counted up, so an interrupt between two of these stores
             # leaves a partition odd (its gets take the lock) only until its next batch.
-            odd = [part.epoch | 1 for part in parts]
+            odd: list[int] = []
             try:
+                odd = [part.epoch | 1 for part in parts]
                 if self.full and len(parts) > 1:
                     self._note_batch(synced)
                 for part, epoch in zip(parts, odd, strict=True):
