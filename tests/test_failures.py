@@ -127,12 +127,11 @@ def test_a_failed_write_or_fsync_stops_all_writes_and_loses_nothing_acknowledged
             assert set(got) <= set(acknowledged) | {failed_at}
 
 
-@pytest.mark.parametrize("which", ["meta write", "meta sync"])
-def test_an_interrupt_while_the_meta_page_is_written_is_settled_by_the_disk(
-    tmp_path: Path, which: str
-) -> None:
-    """Interrupted between writing the meta page and knowing it is durable, a flush may or may
-    not be committed: the pager reads the disk back, and the store goes on consistently."""
+def _flushed_then_changed(
+    tmp_path: Path,
+) -> tuple[_Faulty, Path, halodb.Store, dict[int, str]]:
+    """A one-partition store on a ``_Faulty`` disk: 400 keys flushed, then a third of them
+    changed in the memtable (the next flush rewrites leaves and commits); and its model."""
     fs = _Faulty()
     path = tmp_path / "s"
     db = halodb.open(path, filesystem=fs, partitions=1, page_size=1024)
@@ -142,6 +141,16 @@ def test_an_interrupt_while_the_meta_page_is_written_is_settled_by_the_disk(
     for i in range(0, 400, 3):
         model[i] = "changed"
         db[i] = "changed"
+    return fs, path, db, model
+
+
+@pytest.mark.parametrize("which", ["meta write", "meta sync"])
+def test_an_interrupt_while_the_meta_page_is_written_is_settled_by_the_disk(
+    tmp_path: Path, which: str
+) -> None:
+    """Interrupted between writing the meta page and knowing it is durable, a flush may or may
+    not be committed: the pager reads the disk back, and the store goes on consistently."""
+    fs, path, db, model = _flushed_then_changed(tmp_path)
     # a flush writes its pages, then syncs; writes the meta page, then syncs again: the meta
     # page is the last write, and the second sync the last sync, before the bloom filter's
     pager = db._m.parts[0].pager
@@ -221,15 +230,7 @@ def test_an_interrupted_commit_the_disk_cannot_settle_stops_all_writes(tmp_path:
     read fails too, memory keeps the old tree while the file may hold the new one: the store
     writes nothing more (even though an interrupt alone is not a failure), reads stay right,
     and a reopen settles it."""
-    fs = _Faulty()
-    path = tmp_path / "s"
-    db = halodb.open(path, filesystem=fs, partitions=1, page_size=1024)
-    model = {i: "v" * (i % 200) for i in range(400)}
-    db.update(model)
-    db.flush()
-    for i in range(0, 400, 3):
-        model[i] = "changed"
-        db[i] = "changed"
+    fs, path, db, model = _flushed_then_changed(tmp_path)
     pager = db._m.parts[0].pager
     original_commit = pager.commit
 
