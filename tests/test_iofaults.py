@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import itertools
 import os
 import shutil
@@ -647,6 +648,11 @@ class Case:
                 assert any(c is e for c in _causes(error) for e in injected), (
                     f"{error!r} does not chain the injected error: {_causes(error)}"
                 )
+        with self.checking("error"):
+            # A flush pauses the garbage collector: a failing one must still restore it.
+            if not gc.isenabled():
+                gc.enable()  # (for the cases after this one)
+                raise AssertionError("the garbage collector was left disabled")
         crash = self.workdir / "crash"
         fs.crash_copy(crash)
         fs.crash_copy(self.workdir / "crash-hopeful", optimistic=True)

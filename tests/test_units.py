@@ -6,16 +6,21 @@ byte-exact damage where the module promises to detect it.
 
 from __future__ import annotations
 
+import gc
+import os
 import random
 from bisect import bisect_left
 from pathlib import Path
+from typing import ClassVar
 
 import mmh3
 import pytest
 from bitarray import bitarray
 
+import halodb
 from halodb import btree as btree_module
 from halodb import format as fmt
+from halodb import partition as partition_module
 from halodb.bloom import MIN_BITS, BloomFilter, key_hash
 from halodb.btree import ROW_OVERHEAD, BTree, Internal, Leaf, limits
 from halodb.errors import CorruptionError, OperationalError
@@ -794,6 +799,30 @@ def test_memtable_ordering_and_ranges() -> None:
         assert list(mem.keys(None, hi, reverse=True)) == [k for k in keys if k < hi][::-1]
 
 
+def test_memtable_columns_with_and_without_ordered_reads_between() -> None:
+    """``columns`` sorts the pending keys alone when no ordered read took any in, and merges
+    them with the ordered ones otherwise; either way every key once, in order, with its value."""
+    rng = random.Random(5)
+    for reads in (False, True):
+        mem = Memtable()
+        model: dict[bytes, bytes | None] = {}
+        for round_ in range(3):
+            for _ in range(1500):
+                key = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 4)))
+                value = None if rng.random() < 0.2 else b"v" * rng.randrange(4)
+                mem.put(key, value)
+                model[key] = value
+                if reads and rng.random() < 0.01:
+                    next(mem.keys(None, None, reverse=False), None)
+            assert bool(mem.order) == reads
+            keys = sorted(model)
+            assert mem.columns() == (keys, [model[k] for k in keys]), (reads, round_)
+        mem.clear()
+        mem.put(b"b", b"2")
+        mem.put(b"a", None)
+        assert mem.columns() == ([b"a", b"b"], [None, b"2"])
+
+
 def test_memtable_size_accounting_and_tombstones() -> None:
     mem = Memtable()
 
@@ -917,3 +946,79 @@ def test_leaves_of_varied_sizes_keep_the_layout_cache_bounded(tmp_path: Path) ->
         tree._decode(n, page, 0)
     assert 0 < len(btree_module._LAYOUTS) <= btree_module.LAYOUTS_MAX
     tree.pager.close()
+
+
+# -- the garbage-collector pause of flushes ----------------------------------------------------
+
+
+class _Watched(Memtable):
+    """A memtable that notes whether the garbage collector runs when a flush reads it."""
+
+    __slots__ = ()
+    seen: ClassVar[list[bool]] = []
+
+    def columns(self) -> tuple[list[bytes], list[bytes | None]]:
+        _Watched.seen.append(gc.isenabled())
+        return super().columns()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_flush_pauses_the_garbage_collector_and_restores_it_as_found(
+    tmp_path: Path, enabled: bool
+) -> None:
+    db = halodb.open(tmp_path / "db", partitions=1)
+    db.update({f"k{i}": i for i in range(100)})
+    db._m.parts[0].memtable.__class__ = _Watched
+    _Watched.seen = []
+    if not enabled:
+        gc.disable()
+    try:
+        db.flush()
+        assert _Watched.seen == [False]
+        assert gc.isenabled() == enabled
+    finally:
+        gc.enable()
+        db.close()
+
+
+def test_an_interrupted_flush_restores_the_garbage_collector(tmp_path: Path) -> None:
+    db = halodb.open(tmp_path / "db", partitions=1)
+    db["a"] = 1
+    tree = db._m.parts[0].tree
+
+    def interrupted(*args: object, **kwargs: object) -> int:
+        assert not gc.isenabled()
+        raise KeyboardInterrupt
+
+    tree.apply_columns = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        db.flush()
+    assert gc.isenabled()
+    del tree.apply_columns
+    db.flush()
+    assert db["a"] == 1
+    db.close()
+
+
+def test_overlapping_pauses_end_with_the_last() -> None:
+    """Flushes of two partitions in two threads overlap but do not nest: the first to end must
+    not enable the collector under the other."""
+    first, second = partition_module._collector_paused(), partition_module._collector_paused()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork()")
+def test_a_child_forked_during_a_pause_gets_the_collector_back() -> None:
+    with partition_module._collector_paused():
+        pid = os.fork()
+        if pid == 0:  # the child: no flush of its own will ever end the pause
+            os._exit(0 if gc.isenabled() else 1)
+        _, status = os.waitpid(pid, 0)
+        assert not gc.isenabled()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert gc.isenabled()

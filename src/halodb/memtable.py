@@ -88,7 +88,9 @@ class Memtable:
 
     def columns(self) -> tuple[list[bytes], list[bytes | None]]:
         """Every key in order, and the values (or ``None``) in the same order."""
-        keys = list(self._sorted())
+        # With no ordered read since the last clear (a flush of pure writes), ``pending`` holds
+        # every key: one sort, without building the SortedList only to copy it out.
+        keys = sorted(self.pending) if not self.order else list(self._sorted())
         return keys, list(map(self.data.__getitem__, keys))
 
     def clear(self) -> None:
