@@ -11,6 +11,7 @@ bloom filter is never an error: it is rebuilt from the tree and the data comes b
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import time
@@ -119,6 +120,13 @@ def _build(root: Path, name: str, abandoned: bool) -> Template:
             {"wal-e": "x" * 40, "wal-f": "y" * 40, "wal-g": "z" * 40, "wal-h": None},
             {"wal-i": "last"},
         ]
+        # A batch over both partitions whatever the store's hash seed: a key from each.
+        spans = {}
+        for i in itertools.count():
+            spans.setdefault(db._m.part_of(encode_key(f"span{i}"))[0].index, f"span{i}")
+            if len(spans) == 2:
+                break
+        ops.insert(4, {key: f"spans {key}" for key in spans.values()})
         for changes in ops:
             if len(changes) == 1:
                 ((key, value),) = changes.items()

@@ -334,6 +334,9 @@ def test_bloom_sets_and_tests_exactly_the_documented_bits(bits_per_key: int) -> 
     for key in _keys(5000, b"out"):
         h1, h2 = key_hash(key, SEED)
         assert bloom.might_contain((h1, h2)) == all(expected[(h1 + i * h2) % m] for i in range(k))
+    rebuilt = BloomFilter.for_keys(500, bits_per_key)  # add_all, a rebuild's bulk add
+    rebuilt.add_all(key_hash(key, SEED) for key in _keys(500, b"in"))
+    assert rebuilt.bits == expected
 
 
 def test_bloom_serialisation_round_trip() -> None:

@@ -12,7 +12,7 @@ to its partition, so a key is hashed once per operation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import mmh3
 from bitarray import bitarray
@@ -87,6 +87,21 @@ class BloomFilter:
                 seen = False
             h1 += h2
         return seen
+
+    def add_all(self, hashes: Iterable[tuple[int, int]]) -> None:
+        """:meth:`add` each of ``hashes`` (without telling what the filter held): a rebuild."""
+        bits = self.bits
+        m = self.nbits
+        if self.hashes == 5:  # the default, unrolled (a rebuild adds every key of a partition)
+            for h1, h2 in hashes:
+                b = h1 + h2
+                c = b + h2
+                d = c + h2
+                bits[h1 % m] = bits[b % m] = bits[c % m] = bits[d % m] = bits[(d + h2) % m] = 1
+            return
+        add = self.add
+        for h in hashes:
+            add(h)
 
     def might_contain(self, h: tuple[int, int]) -> bool:
         """False only if the key was never added. O(hashes)."""

@@ -532,8 +532,13 @@ class BTree:
 
     def iter_keys(self) -> Iterator[bytes]:
         """Every key, ascending (values are not read)."""
+        for keys in self.iter_key_runs():
+            yield from keys
+
+    def iter_key_runs(self) -> Iterator[Sequence[bytes]]:
+        """Every key, ascending, a leaf's keys at a time (values are not read)."""
         for leaf in self._leaves(None, None, False):
-            yield from leaf.keys
+            yield leaf.keys
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import repeat
 
 from halodb import format as fmt
 from halodb.bloom import MAX_BITS_PER_KEY, MIN_BITS, BloomFilter, key_hash
@@ -232,14 +233,12 @@ class Partition:
     def _rebuild_bloom(self, *, save: bool) -> BloomFilter:
         self.bloom_rebuilds += 1
         bloom = BloomFilter.for_keys(max(2 * self.count, 1024), self.bloom_bits_per_key)
-        seed = self.seed
-        add = bloom.add
+        seeds = repeat(self.seed)
         if not self.cleared:
-            for key in self.tree.iter_keys():
-                add(key_hash(key, seed))
-        for key, value in self.memtable.data.items():
-            if value is not None:
-                add(key_hash(key, seed))
+            for keys in self.tree.iter_key_runs():
+                bloom.add_all(map(key_hash, keys, seeds))
+        live = [key for key, value in self.memtable.data.items() if value is not None]
+        bloom.add_all(map(key_hash, live, seeds))
         self.bloom = bloom
         if save and not self.readonly:
             self.fs.write_new(self.bloom_path, bloom.to_bytes(self.index, self.pager.meta.txn))
