@@ -7,11 +7,13 @@ byte-exact damage where the module promises to detect it.
 from __future__ import annotations
 
 import gc
+import linecache
 import os
 import random
+import sys
 from bisect import bisect_left
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import mmh3
 import pytest
@@ -1013,6 +1015,58 @@ def test_overlapping_pauses_end_with_the_last() -> None:
     assert not gc.isenabled()
     second.__exit__(None, None, None)
     assert gc.isenabled()
+
+
+def test_an_interrupt_at_any_line_of_a_pause_never_leaves_the_collector_off(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C may arrive between any two lines of the pause's start or end. Whatever line it
+    hits, once that flush is over, and at the latest after the next flush, the collector is on
+    again and no pause is left running. (A second interrupt while the end handles the first
+    cannot be injected this way: a trace function that raises is removed.)"""
+    pause = partition_module._collector_paused
+    pause_class = partition_module._CollectorPause
+    start = pause_class.__call__.__wrapped__.__code__  # type: ignore[attr-defined]
+    end = pause_class._end.__code__
+    lines = {
+        code: sorted({line for _, _, line in code.co_lines() if line}) for code in (start, end)
+    }
+    handler = next(n for n in lines[end] if "except" in linecache.getline(end.co_filename, n))
+    plans = [[(code, n)] for code in (start, end) for n in lines[code]]
+    db = halodb.open(tmp_path / "db", partitions=1)
+    hit: set[tuple[Any, int]] = set()
+    for number, plan in enumerate(plans):
+        db[f"k{number}"] = number
+        fired: list[tuple[Any, int]] = []
+
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            at = (frame.f_code, frame.f_lineno)
+            if event == "line" and len(fired) < len(plan) and at == plan[len(fired)]:
+                fired.append(at)
+                raise KeyboardInterrupt
+            return local
+
+        def tracer(frame: Any, event: str, arg: Any) -> Any:
+            return local if frame.f_code in (start, end) else None
+
+        sys.settrace(tracer)
+        try:
+            db.flush()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        hit.update(fired)
+        db[f"after{number}"] = number
+        db.flush()  # the next flush ends any pause the interrupt cut short
+        assert gc.isenabled() and not pause._active, plan
+    # Every line ran and was interrupted but the first ones (decorator, def) and the handler.
+    missed = {(code, n) for code in (start, end) for n in lines[code]} - hit
+    allowed = {start.co_firstlineno, end.co_firstlineno, *range(handler, max(lines[end]) + 1)}
+    assert {n for _, n in missed} <= allowed, missed
+    assert len(db) == 2 * len(plans)
+    db.check()
+    db.close()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork()")
