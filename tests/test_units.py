@@ -11,6 +11,8 @@ import linecache
 import os
 import random
 import sys
+import threading
+import time
 from bisect import bisect_left
 from pathlib import Path
 from typing import Any, ClassVar
@@ -1079,3 +1081,29 @@ def test_a_child_forked_during_a_pause_gets_the_collector_back() -> None:
         assert not gc.isenabled()
     assert os.waitstatus_to_exitcode(status) == 0
     assert gc.isenabled()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork()")
+def test_a_fork_waits_for_a_pause_changing_hands_in_another_thread() -> None:
+    """A fork while another thread is between two steps of starting or ending a pause (it holds
+    the pause's lock) waits for it, so the child never sees a change half made."""
+    pause = partition_module._collector_paused
+    holding = threading.Event()
+
+    def mid_change() -> None:
+        with pause._lock:
+            holding.set()
+            time.sleep(0.3)
+
+    other = threading.Thread(target=mid_change)
+    other.start()
+    holding.wait()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if gc.isenabled() and not pause._active else 1)
+    waited = time.monotonic() - started
+    other.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert waited >= 0.2, f"fork() went ahead after {waited:.3f} s"
