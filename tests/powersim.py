@@ -203,6 +203,9 @@ class SimFS(FileSystem):
         self.dir_order: list[tuple[str, DirOp]] = []
         """Every pending directory operation, oldest first (across directories)."""
         self.hook: Callable[[str], None] | None = None
+        if image is None:  # the disk has a root and the directory the store is made in
+            self.dirs["/"] = Directory()
+            self.dirs[os.path.dirname(STORE)] = Directory()
         if image is not None:
             for path in image.dirs:
                 self.dirs[path] = Directory()
@@ -261,11 +264,19 @@ class SimFS(FileSystem):
             raise OperationalError(f"listing {path!r} failed: No such directory")
         return sorted(self.dirs[path].names)
 
-    def mkdir(self, path: str) -> None:
+    def mkdir(self, path: str) -> bool:
         # Directories are made before any crash point (at store creation): durable at once.
+        made = path not in self.dirs
         while path not in self.dirs:
             self.dirs[path] = Directory()
             path = os.path.dirname(path)
+        return made
+
+    def rmdir(self, path: str) -> None:
+        # Only a failed creation removes a directory, before any crash point.
+        if path not in self.dirs or self.dirs[path].names:
+            raise OperationalError(f"removing directory {path!r} failed: not an empty directory")
+        del self.dirs[path]
 
     def rename(self, src: str, dst: str) -> None:
         directory, parent, sname = self._dir_of(src)

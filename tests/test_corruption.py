@@ -77,6 +77,7 @@ def _apply(state: dict[Any, Any], changes: dict[Any, Any]) -> None:
 def _build(root: Path, name: str, abandoned: bool) -> Template:
     path = root / name
     rng = random.Random(name)
+    root.mkdir(parents=True, exist_ok=True)
     db = halodb.open(path, partitions=2, page_size=PAGE)
     expected: dict[Any, Any] = {}
 

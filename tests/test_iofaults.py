@@ -610,6 +610,8 @@ class Case:
         try:
             if self.template.path.exists():
                 shutil.copytree(self.template.path, path)
+            else:  # open() creates the store's directory, not its parents
+                self.workdir.mkdir(parents=True)
             self._run(path)
             return self.fired
         finally:

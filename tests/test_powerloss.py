@@ -256,15 +256,14 @@ def test_harness_catches_a_rename_before_its_fsync(monkeypatch: pytest.MonkeyPat
             "write_new",
             (
                 "handle.sync()\n"
-                "    finally:\n"
-                "        handle.close()\n"
-                "    self.rename(tmp, path)\n"
-                "    self.sync_dir(os.path.dirname(os.path.abspath(path)))\n",
+                "        finally:\n"
+                "            handle.close()\n"
+                "        self.rename(tmp, path)\n",
                 "self.rename(tmp, path)\n"
-                "        self.sync_dir(os.path.dirname(os.path.abspath(path)))\n"
-                "        handle.sync()\n"
-                "    finally:\n"
-                "        handle.close()\n",
+                "            self.sync_dir(os.path.dirname(os.path.abspath(path)))\n"
+                "            handle.sync()\n"
+                "        finally:\n"
+                "            handle.close()\n",
             ),
         )
 

@@ -588,8 +588,9 @@ def test_nan_key_raises_data_error_and_writes_nothing(open_store: Opener, key: A
     db = open_store()
     with pytest.raises(halodb.DataError):
         db[key] = 1
-    with pytest.raises(halodb.DataError):
-        db.get(key)
+    assert db.get(key) is None  # as a dict answers for a key it cannot hold (issue 10)
+    with pytest.raises(KeyError):
+        db[key]
     assert len(db) == 0
     assert wal_bytes(db) == [WAL_HEADER_SIZE] * 4
 
@@ -1611,10 +1612,14 @@ def test_opening_a_foreign_directory_or_a_file(tmp_path: Path) -> None:
     assert a_file.read_bytes() == b"data"
 
 
-def test_open_creates_missing_parent_directories(tmp_path: Path) -> None:
-    with halodb.open(tmp_path / "a" / "b" / "c") as db:
+def test_open_creates_only_the_stores_own_directory(tmp_path: Path) -> None:
+    """Like mkdir without -p (issue 10): a missing parent is named, and nothing is created."""
+    with pytest.raises(halodb.InterfaceError, match=r"/a/b: no such directory"):
+        halodb.open(tmp_path / "a" / "b" / "c")
+    assert list(tmp_path.iterdir()) == []
+    with halodb.open(tmp_path / "c") as db:
         db["x"] = 1
-    with halodb.open(os.fsencode(tmp_path / "a" / "b" / "c")) as db:  # bytes paths work too
+    with halodb.open(os.fsencode(tmp_path / "c")) as db:  # bytes paths work too
         assert db["x"] == 1
 
 
@@ -1644,8 +1649,6 @@ def test_newer_format_version_is_not_supported(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "options",
     [
-        {"bogus": 1},
-        {"page_sizes": 1024},
         {"durability": "paranoid"},
         {"durability": 1},
         {"durability": None},
@@ -1675,6 +1678,17 @@ def test_bad_options_raise_interface_error_before_touching_disk(
     tmp_path: Path, options: dict[str, Any]
 ) -> None:
     with pytest.raises(halodb.InterfaceError):
+        halodb.open(tmp_path / "s", **options)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("options", [{"bogus": 1}, {"page_sizes": 1024}], ids=repr)
+def test_unknown_options_raise_type_error_before_touching_disk(
+    tmp_path: Path, options: dict[str, Any]
+) -> None:
+    """open() has a typed keyword signature: mypy and IDEs catch these; at run time Python
+    refuses them."""
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
         halodb.open(tmp_path / "s", **options)
     assert not (tmp_path / "s").exists()
 

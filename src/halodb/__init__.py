@@ -23,7 +23,7 @@ from halodb.keys import Key
 from halodb.options import Durability, Options
 from halodb.partition import PartitionStats
 from halodb.partitions import StoreStats
-from halodb.store import Batch, Store, open
+from halodb.store import Batch, Store, codec_name, open
 from halodb.values import DefaultCodec, PickleCodec, ValueCodec
 
 __version__ = "0.1.0"
@@ -49,5 +49,6 @@ __all__ = [
     "Store",
     "StoreStats",
     "ValueCodec",
+    "codec_name",
     "open",
 ]

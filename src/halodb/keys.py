@@ -31,8 +31,11 @@ prefix of another sort first, as in Python. Tuples nest at most ``MAX_DEPTH`` de
 A prefix scan over tuples must use ``prefix_range``, not ``startswith``: the encoding of
 ``("a\\x00",)`` starts with that of ``("a",)`` (terminator 0x00 vs escape 0x00 0xFF).
 
-``bool`` is rejected (it would come back as ``int``); ``bytearray`` and ``memoryview`` are
-accepted and come back as ``bytes``. Note ``1`` and ``1.0`` are different keys.
+``bool`` and enum members (``IntEnum``, ``IntFlag``, ``StrEnum``) are rejected: they would come
+back as a plain ``int`` or ``str``, losing what they are (other subclasses of ``int`` and
+``str`` are stored as their base type). ``bytearray`` and ``memoryview`` are accepted and come
+back as ``bytes`` (a released ``memoryview`` is an ``InterfaceError``). Note ``1`` and ``1.0``
+are different keys.
 ``decode_key`` accepts only canonical encodings and raises ``CorruptionError`` otherwise,
 so ``encode_key(decode_key(b)) == b`` whenever it returns.
 
@@ -50,11 +53,12 @@ b'ac'
 
 from __future__ import annotations
 
+import enum
 import math
 import struct
 from typing import TypeAlias
 
-from halodb.errors import CorruptionError, DataError
+from halodb.errors import CorruptionError, DataError, InterfaceError
 
 __all__ = [
     "MAX_DEPTH",
@@ -103,7 +107,18 @@ _NEG_ZERO_BITS = _U64.unpack(_F64.pack(-0.0))[0]
 _MAX_LEN = 0xFFFF
 _FLOAT_PAYLOAD = 8
 
-_ACCEPTED = "bytes, str, int, float or a tuple of those (bool and None are not keys)"
+_ACCEPTED = (
+    "bytes, str, int, float or a tuple of those (bool and enum members such as IntEnum, "
+    "which would come back as plain int or str, and None are not keys)"
+)
+
+
+def _raw(where: str, data: bytes | bytearray | memoryview) -> bytes:
+    """``bytes(data)``; ``InterfaceError`` for a released ``memoryview``."""
+    try:
+        return bytes(data)
+    except ValueError as exc:
+        raise InterfaceError(f"{where}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- encoding
@@ -134,8 +149,8 @@ def encode_key(key: KeyLike) -> bytes:
 
 def _encode_other(key: object) -> bytes:
     """Encode a top-level key that is not an exact str, bytes, int or tuple."""
-    if isinstance(key, bool):
-        raise TypeError(f"key: bool is not supported; keys must be {_ACCEPTED}")
+    if isinstance(key, bool | enum.Enum):
+        raise TypeError(f"key: {type(key).__name__} is not supported; keys must be {_ACCEPTED}")
     if isinstance(key, float):
         if math.isnan(key):
             raise DataError("key: NaN cannot be a key (it is not equal to itself)")
@@ -143,7 +158,7 @@ def _encode_other(key: object) -> bytes:
     if isinstance(key, str):
         return _B_STR + str.encode(key, "utf-8", "surrogatepass")
     if isinstance(key, bytes | bytearray | memoryview):
-        return _B_BYTES + bytes(key)
+        return _B_BYTES + _raw("key", key)
     if isinstance(key, int):
         return _B_INT + _int_payload(int(key))
     if isinstance(key, tuple):
@@ -210,9 +225,10 @@ def _encode_element(item: object, out: list[bytes], depth: int, path: str, index
         out.append(_B_TUPLE)
         _encode_items(item, out, depth + 1, f"{path}[{index}]")
         out.append(_B_END)
-    elif isinstance(item, bool):
+    elif isinstance(item, bool | enum.Enum):
         raise TypeError(
-            f"{path}[{index}]: bool is not supported; tuple elements must be {_ACCEPTED}"
+            f"{path}[{index}]: {type(item).__name__} is not supported; "
+            f"tuple elements must be {_ACCEPTED}"
         )
     elif isinstance(item, str):  # a str subclass: stored, and read back, as plain str
         _encode_items((str.__str__(item),), out, depth, path)
@@ -221,7 +237,7 @@ def _encode_element(item: object, out: list[bytes], depth: int, path: str, index
     elif isinstance(item, float):
         _encode_element(float(item), out, depth, path, index)
     elif isinstance(item, bytes | bytearray | memoryview):
-        _encode_items((bytes(item),), out, depth, path)
+        _encode_items((_raw(f"{path}[{index}]", item),), out, depth, path)
     else:
         raise TypeError(
             f"{path}[{index}]: {type(item).__name__} is not supported; "

@@ -23,7 +23,9 @@ class Durability(enum.Enum):
     - ``NORMAL`` (default): the log record is handed to the OS before a write returns: every
       acknowledged write survives a crash of the process; power loss may lose the last ones.
     - ``FAST``: log records are buffered in the process and handed to the OS in blocks (and on
-      ``sync()``, ``flush()`` and ``close()``): a crash may lose the last writes. Never corrupts.
+      ``sync()``, ``flush()``, ``check()``, ``close()``, a batch over several partitions, and
+      when a store is collected or the interpreter exits normally): a crash may lose the last
+      writes. Never corrupts.
 
     Each partition has its own log, so "the last writes" are counted per partition: what a
     crash (FAST) or a power cut (NORMAL, FAST) leaves is every write of each partition up to
@@ -37,21 +39,30 @@ class Durability(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """Options of an open store. Construct through :func:`validate_options`.
+    """The validated options of a store: what :func:`halodb.open`'s keyword arguments become.
 
     ``partitions`` and ``page_size`` are fixed when a store is created and recorded on disk;
     ``None`` means "what the store has, or the default for a new store".
     """
 
     partitions: int | None = None
+    """Hash partitions; ``None``: what the store has (4 for a new store)."""
     page_size: int | None = None
+    """B+ tree page size; ``None``: what the store has (4096 for a new store)."""
     memtable_size: int = 16 * MiB
+    """Bytes of writes a partition keeps in memory before it flushes them into its tree."""
     cache_size: int = 256 * MiB
+    """Bytes of decoded tree nodes kept for the whole store (a row cache gets as much)."""
     durability: Durability = Durability.NORMAL
+    """What an acknowledged write survives."""
     bloom_bits_per_key: int = 10
+    """Bloom filter bits per key (10: about 1% false positives)."""
     fast_buffer_size: int = 256 * KiB
+    """Log buffer per partition in ``"fast"`` mode."""
     readonly: bool = False
+    """Never change a byte on disk."""
     create: bool = True
+    """Create the store if the directory has none."""
 
 
 DEFAULTS = Options()

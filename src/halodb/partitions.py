@@ -139,6 +139,22 @@ def _parse_manifest(data: bytes, where: str) -> Manifest:
     return Manifest(partitions, page_size, seed, created, name, version)
 
 
+def read_manifest(path: str, fs: FileSystem | None = None) -> Manifest:
+    """The manifest of the store in directory ``path``, read without opening the store (the
+    manifest is only ever replaced whole, by a rename). ``InterfaceError`` if there is no
+    store, ``CorruptionError`` if the manifest is damaged."""
+    fs = fs or FileSystem()
+    manifest_path = os.path.join(path, fmt.MANIFEST_NAME)
+    if not fs.exists(manifest_path):
+        raise InterfaceError(f"{path}: no HaloDB store here")
+    handle = fs.open(manifest_path)
+    try:
+        data = handle.read_at(0, fmt.MANIFEST.size + 1)
+    finally:
+        handle.close()
+    return _parse_manifest(data, manifest_path)
+
+
 def _partition_file_kind(name: str) -> tuple[int, str] | None:
     """``(index, suffix)`` for a name like ``p003.wal``, else ``None``."""
     stem, _, suffix = name.partition(".")
@@ -155,11 +171,29 @@ class StoreStats:
     """A snapshot of a store's counters: totals and one :class:`PartitionStats` per partition."""
 
     path: str
+    """The store's directory."""
     keys: int
+    """The exact number of keys."""
     durability: str
+    """``"full"``, ``"normal"`` or ``"fast"``."""
     page_size: int
+    """The B+ tree page size."""
     partitions: tuple[PartitionStats, ...]
+    """One :class:`PartitionStats` per partition, in index order."""
     last_recovery_seconds: float
+    """The time the whole open took, recovery included."""
+
+
+@dataclass(slots=True)
+class _Creation:
+    """What one open's creation of a store made: undone if that open fails."""
+
+    made_dir: bool
+    """The store's directory did not exist and this open made it."""
+    before: frozenset[str]
+    """The names the directory held before (kept by an undo)."""
+    locked: bool = False
+    """This open holds the creation lock and has begun writing the store's files."""
 
 
 class PartitionManager:
@@ -182,17 +216,20 @@ class PartitionManager:
         self._lock: Lock | None = None
         started = time.perf_counter()
         manifest_path = os.path.join(path, fmt.MANIFEST_NAME)
-        if not fs.exists(manifest_path):
-            if fs.exists(path) and not fs.is_dir(path):  # (in this order: no race with a mkdir)
-                raise InterfaceError(f"{path}: not a directory, so not a HaloDB store")
-            if not options.create:
-                raise InterfaceError(
-                    f"{path}: no HaloDB store here"
-                    + (" (read-only open never creates one)" if options.readonly else "")
-                )
-            self._create(codec)
-        self._lock = self._take_lock()
+        creation: _Creation | None = None
         try:
+            if not fs.exists(manifest_path):
+                if fs.exists(path) and not fs.is_dir(path):  # (in this order: no mkdir race)
+                    raise InterfaceError(f"{path}: not a directory, so not a HaloDB store")
+                if not options.create:
+                    raise InterfaceError(
+                        f"{path}: no HaloDB store here"
+                        + (" (read-only open never creates one)" if options.readonly else "")
+                    )
+                creation = _Creation(made_dir=False, before=frozenset())
+                self._create(codec, creation)
+            if self._lock is None:
+                self._lock = self._take_lock()
             self.manifest = m = self._read_manifest(manifest_path)
             if options.partitions is not None and options.partitions != m.partitions:
                 raise InterfaceError(
@@ -233,8 +270,13 @@ class PartitionManager:
                 self.manifest = self._upgrade(m)  # only once everything else checked out
         except BaseException:
             for part in getattr(self, "parts", []):
-                part.close()
-            self._lock.release()
+                with suppress(Exception):
+                    part.close()
+            if creation is not None:
+                self._undo_creation(creation)
+            if self._lock is not None:
+                with suppress(Exception):
+                    self._lock.release()
             raise
         self.durability = options.durability
         self.full = options.durability is Durability.FULL
@@ -247,12 +289,20 @@ class PartitionManager:
 
     # -- opening -----------------------------------------------------------------------------
 
-    def _create(self, codec: str) -> None:
+    def _create(self, codec: str, creation: _Creation) -> None:
+        """Create the store's directory (not its parents) and files, taking the lock for them
+        as ``self._lock``, held until the first open completes: no other process can use a
+        store before its creator has opened it, so a failed first open may remove it whole.
+        If another process finished creating the store meanwhile, ``self._lock`` stays
+        ``None`` (the caller then opens it as any store). ``creation`` records what this call
+        made, for :meth:`_undo_creation`."""
         fs, path, options = self.fs, self.path, self.options
         lock_path = os.path.join(path, fmt.LOCK_NAME)
         if fs.is_dir(path):
+            names = fs.listdir(path)
+            creation.before = frozenset(names)
             try:
-                self._check_leftovers(fs.listdir(path), options.page_size or DEFAULT_PAGE_SIZE)
+                self._check_leftovers(names, options.page_size or DEFAULT_PAGE_SIZE)
             except (CorruptionError, InterfaceError):
                 # What looks like data without a manifest may be a store another process is
                 # creating this very moment: refuse as locked while it holds the lock, open the
@@ -268,29 +318,75 @@ class PartitionManager:
                     return
                 raise
         else:
-            fs.mkdir(path)
+            parent = os.path.dirname(path)
+            if not fs.is_dir(parent):
+                raise InterfaceError(
+                    f"{parent}: no such directory, so the store {path} cannot be created "
+                    "(HaloDB creates only the store's own directory, as mkdir does without -p)"
+                )
+            creation.made_dir = fs.mkdir(path) is not False  # (False: a racing creator made it)
         existed = fs.exists(lock_path)
         self._write_lock_header(lock_path)  # also fills an empty one left behind
         if not existed:
             fs.sync_dir(path)
         lock = fs.lock(lock_path, exclusive=True)
         if lock is None:
+            creation.made_dir = False  # another process's creation: its store, not ours
             raise OperationalError(f"{path}: store is being created or opened by another process")
         try:
             if fs.exists(os.path.join(path, fmt.MANIFEST_NAME)):
+                lock.release()
                 return
-            manifest = Manifest(
-                partitions=options.partitions or DEFAULT_PARTITIONS,
-                page_size=options.page_size or DEFAULT_PAGE_SIZE,
-                hash_seed=secrets.randbits(32),
-                created_ns=time.time_ns(),
-                codec=codec,
-            )
-            for index in range(manifest.partitions):
-                create_files(fs, path, index, manifest.page_size)
-            fs.write_new(os.path.join(path, fmt.MANIFEST_NAME), _manifest_bytes(manifest))
-        finally:
+        except BaseException:
             lock.release()
+            raise
+        self._lock = lock
+        creation.locked = True
+        manifest = Manifest(
+            partitions=options.partitions or DEFAULT_PARTITIONS,
+            page_size=options.page_size or DEFAULT_PAGE_SIZE,
+            hash_seed=secrets.randbits(32),
+            created_ns=time.time_ns(),
+            codec=codec,
+        )
+        for index in range(manifest.partitions):
+            create_files(fs, path, index, manifest.page_size)
+        fs.write_new(os.path.join(path, fmt.MANIFEST_NAME), _manifest_bytes(manifest))
+
+    def _undo_creation(self, creation: _Creation) -> None:
+        """After a failed first open: remove what :meth:`_create` made (the files it added, and
+        the directory if it made it), so that the failure leaves nothing behind. Only under
+        the lock (taken here if creation failed before it took it; a lock file is removed only
+        by its holder, and :meth:`FileSystem.lock` never grants a removed one), or, with no
+        lock file, only a directory this call made; never raises (the open's error matters)."""
+        fs, path = self.fs, self.path
+        lock: Lock | None = None
+        try:
+            if not creation.locked:
+                lock_path = os.path.join(path, fmt.LOCK_NAME)
+                if fmt.LOCK_NAME not in creation.before and fs.exists(lock_path):
+                    lock = fs.lock(lock_path, exclusive=True)
+                    if lock is None:
+                        return  # another process uses the directory now
+                elif not creation.made_dir:
+                    return
+            for name in fs.listdir(path):
+                if name not in creation.before and (
+                    name in (fmt.LOCK_NAME, fmt.MANIFEST_NAME, fmt.MANIFEST_NAME + ".tmp")
+                    or _partition_file_kind(name) is not None
+                ):
+                    fs.unlink(os.path.join(path, name))
+            if creation.made_dir and not fs.listdir(path):
+                fs.rmdir(path)
+                fs.sync_dir(os.path.dirname(path))
+            else:
+                fs.sync_dir(path)
+        except Exception:
+            log.warning("%s: removing what a failed creation made failed", path, exc_info=True)
+        finally:
+            if lock is not None:
+                with suppress(Exception):
+                    lock.release()
 
     def _check_leftovers(self, names: list[str], page_size: int) -> None:
         """A directory without a manifest may be made a store only if it is empty or holds
@@ -377,12 +473,7 @@ class PartitionManager:
         return lock
 
     def _read_manifest(self, manifest_path: str) -> Manifest:
-        handle = self.fs.open(manifest_path)
-        try:
-            data = handle.read_at(0, fmt.MANIFEST.size + 1)
-        finally:
-            handle.close()
-        return _parse_manifest(data, manifest_path)
+        return read_manifest(os.path.dirname(manifest_path), self.fs)
 
     def _recover(self) -> int:
         """Decide which log records apply, replay them, open the logs for appending, and
@@ -951,8 +1042,10 @@ class PartitionManager:
             with suppress(Error):
                 self._lock.release()
 
-    def close(self) -> None:
-        """Flush (unless read-only or failed) and close every file; idempotent."""
+    def close(self, *, merge: bool = True) -> None:
+        """Flush (unless read-only or failed) and close every file; idempotent. Without
+        ``merge`` the memtables are not merged into the trees: the logs are written out and
+        the next open replays them."""
         _OPEN.discard(self)
         if self.closed:
             return
@@ -968,7 +1061,8 @@ class PartitionManager:
                     clean_seq = None
                     try:
                         if (
-                            not self.readonly
+                            merge
+                            and not self.readonly
                             and self.failure is None
                             and error is None
                             and self.pid == os.getpid()

@@ -10,13 +10,16 @@ the partitions' chunks are merged in order and decoded a list at a time. Keys co
 increasing (or, reversed, decreasing) order and never twice; each value is a value the key
 really had, never half-written. Writes made by other threads while an iterator is running may or
 may not be seen, depending on whether their key lies ahead of where its partition's chunks have
-read. Closing the store makes running iterators raise :class:`ProgrammingError` when they next
-read a chunk.
+read. Once the store is closed, a running iterator returns what it had already read and raises
+:class:`ProgrammingError` when it next reads a chunk.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
+import weakref
 from collections.abc import (
     ItemsView,
     Iterator,
@@ -26,18 +29,20 @@ from collections.abc import (
     ValuesView,
 )
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, NoReturn
 
 from halodb import format as fmt
 from halodb.btree import TreeReport
 from halodb.errors import DataError, InterfaceError, ProgrammingError
 from halodb.keys import TAG_BYTES as KEY_TAG_BYTES
 from halodb.keys import Key, KeyLike, decode_key, encode_key, prefix_range
-from halodb.options import Options, validate_options
-from halodb.partitions import PartitionManager, StoreStats
+from halodb.options import DEFAULTS, Durability, Options, validate_options
+from halodb.partitions import PartitionManager, StoreStats, read_manifest
 from halodb.values import TAG_BYTES as VALUE_TAG_BYTES
 from halodb.values import DefaultCodec, ValueCodec
 from halodb.vfs import FileSystem
+
+log = logging.getLogger(__name__)
 
 MAX_VALUE_SIZE = fmt.MAX_VALUE_SIZE
 _KEY_BYTES = bytes((KEY_TAG_BYTES,))
@@ -45,7 +50,6 @@ _KEY_BYTES = bytes((KEY_TAG_BYTES,))
 _VALUE_BYTES = bytes((VALUE_TAG_BYTES,))
 """What the ``halo1`` codec puts before a bytes value."""
 MAX_CODEC_NAME = 16
-OPTION_NAMES = frozenset(Options.__dataclass_fields__)
 _MISSING: Any = object()
 
 
@@ -68,6 +72,9 @@ class Store(MutableMapping[Key, Any]):
         self._halo1 = type(codec) is DefaultCodec
         """Whether bytes values may be encoded and decoded here, inline (the hot paths)."""
         self._max_key = manager.max_key
+        self._finalizer = weakref.finalize(self, _close_dropped, manager)
+        """Closes the store when it is collected without ``close()``, as a file object is."""
+        self._finalizer.atexit = False  # an exit closes every open store (partitions.py)
 
     # -- encoding ------------------------------------------------------------------------------
 
@@ -100,11 +107,28 @@ class Store(MutableMapping[Key, Any]):
     # The methods below inline ``_key`` and the bytes cases of ``encode_key`` and of the
     # ``halo1`` codec: they are the hot paths, and a Python call costs as much as the check.
 
+    def _lookup_key(self, key: KeyLike) -> bytes | None:
+        """The encoding of ``key`` to look up, or ``None`` for a key that can never be stored
+        (too long, NaN, an int too large, tuples nested too deep): no store holds it, so a
+        lookup answers as a dict does for an absent key. ``TypeError`` for a type that is no
+        key at all."""
+        try:
+            return self._key(key)
+        except DataError:
+            return None
+
     def __getitem__(self, key: KeyLike) -> Any:
-        """The value of ``key``; ``KeyError`` if absent. O(log n)."""
-        encoded = _KEY_BYTES + key if type(key) is bytes else encode_key(key)
-        if len(encoded) > self._max_key:
-            self._key(key)  # raises
+        """The value of ``key``; ``KeyError`` if absent (or if it can never be stored). O(log n)."""
+        if type(key) is bytes:
+            encoded: bytes | None = _KEY_BYTES + key
+        else:
+            try:
+                encoded = encode_key(key)
+            except DataError:  # a key that can never be stored is in no store
+                encoded = None
+        if encoded is None or len(encoded) > self._max_key:
+            self._m.check_open()
+            raise KeyError(key)
         value = self._m.get(encoded)
         if value is None:
             raise KeyError(key)
@@ -113,10 +137,18 @@ class Store(MutableMapping[Key, Any]):
         return self._decode_value(value)
 
     def get(self, key: KeyLike, default: Any = None) -> Any:
-        """The value of ``key``, or ``default``. O(log n)."""
-        encoded = _KEY_BYTES + key if type(key) is bytes else encode_key(key)
-        if len(encoded) > self._max_key:
-            self._key(key)  # raises
+        """The value of ``key``, or ``default`` (also for a key that can never be stored, such
+        as one too long). O(log n)."""
+        if type(key) is bytes:
+            encoded: bytes | None = _KEY_BYTES + key
+        else:
+            try:
+                encoded = encode_key(key)
+            except DataError:  # a key that can never be stored is in no store
+                encoded = None
+        if encoded is None or len(encoded) > self._max_key:
+            self._m.check_open()
+            return default
         value = self._m.get(encoded)
         if value is None:
             return default
@@ -139,11 +171,17 @@ class Store(MutableMapping[Key, Any]):
 
     def __delitem__(self, key: KeyLike) -> None:
         """Delete ``key``; ``KeyError`` (and nothing written) if absent."""
-        deleted, _ = self._m.delete(self._key(key))
+        encoded = self._lookup_key(key)
+        if encoded is None:
+            self._m.check_open()
+            raise KeyError(key)
+        deleted, _ = self._m.delete(encoded)
         if not deleted:
             raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is in the store; ``False`` for a key that can never be stored or is
+        of no key type. O(log n)."""
         try:
             encoded = self._key(key)  # type: ignore[arg-type]
         except (TypeError, DataError):
@@ -155,17 +193,23 @@ class Store(MutableMapping[Key, Any]):
         return len(self._m)
 
     def __iter__(self) -> Iterator[Key]:
-        """Keys in order (see the module docstring for concurrent writes)."""
+        """Keys in order, lazily: each partition is read a chunk at a time (32 keys at first,
+        doubling up to 1024) under its lock, and the chunks are merged. Keys come strictly in
+        order and never twice. Writes made meanwhile (by other threads, or by this one between
+        two steps) are seen only if their key lies ahead of where its partition's chunks have
+        read; nothing is raised for them. Once the store is closed, the iterator returns what
+        it had already read, then raises ``ProgrammingError``. O(1) per key."""
         for items in self._m.scan_batches(None, None):
             yield from [decode_key(key) for key, _ in items]
 
     def __reversed__(self) -> Iterator[Key]:
+        """Keys in reverse order, lazily (as :meth:`__iter__`, from the largest key down)."""
         for items in self._m.scan_batches(None, None, reverse=True):
             yield from [decode_key(key) for key, _ in items]
 
     def keys(self) -> KeysView[Key]:
-        """A view of the keys, in order."""
-        return KeysView(self)
+        """A view of the keys, in order; ``reversed()`` walks it from the end."""
+        return _KeysView(self)
 
     def items(self) -> ItemsView[Key, Any]:
         """A view of ``(key, value)`` pairs, in key order, read in one pass."""
@@ -176,8 +220,14 @@ class Store(MutableMapping[Key, Any]):
         return _ValuesView(self)
 
     def pop(self, key: KeyLike, default: Any = _MISSING) -> Any:
-        """Remove ``key`` and return its value; ``default`` (or ``KeyError``) if absent. Atomic."""
-        deleted, old = self._m.delete(self._key(key), want_value=True)
+        """Remove ``key`` and return its value; ``default`` (or ``KeyError``) if absent (or if
+        it can never be stored). Atomic."""
+        encoded = self._lookup_key(key)
+        if encoded is None:
+            self._m.check_open()
+            deleted, old = False, None
+        else:
+            deleted, old = self._m.delete(encoded, want_value=True)
         if not deleted:
             if default is _MISSING:
                 raise KeyError(key)
@@ -198,8 +248,12 @@ class Store(MutableMapping[Key, Any]):
                 return decode_key(first[0]), self._decode_value(old)
 
     def setdefault(self, key: KeyLike, default: Any = None) -> Any:
-        """``db[key]`` if present, else store ``default`` and return it. Atomic."""
-        old = self._m.put_if_absent(self._key(key), self._value(default))
+        """``db[key]`` if present, else store ``default`` and return it. Atomic. ``default`` is
+        encoded only if it is stored: for a present key it may be anything."""
+        encoded = self._key(key)
+        old = self._m.get(encoded)
+        if old is None:
+            old = self._m.put_if_absent(encoded, self._value(default))
         return default if old is None else self._decode_value(old)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
@@ -249,16 +303,57 @@ class Store(MutableMapping[Key, Any]):
         """``(key, value)`` pairs with ``start <= key < stop`` and the given prefix, lazily.
 
         ``reverse`` walks from the high end down. Costs O(log n) to start and O(1) per item.
+        Every argument is checked here, before the first item is read: ``TypeError`` for a
+        bound or prefix that is no key, or a ``reverse`` that is not a bool; ``DataError`` for
+        a NaN bound. A bound need not be storable: it may be longer than any key.
         """
-        lo = None if start is None else self._key(start)
-        hi = None if stop is None else self._key(stop)
+        batches = self._scan("range", start, stop, reverse, prefix)
+        return iter(()) if batches is None else self._decoded(batches)
+
+    def range_keys(
+        self,
+        start: KeyLike | None = None,
+        stop: KeyLike | None = None,
+        *,
+        reverse: bool = False,
+        prefix: str | bytes | tuple[KeyLike, ...] | None = None,
+    ) -> Iterator[Key]:
+        """The keys of :meth:`range` with the same arguments, lazily; their values are not
+        decoded (so it works whatever they hold, and is faster). Checks its arguments as
+        :meth:`range` does.
+
+        >>> import halodb, tempfile
+        >>> with halodb.open(tempfile.mkdtemp()) as db:
+        ...     db.update({"user:1": "a", "user:2": "b", "zed": 0})
+        ...     list(db.range_keys(prefix="user:", reverse=True))
+        ['user:2', 'user:1']
+        """
+        batches = self._scan("range_keys", start, stop, reverse, prefix)
+        if batches is None:
+            return iter(())
+        return (key for items in batches for key in [decode_key(key) for key, _ in items])
+
+    def _scan(
+        self,
+        caller: str,
+        start: KeyLike | None,
+        stop: KeyLike | None,
+        reverse: object,
+        prefix: str | bytes | tuple[KeyLike, ...] | None,
+    ) -> Iterator[list[tuple[bytes, bytes]]] | None:
+        """The checked arguments of a range scan as its chunks, or ``None`` if it is empty."""
+        if type(reverse) is not bool:
+            raise TypeError(f"{caller}(): reverse must be a bool, not {type(reverse).__name__}")
+        self._m.check_open()
+        lo = None if start is None else encode_key(start)
+        hi = None if stop is None else encode_key(stop)
         if prefix is not None:
             plo, phi = prefix_range(prefix)
             lo = plo if lo is None else max(lo, plo)
             hi = phi if hi is None else min(hi, phi)
         if lo is not None and hi is not None and lo >= hi:
-            return iter(())
-        return self._decoded(self._m.scan_batches(lo, hi, reverse=reverse))
+            return None
+        return self._m.scan_batches(lo, hi, reverse=reverse)
 
     def _decoded(self, batches: Iterator[list[tuple[bytes, bytes]]]) -> Iterator[tuple[Key, Any]]:
         decode = self._decode_value
@@ -315,8 +410,21 @@ class Store(MutableMapping[Key, Any]):
         return self._m.readonly
 
     def close(self) -> None:
-        """Flush and close the store; idempotent. Any later use raises ``ProgrammingError``."""
+        """Flush and close the store; idempotent. Any later use raises ``ProgrammingError``.
+
+        A store never closed is closed when it is collected (its logs written out, its lock
+        released, with a ``ResourceWarning``) and at a normal interpreter exit.
+        """
         self._m.close()
+
+    def _refuse_copy(self, *args: object) -> NoReturn:
+        raise TypeError(
+            "a halodb.Store cannot be copied or pickled: it is an open directory, lock and "
+            "files. Open the store again with halodb.open(path) (in another process too, "
+            "after closing it here), or copy its contents with dict(db)"
+        )
+
+    __copy__ = __deepcopy__ = __reduce__ = __reduce_ex__ = __getstate__ = _refuse_copy
 
     def __enter__(self) -> Store:
         return self
@@ -334,6 +442,15 @@ class Store(MutableMapping[Key, Any]):
         return f"<halodb.Store {self.path!r} {state}>"
 
 
+class _KeysView(KeysView[Key]):
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self._store = store
+
+    def __reversed__(self) -> Iterator[Key]:
+        return reversed(self._store)
+
+
 class _ItemsView(ItemsView[Key, Any]):
     def __init__(self, store: Store) -> None:
         super().__init__(store)
@@ -341,6 +458,9 @@ class _ItemsView(ItemsView[Key, Any]):
 
     def __iter__(self) -> Iterator[tuple[Key, Any]]:
         return self._store.range()
+
+    def __reversed__(self) -> Iterator[tuple[Key, Any]]:
+        return self._store.range(reverse=True)
 
 
 class _ValuesView(ValuesView[Any]):
@@ -350,6 +470,10 @@ class _ValuesView(ValuesView[Any]):
 
     def __iter__(self) -> Iterator[Any]:
         for _, value in self._store.range():
+            yield value
+
+    def __reversed__(self) -> Iterator[Any]:
+        for _, value in self._store.range(reverse=True):
             yield value
 
 
@@ -417,39 +541,137 @@ class Batch:
             self.discard()
 
 
-def open(
-    path: str | os.PathLike[str] | bytes,
-    *,
-    value_codec: ValueCodec | None = None,
-    filesystem: FileSystem | None = None,
-    **options: Any,
-) -> Store:
-    """Open (creating it if needed) the store in directory ``path``.
+def _close_dropped(manager: PartitionManager) -> None:
+    """Close the store of a :class:`Store` collected without ``close()``, as a file object is
+    closed: its logs are written out (FAST mode's buffer included) and its files and lock
+    released. Its memtables are not merged into the trees (that is slow, and the collector may
+    run this anywhere): the next open replays the logs."""
+    if manager.closed:
+        return
+    warnings.warn(
+        f"halodb store {manager.path!r} was not closed; closed when collected",
+        ResourceWarning,
+        stacklevel=2,
+    )
+    try:
+        manager.close(merge=False)
+    except Exception:
+        log.exception("%s: closing a store collected without close() failed", manager.path)
 
-    Options (all validated before anything touches the disk): ``durability`` (``"full"``,
-    ``"normal"`` (default) or ``"fast"``), ``readonly``, ``create``, ``partitions`` and
-    ``page_size`` (fixed at creation), ``memtable_size``, ``cache_size``,
-    ``bloom_bits_per_key``, ``fast_buffer_size``. ``value_codec`` replaces the default safe
-    codec (bytes, str and JSON values); the codec's name is recorded at creation and must match.
 
-    Raises ``OperationalError`` at once if another process (or another handle in this one) has
-    the store open for writing.
-    """
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"path must be str or os.PathLike, not {type(path).__name__}")
-    unknown = sorted(set(options) - OPTION_NAMES)
-    if unknown:
+def _check_codec(codec: object) -> ValueCodec:
+    """``codec`` if it is a usable value codec instance, else ``InterfaceError``."""
+    if isinstance(codec, type):
         raise InterfaceError(
-            f"unknown option {unknown[0]!r}; the options are {', '.join(sorted(OPTION_NAMES))}"
+            f"value_codec must be a codec instance, not the class {codec.__name__}: "
+            f"pass {codec.__name__}()"
         )
-    opts: Options = validate_options(**options)
-    codec = value_codec if value_codec is not None else DefaultCodec()
     name = getattr(codec, "name", None)
     if not isinstance(name, str) or not name.isascii() or not 1 <= len(name) <= MAX_CODEC_NAME:
         raise InterfaceError(
             f"value_codec.name must be 1 to {MAX_CODEC_NAME} ASCII characters, not {name!r}"
         )
-    manager = PartitionManager(os.fspath(path), opts, codec.name, filesystem)
+    for method in ("encode", "decode"):
+        if not callable(getattr(codec, method, None)):
+            raise InterfaceError(
+                f"value_codec {type(codec).__name__} has no {method}() method; a codec needs "
+                "name, encode(value) -> bytes and decode(bytes) -> value"
+            )
+    return codec  # type: ignore[return-value]
+
+
+def _check_path(path: object) -> str:
+    """``path`` as an absolute ``str``, or ``TypeError``/``InterfaceError`` for one that can
+    name no directory."""
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be str, bytes or os.PathLike, not {type(path).__name__}")
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        text = os.fsdecode(text)
+    if not text:
+        raise InterfaceError("path is empty; name the store's directory")
+    if "\x00" in text:
+        raise InterfaceError(f"path {text!r} contains a NUL character, which no file name may hold")
+    return os.path.abspath(text)
+
+
+def open(
+    path: str | os.PathLike[str] | bytes,
+    *,
+    durability: Durability | Literal["full", "normal", "fast"] = DEFAULTS.durability,
+    readonly: bool = False,
+    create: bool = True,
+    partitions: int | None = None,
+    page_size: int | None = None,
+    memtable_size: int = DEFAULTS.memtable_size,
+    cache_size: int = DEFAULTS.cache_size,
+    bloom_bits_per_key: int = DEFAULTS.bloom_bits_per_key,
+    fast_buffer_size: int = DEFAULTS.fast_buffer_size,
+    value_codec: ValueCodec | None = None,
+    filesystem: FileSystem | None = None,
+) -> Store:
+    """Open (creating it if needed) the store in directory ``path``.
+
+    Args:
+        path: The store's directory. On creation only that directory is made (0700), like
+            ``mkdir`` without ``-p``: a missing parent is an ``InterfaceError`` naming it.
+        durability: What an acknowledged write survives: ``"full"``, ``"normal"`` or
+            ``"fast"`` (see :class:`Durability`).
+        readonly: Never change a byte on disk; writes raise ``ProgrammingError``. Several
+            processes may open a store read-only together.
+        create: Create the store if the directory has none (never when ``readonly``).
+        partitions: Hash partitions (1 to 256); fixed when the store is created, ``None``
+            means what the store has (4 for a new store).
+        page_size: B+ tree page size, a power of two from 1 KiB to 64 KiB; fixed at creation,
+            ``None`` means what the store has (4096 for a new store). Keys may encode to
+            ``page_size // 8`` bytes.
+        memtable_size: Bytes of writes a partition keeps in memory before it flushes them into
+            its tree (64 KiB to 4 GiB).
+        cache_size: Bytes of decoded tree nodes kept in memory for the whole store; a row
+            cache of recently read entries gets as much again.
+        bloom_bits_per_key: Bloom filter bits per key (1 to 64; 10 gives about 1% false
+            positives).
+        fast_buffer_size: Log buffer per partition in ``"fast"`` mode (4 KiB to 256 MiB).
+        value_codec: A codec *instance* with ``name``, ``encode(value) -> bytes`` and
+            ``decode(bytes)``; ``None`` is the safe default codec (bytes, str and JSON values).
+            Its name is recorded at creation and must match at every later open.
+        filesystem: The file-system seam (tests inject faults through it).
+
+    Every option is validated before anything touches the disk, and a failed open leaves no
+    new file or directory behind and no lock held.
+
+    Raises:
+        InterfaceError: a bad option or codec, no store where one must be, a missing parent
+            directory, or a directory that holds something else.
+        OperationalError: another process (or another handle in this one) has the store open
+            for writing, or the operating system refused (permission denied, disk full).
+        CorruptionError: the store's files are damaged.
+    """
+    directory = _check_path(path)
+    opts: Options = validate_options(
+        durability=durability,
+        readonly=readonly,
+        create=create,
+        partitions=partitions,
+        page_size=page_size,
+        memtable_size=memtable_size,
+        cache_size=cache_size,
+        bloom_bits_per_key=bloom_bits_per_key,
+        fast_buffer_size=fast_buffer_size,
+    )
+    codec = _check_codec(DefaultCodec() if value_codec is None else value_codec)
+    manager = PartitionManager(directory, opts, codec.name, filesystem)
     return Store(manager, codec)
+
+
+def codec_name(path: str | os.PathLike[str]) -> str:
+    """The name of the value codec the store in directory ``path`` was created with (``"halo1"``
+    for the default codec, ``"pickle"`` for :class:`PickleCodec`), read from its manifest
+    without opening the store: what :func:`open`'s ``value_codec`` must be called.
+
+    Raises ``InterfaceError`` if there is no store there, ``CorruptionError`` if its manifest is
+    damaged.
+    """
+    return read_manifest(os.path.abspath(os.fspath(path))).codec

@@ -29,7 +29,7 @@ import json
 import sys
 from typing import Final, Protocol, runtime_checkable
 
-from halodb.errors import CorruptionError, DataError
+from halodb.errors import CorruptionError, DataError, InterfaceError
 
 __all__ = [
     "MAX_DEPTH",
@@ -110,7 +110,10 @@ class DefaultCodec:
         if type(value) is str:
             return _B_STR + value.encode("utf-8", "surrogatepass")
         if type(value) is bytearray or type(value) is memoryview:
-            return _B_BYTES + bytes(value)
+            try:
+                return _B_BYTES + bytes(value)
+            except ValueError as exc:  # a released memoryview
+                raise InterfaceError(f"value: {exc}") from None
         try:
             _check_json(value, 0)
         except _Unstorable as exc:
@@ -168,8 +171,14 @@ class _Unstorable(Exception):  # internal: never escapes this module
         self.path: list[str] = []  # innermost segment first
 
     def public(self) -> Exception:
-        where = "value" + "".join(reversed(self.path))
-        return self.error(f"{where}: {self.message}")
+        path = self.path[::-1]
+        if len(path) > _PATH_SHOWN:  # the first two and the last steps, and the depth
+            path = [*path[:2], "…", path[-1], f" ({len(self.path)} levels)"]
+        return self.error(f"value{''.join(path)}: {self.message}")
+
+
+_PATH_SHOWN = 4
+"""A deeper path to an unstorable part of a value is shortened in the error message."""
 
 
 def _check_json(value: object, depth: int) -> None:

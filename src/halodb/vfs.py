@@ -15,7 +15,7 @@ import errno
 import fcntl
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from halodb.errors import OperationalError
 
@@ -141,8 +141,15 @@ class FileSystem:
         return File(self, path, fd)
 
     def exists(self, path: str) -> bool:
-        """Whether ``path`` exists (without following a final symlink)."""
-        return os.path.lexists(path)
+        """Whether ``path`` exists (without following a final symlink). ``OperationalError``
+        if the answer is unknown (permission denied on a parent directory, ...)."""
+        try:
+            os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise OperationalError(f"looking up {path!r} failed: {exc.strerror or exc}") from exc
+        return True
 
     def is_dir(self, path: str) -> bool:
         """Whether ``path`` is a directory."""
@@ -153,22 +160,28 @@ class FileSystem:
         with _oserror("listing", path):
             return os.listdir(path)
 
-    def mkdir(self, path: str) -> None:
-        """Create directory ``path`` and its missing parents, each 0700 and each made durable
-        (its parent fsynced). An existing directory is left as it is."""
-        missing = []
-        at = os.path.abspath(path)
-        while not os.path.isdir(at) and os.path.dirname(at) != at:
-            missing.append(at)
-            at = os.path.dirname(at)
-        for directory in reversed(missing):
-            with _oserror("creating directory", directory):
-                try:
-                    os.mkdir(directory, DIR_MODE)
-                except FileExistsError:
-                    if not os.path.isdir(directory):
-                        raise
-            self.sync_dir(os.path.dirname(directory))
+    def mkdir(self, path: str) -> bool:
+        """Create directory ``path`` (0700; not its parents) and make it durable (its parent
+        fsynced). ``False`` if a directory is there already (left as it is)."""
+        with _oserror("creating directory", path):
+            try:
+                os.mkdir(path, DIR_MODE)
+            except FileExistsError:
+                if not os.path.isdir(path):
+                    raise
+                return False
+        try:
+            self.sync_dir(os.path.dirname(os.path.abspath(path)))
+        except BaseException:
+            with suppress(OSError):
+                os.rmdir(path)  # not made, as far as the caller knows
+            raise
+        return True
+
+    def rmdir(self, path: str) -> None:
+        """Remove empty directory ``path``. Does not fsync its parent."""
+        with _oserror("removing directory", path):
+            os.rmdir(path)
 
     def rename(self, src: str, dst: str) -> None:
         """Atomically replace ``dst`` by ``src``. Does not fsync the directory."""
@@ -190,7 +203,8 @@ class FileSystem:
                 os.close(fd)
 
     def lock(self, path: str, *, exclusive: bool) -> Lock | None:
-        """Take a non-blocking ``flock`` on existing file ``path``; ``None`` if another holds it."""
+        """Take a non-blocking ``flock`` on existing file ``path``; ``None`` if another holds it,
+        or if the file was removed (by the holder of its lock) before the lock was granted."""
         with _oserror("opening", path):
             fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
         try:
@@ -201,6 +215,18 @@ class FileSystem:
         except OSError as exc:
             os.close(fd)
             raise OperationalError(f"locking {path!r} failed: {exc.strerror}") from exc
+        try:  # the file locked must still be the one at ``path``: its holder may remove it
+            current = os.stat(path, follow_symlinks=False)
+            held = os.fstat(fd)
+            same = (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev)
+        except FileNotFoundError:
+            same = False
+        except OSError as exc:
+            os.close(fd)
+            raise OperationalError(f"locking {path!r} failed: {exc.strerror}") from exc
+        if not same:
+            os.close(fd)
+            return None
         return Lock(path, fd)
 
     def write_new(self, path: str, data: bytes) -> None:
@@ -214,9 +240,14 @@ class FileSystem:
             self.unlink(tmp)
         handle = self.open(tmp, create=True)
         try:
-            handle.write_at(0, data)
-            handle.sync()
-        finally:
-            handle.close()
-        self.rename(tmp, path)
+            try:
+                handle.write_at(0, data)
+                handle.sync()
+            finally:
+                handle.close()
+            self.rename(tmp, path)
+        except BaseException:
+            with suppress(OSError, OperationalError):
+                self.unlink(tmp)  # (what a crash here leaves, the next write_new removes)
+            raise
         self.sync_dir(os.path.dirname(os.path.abspath(path)))
