@@ -903,6 +903,7 @@ def test_shell_clear_asks_first(shell: Shell, capsys: pytest.CaptureFixture[str]
         return next(answers)
 
     shell.session.ask = ask
+    shell.session.can_ask = True  # as on a terminal (a shell reading a script never asks)
     shell.onecmd("clear")
     shell.onecmd("clear")
     shell.onecmd("count")

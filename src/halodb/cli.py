@@ -14,7 +14,9 @@ Exit codes (also documented in ``docs/cli.md``)::
     130  interrupted (Ctrl-C)
     141  stdout was closed early (``halodb list | head``); nothing more is printed
 
-No user mistake prints a traceback; set ``HALODB_DEBUG=1`` to see one for an internal error.
+No user mistake prints a traceback, and every error is one ``error:`` line, usage errors
+included (typer would draw them in a box); set ``HALODB_DEBUG=1`` to see a traceback for an
+internal error.
 The engine's log messages are printed as ``warning:`` and ``error:`` lines like the command's own
 (``HALODB_DEBUG=1`` shows its ``info:`` and ``debug:`` lines too).
 
@@ -22,6 +24,11 @@ Typed keys: by default every key typed is a ``str``. With ``-t``/``--typed`` key
 literals, and keys and values are shown as literals; with ``-T``/``--typed-value`` the value
 ``put`` stores is a literal too. Literals (``42``, ``2.5``, ``b'\\x00'``, ``('user', 42)``) are
 read by a small AST walker that accepts only literals: nothing is ever evaluated.
+
+Value codecs: a store opens whatever codec wrote it (the name in its manifest, read by
+:func:`halodb.codec_name`), through :class:`_StoreCodec`; the commands that read no values never
+decode one, and those that do use the default codec only for a store that uses it, any other
+only when ``--codec`` names it (pickle runs code from the store's files when it decodes).
 
 JSON Lines (``dump``, ``load``, ``list --json``): one ``{"key": K, "value": V}`` object a line,
 where str, int, float, bool, null, lists and dicts are plain JSON and the types JSON lacks are
@@ -109,6 +116,14 @@ TREE_FANOUT: Final = 6
 _MISSING: Any = object()
 _CODEC = DefaultCodec()
 
+DEFAULT_CODEC: Final = "halo1"
+CODECS: Final[dict[str, Callable[[], halodb.ValueCodec]]] = {
+    "halo1": halodb.DefaultCodec,
+    "pickle": halodb.PickleCodec,
+}
+"""The value codecs ``--codec`` names. pickle is used only when named: unpickling runs code
+from the store's files."""
+
 
 class CliError(Exception):
     """A failure to report in one line, with the exit status it maps to."""
@@ -179,6 +194,14 @@ def _literal(node: ast.expr, value: bool, depth: int) -> object:
                 raise _LiteralError("dict keys must be str literals")
             result[key_node.value] = _literal(value_node, value, depth + 1)
         return result
+    elif isinstance(node, ast.Set) or (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("set", "frozenset")
+    ):
+        if value:
+            raise _LiteralError("a set is not a storable value; use a list instead, such as [1, 2]")
+        raise _LiteralError("a set is not a key; use a tuple instead, such as (1, 2)")
     raise _LiteralError(f"{ast.unparse(node)[:40]!r} is not a literal (nothing is evaluated)")
 
 
@@ -193,6 +216,35 @@ def _echo(text: str) -> str:
     return f"{text[:_ECHO_LIMIT]!r}… ({len(text):,} characters)"
 
 
+_MESSAGE_LIMIT = 200
+"""Characters of an exception's text an error message repeats (see :func:`_brief`)."""
+_SUBSCRIPTS = re.compile(r"(?:\[[^\]\n]*\]){6,}")
+_SUBSCRIPT = re.compile(r"\[[^\]\n]*\]")
+
+
+def _brief(text: str, limit: int = _MESSAGE_LIMIT) -> str:
+    """An exception's text cut for a one-line error: a long path into a nested value
+    (``value[0][0][0]...``, one subscript a level) is shortened to its first two and last
+    subscripts and its depth, and whatever is still longer than ``limit`` is cut.
+
+    >>> _brief("value" + "[0]" * 101 + ": nested deeper than 100")
+    'value[0][0]…[0] (101 levels): nested deeper than 100'
+    """
+
+    def shorten(match: re.Match[str]) -> str:
+        parts = _SUBSCRIPT.findall(match.group())
+        return f"{''.join(parts[:2])}…{parts[-1]} ({len(parts)} levels)"
+
+    text = _SUBSCRIPTS.sub(shorten, text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _key_text(key: Key) -> str:
+    """``key`` as a literal for an error message, cut to :data:`_ECHO_LIMIT` characters."""
+    text = literal_text(key)
+    return text if len(text) <= _ECHO_LIMIT else text[:_ECHO_LIMIT] + "…"
+
+
 def parse_key(text: str, typed: bool) -> Key:
     """The key a command-line word names: the word itself, or with ``typed`` a literal."""
     if not typed:
@@ -201,7 +253,8 @@ def parse_key(text: str, typed: bool) -> Key:
         key = parse_literal(text)
         encode_key(key)  # type: ignore[arg-type]  # validates the type, NaN, size
     except (_LiteralError, TypeError, halodb.DataError) as exc:
-        raise CliError(EXIT_USAGE, f"bad typed key {_echo(text)}: {exc}; {_KEY_HINT}") from None
+        message = f"bad typed key {_echo(text)}: {_brief(str(exc))}; {_KEY_HINT}"
+        raise CliError(EXIT_USAGE, message) from None
     return cast(Key, key)
 
 
@@ -215,13 +268,20 @@ def parse_prefix(text: str, typed: bool) -> str | bytes | tuple[Key, ...]:
     return key
 
 
-def parse_value(raw: str | bytes, *, typed: bool = False, as_bytes: bool = False) -> object:
+def parse_value(
+    raw: str | bytes,
+    *,
+    typed: bool = False,
+    as_bytes: bool = False,
+    codec: halodb.ValueCodec | None = None,
+) -> object:
     """The value to store for ``raw`` (a command-line word, or bytes read from stdin).
 
     Text is stored as ``str``; stdin bytes as ``str`` when they are UTF-8 without a NUL byte,
     else as ``bytes``;
     ``as_bytes`` always stores ``bytes``; ``typed`` reads a literal (str, bytes, numbers, True,
-    False, None, lists and dicts).
+    False, None, lists and dicts), checked against ``codec`` (the store's value codec; by
+    default the default codec, which stores no tuples).
     """
     if as_bytes:
         return raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogateescape")
@@ -238,9 +298,10 @@ def parse_value(raw: str | bytes, *, typed: bool = False, as_bytes: bool = False
         return raw
     try:
         value = parse_literal(raw, value=True)
-        _CODEC.encode(value)
+        (codec or _CODEC).encode(value)
     except (_LiteralError, TypeError, halodb.DataError) as exc:
-        raise CliError(EXIT_USAGE, f"bad typed value {_echo(raw)}: {exc}") from None
+        message = f"bad typed value {_echo(raw)}: {_brief(str(exc))}"
+        raise CliError(EXIT_USAGE, message) from None
     return value
 
 
@@ -274,18 +335,47 @@ def show_key(key: Key, *, typed: bool = False) -> str:
     return literal_text(key)
 
 
+def _printable(text: str) -> str:
+    """``text`` with every character that could disturb a terminal written as an escape."""
+    return _UNSAFE_LINE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def show_value(value: object, *, typed: bool = False, one_line: bool = False) -> str:
     """A value for a terminal: text as is (unless it holds control characters), bytes as a
-    ``b'...'`` literal, other values as JSON; with ``typed``, always a Python literal."""
+    ``b'...'`` literal, other values as JSON; with ``typed``, always a Python literal.
+    A value JSON cannot hold (a set or an object, from a store using the pickle codec) is
+    shown as its ``repr()``, escaped."""
     if typed:
-        return literal_text(value)
+        return _printable(literal_text(value))
     if type(value) is str:
         unsafe = _UNSAFE_LINE if one_line else _UNSAFE_BLOCK
         return repr(value) if unsafe.search(value) else value
     if type(value) is bytes:
         return repr(value)
-    text = json.dumps(value, ensure_ascii=False)
+    try:
+        exact = _plain_json(value, 0)
+        text = json.dumps(value, ensure_ascii=False) if exact else ""
+    except (TypeError, ValueError, RecursionError):
+        exact = False
+    if not exact:
+        return _printable(literal_text(value))
     return json.dumps(value) if _UNSAFE_BLOCK.search(text) else text
+
+
+def _plain_json(value: object, depth: int) -> bool:
+    """Whether JSON shows ``value`` exactly: what the default codec stores (a store using
+    the pickle codec may hold tuples, sets, dicts with other keys...)."""
+    t = type(value)
+    if t is str or t is int or t is float or t is bool or value is None:
+        return True
+    if depth > 200:
+        return False
+    if t is list:
+        return all(_plain_json(item, depth + 1) for item in cast(list[object], value))
+    if t is dict:
+        items = cast(dict[object, object], value).items()
+        return all(type(k) is str and _plain_json(v, depth + 1) for k, v in items)
+    return False
 
 
 # ----------------------------------------------------------------------------- JSON Lines
@@ -349,9 +439,22 @@ def _untag(tag: str, inner: Any) -> Any:
     raise ValueError(f"unknown tag {tag!r} (the tags are {', '.join(_TAGS)})")
 
 
-def json_line(key: Key, value: object) -> str:
-    """One JSON Lines record, always encodable as UTF-8."""
-    record = {"key": to_json(key), "value": to_json(value)}
+def json_line(key: Key, value: object = _MISSING) -> str:
+    """One JSON Lines record (without ``value``: ``{"key": K}``), always encodable as UTF-8.
+
+    ``CliError`` (usage) for a value JSON Lines cannot hold: a set or another object, which a
+    store using the pickle codec may hold.
+    """
+    record = {"key": to_json(key)}
+    if value is not _MISSING:
+        try:
+            record["value"] = to_json(value)
+        except (TypeError, RecursionError) as exc:
+            raise CliError(
+                EXIT_USAGE,
+                f"cannot write the value of {_key_text(key)} as JSON: {_brief(str(exc))} (JSON "
+                "Lines hold bytes, str, numbers, booleans, None, tuples, lists and dicts)",
+            ) from None
     text = json.dumps(record, ensure_ascii=False, allow_nan=False)
     if _UNSAFE_BLOCK.search(text):  # lone surrogates in a str: escape them as \\udxxx
         text = json.dumps(record, allow_nan=False)
@@ -372,7 +475,7 @@ def parse_record(raw: bytes, where: str) -> tuple[Key, object]:
         key, value = from_json(obj["key"]), from_json(obj["value"])
         encode_key(key)
     except (ValueError, TypeError, RecursionError, binascii.Error, halodb.DataError) as exc:
-        raise CliError(EXIT_USAGE, f"{where}: {exc}") from None
+        raise CliError(EXIT_USAGE, f"{where}: {_brief(str(exc))}") from None
     return cast(Key, key), value
 
 
@@ -648,6 +751,44 @@ class _NoInterrupt:
             raise KeyboardInterrupt
 
 
+# ----------------------------------------------------------------------------- value codecs
+
+
+class _StoreCodec:
+    """The value codec the command opens a store with: it bears the name recorded in the
+    store's manifest, so that a store written with any codec opens, and it encodes and
+    decodes with ``inner``, the codec chosen for the command (``--codec``, or the default
+    codec for a store that uses it). Without one (a command that reads no values, or a store
+    whose codec was not chosen) ``encode`` and ``decode`` raise ``InterfaceError`` with
+    ``refusal``, which names the store's codec and ``--codec``. Commands that read only keys
+    use ``Store.range_keys``, which decodes no value.
+    """
+
+    def __init__(self, name: str, inner: halodb.ValueCodec | None, refusal: str) -> None:
+        self.name = name
+        self.inner = inner
+        self.refusal = refusal
+
+    def encode(self, value: object) -> bytes:
+        if self.inner is None:
+            raise halodb.InterfaceError(self.refusal)
+        return self.inner.encode(value)
+
+    def decode(self, data: bytes) -> object:
+        if self.inner is None:
+            raise halodb.InterfaceError(self.refusal)
+        return self.inner.decode(data)
+
+
+def _codec_option(value: str | None) -> str | None:
+    """``--codec``: one of :data:`CODECS`."""
+    if value is not None and value not in CODECS:
+        raise typer.BadParameter(
+            f"unknown codec {value!r}: the codecs are halo1 (the default) and pickle"
+        )
+    return value
+
+
 # ----------------------------------------------------------------------------- the session
 
 
@@ -663,70 +804,184 @@ def _ask_on_stderr(prompt: str) -> str:
 
 
 class Session:
-    """What a command works on: the store path, and in the shell the open store and batch.
+    """What a command works on: the store path and value codec, and in the shell the open
+    store and batch.
 
     On the command line each command opens the store (read-only for reads, so that several
     readers can run together) and closes it. In the shell the store stays open, is created on
     the first write, and falls back to read-only when another process is reading it.
+
+    Values are decoded with the codec ``codec`` names (``--codec``), or the default codec for
+    a store that uses it; a store using another codec opens all the same for the commands
+    that read no values (see :class:`_StoreCodec`).
     """
 
     def __init__(
-        self, path: str, *, in_shell: bool = False, ask: Callable[[str], str] | None = None
+        self,
+        path: str,
+        *,
+        in_shell: bool = False,
+        ask: Callable[[str], str] | None = None,
+        can_ask: bool | None = None,
+        codec: str | None = None,
     ) -> None:
         self.path = path
         self.in_shell = in_shell
         self.ask = ask or (input if in_shell else _ask_on_stderr)
         """Shows a question, returns the answer; ``EOFError`` at end of input."""
+        self.can_ask = can_ask
+        """Whether a question may be asked: ``None`` means when stdin is a terminal (never
+        otherwise: the answer would be read from the data or the script piped in)."""
+        self.codec_choice = codec
+        """The codec named by ``--codec``, if any."""
+        self.codec: _StoreCodec | None = None
+        """The codec the open store was opened with."""
         self.db: halodb.Store | None = None
         self.batch: halodb.Batch | None = None
         self.batch_note_shown = False
 
+    # -- the value codec -------------------------------------------------------------------
+
+    def _stored_codec(self) -> str | None:
+        """The codec name in the store's manifest; ``None`` if there is no store there (yet):
+        then opening it says what is wrong, or creates it."""
+        try:
+            return halodb.codec_name(self.path)
+        except halodb.InterfaceError:
+            return None
+
+    def _codec_for(self, stored: str | None, *, values: bool = True) -> _StoreCodec:
+        """The codec to open the store with, whose codec is ``stored`` (``None``: a new
+        store): decoding with the codec chosen, or the default one if the store uses it;
+        without ``values``, none (the command reads no values)."""
+        choice = self.codec_choice
+        if choice is not None and stored is not None and choice != stored:
+            raise CliError(
+                EXIT_USAGE,
+                f"{os.path.abspath(self.path)}: the store's values use the {stored!r} codec, "
+                f"not {choice!r} (--codec {stored} reads them)",
+            )
+        name = stored or choice or DEFAULT_CODEC
+        inner: halodb.ValueCodec | None = None
+        if values and choice is not None:
+            inner = CODECS[choice]()
+        elif values and name == DEFAULT_CODEC:
+            inner = halodb.DefaultCodec()
+        return _StoreCodec(name, inner, self._refusal(name))
+
+    def _refusal(self, name: str) -> str:
+        """Why values encoded with codec ``name`` are not read or written, and what to do."""
+        where = os.path.abspath(self.path)
+        if name == "pickle":
+            how = (
+                "start the shell with --codec pickle (halodb --codec pickle)"
+                if self.in_shell
+                else "add --codec pickle"
+            )
+            return (
+                f"{where}: the store's values use the 'pickle' codec, which is used only when "
+                f"asked for: to read or write values, {how}; unpickling runs code from the "
+                "store's files, so do it only for a store you trust"
+            )
+        if name == DEFAULT_CODEC:
+            return f"{where}: this command reads no values (a bug in HaloDB; please report it)"
+        return (
+            f"{where}: the store's values use the {name!r} codec, which the halodb command "
+            f"does not know (--codec knows {', '.join(CODECS)}); open the store from Python "
+            "with its codec to read or write values"
+        )
+
+    @staticmethod
+    def _decoding(codec: _StoreCodec) -> halodb.ValueCodec:
+        if codec.inner is None:
+            raise CliError(EXIT_USAGE, codec.refusal)
+        return codec.inner
+
+    def value_codec(self) -> halodb.ValueCodec:
+        """The codec values are encoded with, for checking a value before the store opens;
+        ``CliError`` if this store's values cannot be read or written (another codec)."""
+        if self.in_shell and self.codec is not None:
+            return self._decoding(self.codec)
+        return self._decoding(self._codec_for(self._stored_codec()))
+
     # -- the store -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def store(self, *, write: bool, create: bool = True) -> Iterator[halodb.Store | None]:
-        """The store, open for ``write`` or reading. ``None`` when there is none yet and the
+    def store(
+        self, *, write: bool, create: bool = True, values: bool
+    ) -> Iterator[halodb.Store | None]:
+        """The store, open for ``write`` or reading, and for ``values`` (the command reads or
+        writes values: ``CliError`` if the store's codec was not chosen) or not (the store's
+        values stay undecoded, whatever its codec). ``None`` when there is none yet and the
         command needs none: a read in the shell, or a write with ``create=False``.
 
         On the command line a read of a missing store raises (exit status 3): it never creates.
         """
         if self.in_shell:
-            yield self._shell_store(write, create)
+            yield self._shell_store(write, create, values)
             return
         if write and not create and not _store_exists(self.path):
             yield None
             return
-        db = halodb.open(self.path) if write else halodb.open(self.path, readonly=True)
+        codec = self._codec_for(self._stored_codec(), values=values)
+        if values:
+            self._decoding(codec)
+        db = halodb.open(self.path, readonly=not write, value_codec=codec)
+        self.codec = codec
         try:
             yield db
         finally:
+            self.codec = None
             db.close()
 
-    def _shell_store(self, write: bool, create: bool) -> halodb.Store | None:
+    def _shell_store(self, write: bool, create: bool, values: bool) -> halodb.Store | None:
         if self.db is None:
             if _store_exists(self.path):
                 self.open_existing()
             elif write and create:
-                self.db = halodb.open(self.path)
+                codec = self._codec_for(None)
+                self.db = halodb.open(self.path, value_codec=codec)
+                self.codec = codec
                 self.info(f"created a new store at {self.db.path}")
             else:
                 return None
-        assert self.db is not None
+        assert self.db is not None and self.codec is not None
         if write and self.db.readonly:
             raise CliError(
                 EXIT_STORE,
                 f"{self.db.path}: this shell has the store open read-only (another process was "
                 "reading it when the shell opened it); close that one and restart the shell",
             )
+        if values:
+            self._decoding(self.codec)
         return self.db
 
     def open_existing(self) -> None:
         """Open the existing store for writing, or read-only if other processes are reading it."""
+        codec = self._codec_for(self._stored_codec())
         try:
-            self.db = halodb.open(self.path, create=False)
+            self.db = halodb.open(self.path, create=False, value_codec=codec)
         except halodb.OperationalError:
-            self.db = halodb.open(self.path, readonly=True)  # raises if a writer holds it
+            # raises if a writer holds it
+            self.db = halodb.open(self.path, readonly=True, value_codec=codec)
             _warn(f"{self.db.path}: another process is reading the store; this shell is read-only")
+        self.codec = codec
+
+    def keys(
+        self,
+        db: halodb.Store | None,
+        prefix: str | None,
+        start: str | None,
+        stop: str | None,
+        *,
+        typed: bool,
+        reverse: bool = False,
+    ) -> Iterator[Key]:
+        """The keys of a range of the open store ``db``, read without decoding any value."""
+        lo, hi, pre = _bounds(prefix, start, stop, typed=typed)
+        if db is None:
+            return iter(())
+        return db.range_keys(lo, hi, reverse=reverse, prefix=pre)
 
     def close(self) -> None:
         """Discard an open batch and close the store (which flushes it)."""
@@ -738,6 +993,7 @@ class Session:
                 _warn(f"discarded the uncommitted batch of {_plural(pending, 'change')}")
         if self.db is not None:
             db, self.db = self.db, None
+            self.codec = None
             db.close()
 
     # -- output ----------------------------------------------------------------------------
@@ -756,9 +1012,15 @@ class Session:
     def pager(self) -> _Pager:
         return _Pager(self.in_shell and sys.stdin.isatty() and sys.stdout.isatty())
 
+    def may_ask(self) -> bool:
+        """Whether a question can be asked: only on a terminal, so that a question never
+        reads its answer from a script or data piped in."""
+        return sys.stdin.isatty() if self.can_ask is None else self.can_ask
+
     def confirm(self, question: str) -> bool:
         """Ask a yes/no question; no by default and at end of input. Ctrl-C raises
-        ``KeyboardInterrupt`` (the command ends with status 130)."""
+        ``KeyboardInterrupt`` (the command ends with status 130). Callers check
+        :meth:`may_ask` first."""
         try:
             answer = self.ask(f"{question} [y/N] ")
         except EOFError:
@@ -794,12 +1056,15 @@ class Session:
             except KeyboardInterrupt:
                 code, message = EXIT_INTERRUPTED, "interrupted"
             except halodb.DataError as exc:
-                code, message = EXIT_USAGE, str(exc)
+                code, message = EXIT_USAGE, _brief(str(exc), 2 * _MESSAGE_LIMIT)
             except halodb.CorruptionError as exc:
                 code = EXIT_STORE
-                message = f"the store is damaged: {exc} (restore it from a dump or a backup)"
+                message = (
+                    f"the store is damaged: {_brief(str(exc), 2 * _MESSAGE_LIMIT)} (restore it "
+                    "from a dump or a backup)"
+                )
             except halodb.Error as exc:
-                code, message = EXIT_STORE, str(exc)
+                code, message = EXIT_STORE, _brief(str(exc), 2 * _MESSAGE_LIMIT)
             except OSError as exc:
                 where = f"{exc.filename}: " if exc.filename else ""
                 code, message = EXIT_STORE, f"{where}{exc.strerror or exc}"
@@ -822,11 +1087,25 @@ class Session:
             raise typer.Exit(code)
 
 
-def _session(ctx: typer.Context) -> Session:
+def _session(ctx: typer.Context, path: str | None = None, codec: str | None = None) -> Session:
+    """The command's session, with the ``--path`` and ``--codec`` given after the command
+    name (they override those given before it; the shell refuses them: it works on one store)."""
     obj = ctx.obj
-    if isinstance(obj, Session):
-        return obj
-    return Session(os.environ.get("HALODB_PATH") or DEFAULT_PATH)
+    s = obj if isinstance(obj, Session) else Session(os.environ.get("HALODB_PATH") or DEFAULT_PATH)
+    if path is None and codec is None:
+        return s
+    if s.in_shell:
+        given = " and ".join(name for name, v in (("--path", path), ("--codec", codec)) if v)
+        _error(
+            f"{given}: the shell works on one store ({os.path.abspath(s.path)}), chosen when "
+            "it starts: halodb --path DIR --codec NAME"
+        )
+        raise typer.Exit(EXIT_USAGE)
+    if path is not None:
+        s.path = path
+    if codec is not None:
+        s.codec_choice = codec
+    return s
 
 
 # ----------------------------------------------------------------------------- the commands
@@ -853,12 +1132,148 @@ class _QuietPipe:
             return super().invoke(ctx)  # type: ignore[misc]
 
 
-class _Command(_QuietPipe, TyperCommand):
-    """A ``halodb`` subcommand."""
+class _PlainFlags:
+    """Help that shows no type for a flag (typer shows ``<bool>`` beside every flag, which
+    takes no value). Mixed into click classes."""
+
+    def get_params(self, ctx: Any) -> Any:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""  # what typer's help shows in the type column
+        return params
 
 
-class _Group(_QuietPipe, TyperGroup):
-    """The ``halodb`` group."""
+_NEGATIVE_NUMBER = re.compile(r"-(?:\.?\d|inf\Z|nan\Z)", re.IGNORECASE)
+"""A word that is a negative number (``-5``, ``-0.0``, ``-.5``, ``-1e3``, ``-inf``), not an
+option: no option of any command is a digit."""
+
+
+def _numbers_as_values(args: list[str], params: list[Any]) -> list[str]:
+    """``args`` with the negative numbers that are not an option's value moved, with the
+    other keys and values, after a ``--``, so that the parser takes them for values:
+    ``put -t -0.0 x`` is ``put -t -- -0.0 x``. ``args`` themselves if they hold none."""
+    taking = {
+        opt
+        for p in params
+        if p.param_type_name == "option" and not getattr(p, "is_flag", False)
+        for opt in p.opts
+    }
+
+    def takes_next(word: str) -> bool:
+        if word.startswith("--"):
+            return word in taking
+        for i, char in enumerate(word[1:], 1):  # a cluster of short options, such as -tn
+            if f"-{char}" in taking:
+                return i == len(word) - 1  # else it takes the rest of the word
+        return False
+
+    options: list[str] = []
+    values: list[str] = []
+    moved = False
+    words = iter(args)
+    for word in words:
+        if word == "--":
+            values.extend(words)
+        elif _NEGATIVE_NUMBER.match(word):
+            values.append(word)
+            moved = True
+        elif word.startswith("-") and len(word) > 1:
+            options.append(word)
+            if takes_next(word):
+                options.extend(islice(words, 1))
+        else:
+            values.append(word)
+    return [*options, "--", *values] if moved else args
+
+
+class _NumbersAsValues:
+    """A negative number is a key or a value (``put temp -5``), not an unknown option.
+    Mixed into click commands."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        params = self.get_params(ctx)  # type: ignore[attr-defined]
+        return super().parse_args(ctx, _numbers_as_values(args, params))  # type: ignore[misc,no-any-return]
+
+
+def _usage_message(exc: typer.TyperException, see: str) -> str:
+    """A usage error on one line: the parser's message; for an unknown option, a reminder that
+    a key or value starting with '-' goes after '--'; and ``see``, where the options are."""
+    message = exc.format_message().rstrip(".")
+    notes = []
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoSuchOption" and ctx is not None:  # click's class, not exported
+        names = [
+            p.metavar or p.name.upper()
+            for p in ctx.command.params
+            if p.param_type_name == "argument"
+        ]
+        if names:
+            notes.append(
+                f"a {' or '.join(names)} that starts with '-' goes after '--': "
+                f"{ctx.info_name} -- {' '.join(names)}"
+            )
+    if see:
+        notes.append(see)
+    return f"{message} ({'; '.join(notes)})" if notes else message
+
+
+class _Command(_QuietPipe, _PlainFlags, _NumbersAsValues, TyperCommand):
+    """A ``halodb`` subcommand. In the shell its help leaves out ``--path`` and ``--codec``:
+    the shell's store is chosen when it starts."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        shown: list[Any] = []
+        if isinstance(ctx.obj, Session) and ctx.obj.in_shell:
+            params: list[Any] = self.params
+            shown = [p for p in params if p.name in ("path", "codec") and not p.hidden]
+        for param in shown:
+            param.hidden = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            for param in shown:
+                param.hidden = False
+
+
+class _Group(_QuietPipe, _PlainFlags, TyperGroup):
+    """The ``halodb`` group. Usage errors are one ``error:`` line, like every other error
+    (typer draws them in a box)."""
+
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        def run(standalone: bool) -> Any:
+            return super(_Group, self).main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=standalone,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
+
+        if not standalone_mode:
+            return run(False)
+        try:
+            result = run(False)
+        except typer.TyperException as exc:
+            ctx = getattr(exc, "ctx", None)
+            see = ""
+            if exc.exit_code == EXIT_USAGE and ctx is not None:
+                see = f"see '{ctx.command_path} --help'"
+            _error(_usage_message(exc, see))
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            _error("aborted")
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(result if isinstance(result, int) else EXIT_OK)
 
 
 def _store_path(value: str | None) -> str | None:
@@ -884,6 +1299,28 @@ app = typer.Typer(
     context_settings={"help_option_names": HELP_OPTIONS},
 )
 
+PathOption = Annotated[
+    str | None,
+    typer.Option(
+        "--path",
+        "-p",
+        metavar="DIR",
+        callback=_store_path,
+        rich_help_panel="Store",
+        help="The store directory (also before the command; else $HALODB_PATH, else "
+        "./halodb-data).",
+    ),
+]
+CODEC_HELP: Final = (
+    "The codec of the store's values: halo1 (the default) or pickle. pickle is used only when "
+    "named: unpickling runs code from the store's files."
+)
+CodecOption = Annotated[
+    str | None,
+    typer.Option(
+        "--codec", metavar="NAME", callback=_codec_option, rich_help_panel="Store", help=CODEC_HELP
+    ),
+]
 Typed = Annotated[
     bool,
     typer.Option(
@@ -935,26 +1372,36 @@ def _root(
             envvar="HALODB_PATH",
             metavar="DIR",
             callback=_store_path,
-            help="The store directory: this, else $HALODB_PATH, else ./halodb-data "
-            "(created on first write).",
+            help="The store directory (before or after the command): this, else $HALODB_PATH, "
+            "else ./halodb-data (created on first write).",
         ),
     ] = DEFAULT_PATH,
+    codec: Annotated[
+        str | None,
+        typer.Option("--codec", metavar="NAME", callback=_codec_option, help=CODEC_HELP),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
     if not isinstance(ctx.obj, Session):
-        ctx.obj = Session(path)
+        ctx.obj = Session(path, codec=codec)
     if ctx.invoked_subcommand is None:
-        raise typer.Exit(Shell(path).run())
+        raise typer.Exit(Shell(path, codec=codec).run())
 
 
 @_command(panel="Data")
 def put(
     ctx: typer.Context,
     key: KeyArg,
-    value: Annotated[str, typer.Argument(metavar="VALUE", help="The value; - reads stdin.")],
+    value: Annotated[
+        str,
+        typer.Argument(
+            metavar="VALUE",
+            help="The value; - reads stdin (on the command line, not in the shell).",
+        ),
+    ],
     typed: Typed = False,
     typed_value: Annotated[
         bool,
@@ -965,15 +1412,18 @@ def put(
     as_bytes: Annotated[
         bool, typer.Option("--bytes", "-b", help="Store the value as bytes, not text.")
     ] = False,
+    path: PathOption = None,
+    codec: CodecOption = None,
 ) -> None:
     """Store VALUE under KEY.
 
     VALUE is stored as text (str); with --bytes as bytes; with -T as the Python literal it
-    spells (a number, bytes, a list, a dict...). '-' reads the value from stdin: stored as
-    text if it is UTF-8 without NUL bytes, else as bytes. A value that starts with '-' goes
-    after '--'.
+    spells (a number, bytes, a list, a dict...). '-' reads the value from stdin (on the
+    command line, not in the shell): stored as text if it is UTF-8 without NUL bytes, else as
+    bytes. A negative number is a value (put temp -5); another value that starts with '-'
+    goes after '--' (put -- KEY -VALUE).
     """
-    s = _session(ctx)
+    s = _session(ctx, path, codec)
     with s.guard():
         k = parse_key(key, typed)
         raw: str | bytes = value
@@ -981,12 +1431,12 @@ def put(
             if s.in_shell:
                 raise CliError(EXIT_USAGE, "'-' (read stdin) works on the command line only")
             raw = sys.stdin.buffer.read()
-        v = parse_value(raw, typed=typed_value, as_bytes=as_bytes)
+        v = parse_value(raw, typed=typed_value, as_bytes=as_bytes, codec=s.value_codec())
         if s.batch is not None:
             s.batch[k] = v
             s.info(f"queued ({_plural(len(s.batch), 'change')} in the batch)")
             return
-        with _NoInterrupt(), s.store(write=True) as db:
+        with _NoInterrupt(), s.store(write=True, values=True) as db:
             assert db is not None
             db[k] = v
         if s.in_shell:
@@ -1002,16 +1452,19 @@ def get(
     raw: Annotated[
         bool, typer.Option("--raw", help="Write the value's exact bytes (for binary values).")
     ] = False,
+    path: PathOption = None,
+    codec: CodecOption = None,
 ) -> None:
     """Print the value of KEY.
 
-    Text is printed as is, bytes as a b'...' literal (--raw writes the exact bytes), other
-    values as JSON. Exit status 1 if KEY is absent.
+    Text is printed as is, bytes as a b'...' literal (--raw writes the exact bytes, and in
+    the shell a newline after them if they do not end with one), other values as JSON.
+    Exit status 1 if KEY is absent.
     """
-    s = _session(ctx)
+    s = _session(ctx, path, codec)
     with s.guard():
         k = parse_key(key, typed)
-        with s.store(write=False) as db:
+        with s.store(write=False, values=True) as db:
             value = _MISSING if db is None else db.get(k, _MISSING)
         if value is _MISSING:
             s.note_batch_reads()
@@ -1024,7 +1477,18 @@ def get(
             elif isinstance(value, str):
                 data = value.encode("utf-8", "surrogatepass")
             else:
-                data = json.dumps(value).encode()
+                try:
+                    if not _plain_json(value, 0):
+                        raise TypeError(type(value).__name__)
+                    data = json.dumps(value).encode()
+                except (TypeError, ValueError, RecursionError):
+                    raise CliError(
+                        EXIT_USAGE,
+                        f"the value of {_key_text(k)} is a {type(value).__name__}, which has "
+                        "no raw form (--raw writes bytes, text and JSON values)",
+                    ) from None
+            if s.in_shell and data and not data.endswith(b"\n"):
+                data += b"\n"  # the prompt starts a line of its own
             sys.stdout.flush()
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
@@ -1034,19 +1498,25 @@ def get(
 
 
 @_command(panel="Data")
-def delete(ctx: typer.Context, key: KeyArg, typed: Typed = False) -> None:
+def delete(
+    ctx: typer.Context,
+    key: KeyArg,
+    typed: Typed = False,
+    path: PathOption = None,
+    codec: CodecOption = None,
+) -> None:
     """Delete KEY.
 
     Exit status 1 if KEY is absent.
     """
-    s = _session(ctx)
+    s = _session(ctx, path, codec)
     with s.guard():
         k = parse_key(key, typed)
         if s.batch is not None:
             del s.batch[k]
             s.info(f"queued ({_plural(len(s.batch), 'change')} in the batch)")
             return
-        with _NoInterrupt(), s.store(write=True, create=False) as db:
+        with _NoInterrupt(), s.store(write=True, create=False, values=False) as db:
             try:
                 if db is None:
                     raise KeyError(k)
@@ -1055,6 +1525,16 @@ def delete(ctx: typer.Context, key: KeyArg, typed: Typed = False) -> None:
                 raise CliError(EXIT_NOT_FOUND, f"not found: {literal_text(k)}") from None
         if s.in_shell:
             s.info("OK")
+
+
+def _bounds(
+    prefix: str | None, start: str | None, stop: str | None, *, typed: bool
+) -> tuple[Key | None, Key | None, str | bytes | tuple[Key, ...] | None]:
+    """The parsed ``start``, ``stop`` and ``prefix`` of a range."""
+    lo = None if start is None else parse_key(start, typed)
+    hi = None if stop is None else parse_key(stop, typed)
+    pre = None if prefix is None else parse_prefix(prefix, typed)
+    return lo, hi, pre
 
 
 def _scan(
@@ -1066,9 +1546,7 @@ def _scan(
     typed: bool,
     reverse: bool = False,
 ) -> Iterator[tuple[Key, Any]]:
-    lo = None if start is None else parse_key(start, typed)
-    hi = None if stop is None else parse_key(stop, typed)
-    pre = None if prefix is None else parse_prefix(prefix, typed)
+    lo, hi, pre = _bounds(prefix, start, stop, typed=typed)
     if db is None:
         return iter(())
     return db.range(lo, hi, reverse=reverse, prefix=pre)
@@ -1085,21 +1563,31 @@ def list_(
         int | None,
         typer.Option("--limit", "-n", min=0, max=sys.maxsize, help="At most this many keys."),
     ] = None,
-    keys_only: Annotated[bool, typer.Option("--keys-only", "-k", help="Keys only.")] = False,
+    keys_only: Annotated[
+        bool, typer.Option("--keys-only", "-k", help="Keys only (no value is read).")
+    ] = False,
     typed: Typed = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="JSON Lines, one {key, value} object a line.")
+        bool,
+        typer.Option("--json", help="JSON Lines, one {key, value} object a line ({key} with -k)."),
     ] = False,
+    path: PathOption = None,
+    codec: CodecOption = None,
 ) -> None:
     """List keys and values in key order.
 
     One 'key TAB value' a line; text that would break the line (tabs, newlines, control
     characters) is shown as a Python literal, as are keys that are not text.
     """
-    s = _session(ctx)
+    s = _session(ctx, path, codec)
     with s.guard():
-        with s.store(write=False) as db:
-            items = _scan(db, prefix, start, stop, typed=typed, reverse=reverse)
+        with s.store(write=False, values=not keys_only) as db:
+            items: Iterator[tuple[Key, Any]]
+            if keys_only:
+                keys = s.keys(db, prefix, start, stop, typed=typed, reverse=reverse)
+                items = ((key, _MISSING) for key in keys)
+            else:
+                items = _scan(db, prefix, start, stop, typed=typed, reverse=reverse)
             if limit is not None:
                 items = islice(items, limit)
             pager = s.pager()
@@ -1131,34 +1619,40 @@ def count(
     start: Start = None,
     stop: Stop = None,
     typed: Typed = False,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"keys": N}.')] = False,
+    path: PathOption = None,
+    codec: CodecOption = None,
 ) -> None:
     """Print the number of keys.
 
-    All keys: at once. In a range or with a prefix: by a scan.
+    All keys: at once. In a range or with a prefix: by a scan of the keys (no value is read).
     """
-    s = _session(ctx)
-    with s.guard(), s.store(write=False) as db:
+    s = _session(ctx, path, codec)
+    with s.guard(), s.store(write=False, values=False) as db:
         if db is not None and prefix is None and start is None and stop is None:
             n = len(db)
         else:
-            n = sum(1 for _ in _scan(db, prefix, start, stop, typed=typed))
-        s.out(str(n))
+            n = sum(1 for _ in s.keys(db, prefix, start, stop, typed=typed))
+        s.out(json.dumps({"keys": n}) if as_json else str(n))
 
 
 @_command(panel="Data")
 def clear(
     ctx: typer.Context,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    path: PathOption = None,
+    codec: CodecOption = None,
 ) -> None:
     """Delete every key, atomically.
 
-    Asks first; --yes skips the question (needed when stdin is not a terminal).
+    Asks first; --yes skips the question (needed when stdin is not a terminal, also in a
+    shell reading a script: the answer is never read from the script).
     """
-    s = _session(ctx)
+    s = _session(ctx, path, codec)
     with s.guard():
         if s.batch is not None:
             raise CliError(EXIT_USAGE, "clear cannot be part of a batch; 'commit' or 'abort' first")
-        with s.store(write=True, create=False) as db:
+        with s.store(write=True, create=False, values=False) as db:
             if db is None:
                 s.info("no store yet: nothing to clear")
                 return
@@ -1167,14 +1661,12 @@ def clear(
                 s.info("the store is empty already")
                 return
             if not yes:
-                question = f"Delete every key in {db.path} ({_plural(n, 'key')})?"
-                if s.in_shell or sys.stdin.isatty():
-                    confirmed = s.confirm(question)
-                else:
+                if not s.may_ask():
                     raise CliError(
                         EXIT_USAGE,
                         "clear deletes every key: confirm with --yes (no terminal to ask)",
                     )
+                confirmed = s.confirm(f"Delete every key in {db.path} ({_plural(n, 'key')})?")
                 if not confirmed:
                     s.info("nothing deleted")
                     return
@@ -1246,10 +1738,12 @@ def _stats_table(st: halodb.StoreStats, width: int) -> Table:
 
 
 @_command(panel="Inspect")
-def stats(ctx: typer.Context, as_json: AsJson = False) -> None:
+def stats(
+    ctx: typer.Context, as_json: AsJson = False, path: PathOption = None, codec: CodecOption = None
+) -> None:
     """Show counters and sizes per partition, and totals."""
-    s = _session(ctx)
-    with s.guard(), s.store(write=False) as db:
+    s = _session(ctx, path, codec)
+    with s.guard(), s.store(write=False, values=False) as db:
         if db is None:
             s.info(f"no store at {s.path} yet (it is created on first write)")
             return
@@ -1354,14 +1848,16 @@ def tree(
         int | None, typer.Option("--partition", "-P", min=0, help="Only this partition.")
     ] = None,
     as_json: AsJson = False,
+    path: PathOption = None,
+    codec: CodecOption = None,
 ) -> None:
     """Show each partition's B+ tree.
 
     Its height, nodes per level, fill factor, and a drawing of its top levels. Verifies the
     whole store on the way (like check).
     """
-    s = _session(ctx)
-    with s.guard(), s.store(write=False) as db:
+    s = _session(ctx, path, codec)
+    with s.guard(), s.store(write=False, values=False) as db:
         if db is None:
             s.info(f"no store at {s.path} yet (it is created on first write)")
             return
@@ -1410,13 +1906,15 @@ def tree(
 
 
 @_command(panel="Inspect")
-def check(ctx: typer.Context, as_json: AsJson = False) -> None:
+def check(
+    ctx: typer.Context, as_json: AsJson = False, path: PathOption = None, codec: CodecOption = None
+) -> None:
     """Verify every page, checksum and structure.
 
     Exit status 3 if anything is damaged.
     """
-    s = _session(ctx)
-    with s.guard(), s.store(write=False) as db:
+    s = _session(ctx, path, codec)
+    with s.guard(), s.store(write=False, values=False) as db:
         if db is None:
             s.info(f"no store at {s.path} yet: nothing to check")
             return
@@ -1439,10 +1937,10 @@ def check(ctx: typer.Context, as_json: AsJson = False) -> None:
 
 
 @_command(panel="Inspect")
-def flush(ctx: typer.Context) -> None:
+def flush(ctx: typer.Context, path: PathOption = None, codec: CodecOption = None) -> None:
     """Move the memtables into the on-disk trees."""
-    s = _session(ctx)
-    with s.guard(), _NoInterrupt(), s.store(write=True, create=False) as db:
+    s = _session(ctx, path, codec)
+    with s.guard(), _NoInterrupt(), s.store(write=True, create=False, values=False) as db:
         if db is None:
             s.info("no store yet: nothing to flush")
             return
@@ -1462,6 +1960,8 @@ def dump(
     stop: Stop = None,
     typed: Typed = False,
     progress: Progress = None,
+    path: PathOption = None,
+    codec: CodecOption = None,
 ) -> None:
     """Write keys and values as JSON Lines.
 
@@ -1469,8 +1969,8 @@ def dump(
     tagged ({"$bytes": base64}, {"$tuple": [...]}, {"$float": "inf"}) so that load gives back
     exactly the same keys and values.
     """
-    s = _session(ctx)
-    with s.guard(), s.store(write=False) as db:
+    s = _session(ctx, path, codec)
+    with s.guard(), s.store(write=False, values=True) as db:
         items = _scan(db, prefix, start, stop, typed=typed)
         to_stdout = file in (None, "-")
         whole = prefix is None and start is None and stop is None
@@ -1540,7 +2040,12 @@ def dump(
 def load(
     ctx: typer.Context,
     file: Annotated[
-        str, typer.Argument(metavar="FILE", help="JSON Lines as written by dump; - for stdin.")
+        str,
+        typer.Argument(
+            metavar="FILE",
+            help="JSON Lines as written by dump; - reads stdin (on the command line, not in "
+            "the shell).",
+        ),
     ],
     batch_size: Annotated[
         int,
@@ -1550,13 +2055,15 @@ def load(
     ] = 10_000,
     progress: Progress = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    path: PathOption = None,
+    codec: CodecOption = None,
 ) -> None:
     """Add the records of a JSON Lines file.
 
     Reads what dump writes. Each batch of records is applied atomically; on a bad line the
     batches before it stay, the rest is not applied, and the error says what was loaded.
     """
-    s = _session(ctx)
+    s = _session(ctx, path, codec)
     with s.guard():
         if s.batch is not None:
             raise CliError(EXIT_USAGE, "load cannot be part of a batch; 'commit' or 'abort' first")
@@ -1576,7 +2083,7 @@ def load(
                 total = None
             show = progress if progress is not None else sys.stderr.isatty()
             update = stack.enter_context(_progress(show, f"loading {name}", total))
-            db = stack.enter_context(s.store(write=True))
+            db = stack.enter_context(s.store(write=True, values=True))
             assert db is not None
             records, batches = _load_lines(db, source, name, batch_size, update)
         if as_json:
@@ -1624,7 +2131,7 @@ def _load_lines(
             try:
                 pending[key] = value
             except (TypeError, halodb.DataError) as exc:
-                raise CliError(EXIT_USAGE, f"{where}: {exc}") from None
+                raise CliError(EXIT_USAGE, f"{where}: {_brief(str(exc))}") from None
             pending_records += 1
             if batch_size and pending_records >= batch_size:
                 commit()
@@ -1649,13 +2156,16 @@ def shell_command(
         str | None,
         typer.Argument(metavar="DIR", callback=_store_path, help="The store (default: --path)."),
     ] = None,
+    path: PathOption = None,
+    codec: CodecOption = None,
 ) -> None:
     """Open the interactive shell (as plain 'halodb' does)."""
     s = _session(ctx)
     if s.in_shell:
         _error("this is the shell already")
         raise typer.Exit(EXIT_USAGE)
-    raise typer.Exit(Shell(directory or s.path).run())
+    s = _session(ctx, path, codec)
+    raise typer.Exit(Shell(directory or s.path, codec=s.codec_choice).run())
 
 
 # ----------------------------------------------------------------------------- the shell
@@ -1671,11 +2181,29 @@ _ORDER = (
     "put", "get", "delete", "list", "count", "clear", "batch", "commit", "abort",
     "stats", "tree", "check", "flush", "dump", "load", "help", "quit",
 )  # fmt: skip
+COMPLETIONS: Final = 50
+"""Most keys Tab offers; past it, only the prefix all the keys share."""
+_NEEDS_QUOTES = re.compile(r"[\s'\"\\]|[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+"""What a key completed unquoted must not hold: what the shell's line splitting would change."""
 ALIASES: dict[str, str] = {
     "set": "put", "del": "delete", "rm": "delete", "ls": "list", "exit": "quit",
     "begin": "batch", "multi": "batch", "exec": "commit", "rollback": "abort", "discard": "abort",
     "\\q": "quit", ".quit": "quit", ".exit": "quit", ".help": "help", "\\?": "help", "?": "help",
 }  # fmt: skip
+
+
+def _codec_note(name: str) -> str:
+    """The banner's line about a store whose value codec the shell was not started with."""
+    if name in CODECS:
+        return (
+            f"Its values use the {name!r} codec: keys, counts and stats work; to read or write "
+            f"values, start the shell with --codec {name} (unpickling runs code from the "
+            "store's files: only for a store you trust)."
+        )
+    return (
+        f"Its values use the {name!r} codec, which the halodb command does not know: keys, "
+        "counts and stats work; values cannot be read or written."
+    )
 
 
 class Shell:
@@ -1693,12 +2221,18 @@ class Shell:
         *,
         input_func: Callable[[str], str] = input,
         interactive: bool | None = None,
+        codec: str | None = None,
     ) -> None:
-        self.session = Session(path, in_shell=True, ask=input_func)
-        self.input_func = input_func
+        """``interactive``: prompts, a banner, readline, and questions (``clear``'s) answered
+        from ``input_func``; by default when stdin and stdout are terminals. A shell reading a
+        script never asks: a question would read its answer from the script's next line.
+        ``codec``: the value codec named by ``--codec``."""
         self.interactive = (
             sys.stdin.isatty() and sys.stdout.isatty() if interactive is None else interactive
         )
+        can_ask = sys.stdin.isatty() if interactive is None else interactive
+        self.session = Session(path, in_shell=True, ask=input_func, can_ask=can_ask, codec=codec)
+        self.input_func = input_func
         self.status = EXIT_OK
         """Exit status of the last failed command (what a non-interactive shell exits with)."""
         group = typer.main.get_command(app)
@@ -1735,6 +2269,8 @@ class Shell:
                     f"HaloDB {halodb.__version__} shell on {s.db.path}{state}: "
                     f"{_plural(len(s.db), 'key')}.\n"
                 )
+                if s.codec is not None and s.codec.inner is None:
+                    sys.stdout.write(_codec_note(s.codec.name) + "\n")
             else:
                 where = os.path.abspath(s.path)
                 sys.stdout.write(
@@ -1842,8 +2378,8 @@ class Shell:
                 help_option_names=HELP_OPTIONS,  # as on the command line (the app's setting)
             )
         except typer.TyperException as exc:  # a usage error (exit status 2) or like it
-            hint = f" (see 'help {name}')" if exc.exit_code == EXIT_USAGE else ""
-            self._fail(exc.exit_code, exc.format_message() + hint)
+            see = f"see 'help {name}'" if exc.exit_code == EXIT_USAGE else ""
+            self._fail(exc.exit_code, _usage_message(exc, see))
             return
         except typer.Abort:
             self._fail(EXIT_INTERRUPTED, "aborted")
@@ -1864,7 +2400,7 @@ class Shell:
         s = self.session
         if s.batch is not None:
             raise CliError(EXIT_USAGE, "a batch is open already: 'commit' or 'abort' it first")
-        with s.store(write=True) as db:
+        with s.store(write=True, values=False) as db:
             assert db is not None
             s.batch = db.batch()
         s.batch_note_shown = False
@@ -1975,13 +2511,46 @@ class Shell:
         if command is None:
             return []
         if text.startswith("-"):
-            options = sorted(o for p in command.params for o in getattr(p, "opts", ()))
+            options = sorted(
+                o
+                for p in command.params
+                for o in getattr(p, "opts", ())
+                if p.name not in ("path", "codec")  # the shell's store is chosen at its start
+            )
             return [o + " " for o in options if o.startswith(text)]
         db = self.session.db
         if name in ("get", "put", "delete") and len(words) == 1 and db is not None:
-            keys = (k for k, _ in db.range(prefix=text))
-            return [k for k in islice(keys, 50) if isinstance(k, str) and " " not in k]
+            return self._key_completions(db, text)
         return []
+
+    def _key_completions(self, db: halodb.Store, text: str) -> list[str]:
+        """The str keys that start with ``text``, if there are at most
+        :data:`COMPLETIONS` and none needs quotes; else only what is certain: the prefix all
+        of them share (readline inserts it), up to a character that would need quotes.
+
+        The prefix all keys of the range share is that of its first and last keys (keys are
+        in order), so it costs two short reads, however many keys match.
+        """
+        s = self.session
+        found = list(islice(s.keys(db, text, None, None, typed=False), COMPLETIONS + 1))
+        if not found:
+            return []
+        matches = [k for k in found if isinstance(k, str)]  # all of them: a str prefix
+        if len(matches) <= COMPLETIONS and not any(_NEEDS_QUOTES.search(k) for k in matches):
+            return matches
+        if len(matches) <= COMPLETIONS:
+            last = matches[-1]
+        else:
+            last_key = next(s.keys(db, text, None, None, typed=False, reverse=True))
+            last = last_key if isinstance(last_key, str) else matches[-1]
+        first = matches[0]
+        size = min(len(first), len(last))
+        same = next((i for i in range(size) if first[i] != last[i]), size)
+        common = first[:same]
+        quote = _NEEDS_QUOTES.search(common)
+        if quote is not None:
+            common = common[: quote.start()]
+        return [common] if len(common) > len(text) else []
 
 
 # ----------------------------------------------------------------------------- entry point
