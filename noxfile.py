@@ -1,4 +1,4 @@
-"""On-demand sessions: lint and types, the default tests, long soaks and the benchmark."""
+"""On-demand sessions: lint and types, the default tests, the docs, long soaks and the benchmark."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ nox.options.default_venv_backend = "venv"
 def lint(session: nox.Session) -> None:
     """ruff, mypy --strict and the import-layer contract."""
     session.install("-e", ".[dev]")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "examples")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "examples", "docs")
     session.run("mypy", "--strict", "src/halodb")
     session.run("lint-imports")
 
@@ -22,6 +22,18 @@ def tests(session: nox.Session) -> None:
     """The default suite, exactly as CI runs it."""
     session.install("-e", ".[test]")
     session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (mkdocs.yml) with every warning an error, and run every
+    code example: the fenced blocks of README.md and docs/*.md (tests/test_docs_examples.py
+    says how to mark one that cannot run alone) and the doctests of the docstrings. The site
+    goes to build/site/ (``mkdocs serve`` previews it)."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
+    session.run("pytest", "-q", "tests/test_docs_examples.py")
+    session.run("pytest", "-q", "--doctest-modules", "src/halodb")
 
 
 RELIABILITY_SUITES = [
