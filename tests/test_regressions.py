@@ -10,7 +10,7 @@ import pytest
 import halodb
 import halodb.vfs
 from halodb import format as fmt
-from halodb.btree import TreeReport
+from halodb.btree import ROW_OVERHEAD, TreeReport
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -406,7 +406,7 @@ def test_the_row_cache_stays_within_its_budget_after_a_large_flush(tmp_path: Pat
         db.flush()
         tree = db._m.parts[0].tree
         assert 0 < tree.rows_bytes <= tree.rows_budget
-        assert tree.rows_bytes == sum(len(k) + len(v) + 64 for k, v in tree.rows.items())
+        assert tree.rows_bytes == sum(len(k) + len(v) + ROW_OVERHEAD for k, v in tree.rows.items())
 
 
 def test_a_directory_made_by_another_process_mid_open_is_no_file(tmp_path: Path) -> None:

@@ -26,7 +26,15 @@ from halodb import btree as btree_module
 from halodb import format as fmt
 from halodb import partition as partition_module
 from halodb.bloom import MIN_BITS, BloomFilter, key_hash
-from halodb.btree import ROW_OVERHEAD, BTree, Internal, Leaf, limits
+from halodb.btree import (
+    BYTES_OBJECT,
+    OVERFLOW_OBJECT,
+    ROW_OVERHEAD,
+    BTree,
+    Internal,
+    Leaf,
+    limits,
+)
 from halodb.errors import CorruptionError, OperationalError
 from halodb.memtable import ENTRY_OVERHEAD, Memtable
 from halodb.pager import Pager, new_tree_file
@@ -629,7 +637,13 @@ def _verify(
 
 
 def _row_bytes(tree: BTree) -> int:
-    return sum(len(k) + len(v) + ROW_OVERHEAD for k, v in tree.rows.items())
+    """What the row cache's entries take: a bytes object per key and value (an overflow value
+    is an ``Overflow`` named tuple and its three ints instead)."""
+    assert ROW_OVERHEAD == 2 * BYTES_OBJECT
+    return sum(
+        len(k) + BYTES_OBJECT + (len(v) + BYTES_OBJECT if type(v) is bytes else OVERFLOW_OBJECT)
+        for k, v in tree.rows.items()
+    )
 
 
 def _rand_key(rng: random.Random) -> bytes:

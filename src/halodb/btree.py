@@ -10,13 +10,20 @@ The tree is never updated in place: :meth:`BTree.apply` merges a sorted batch of
 copies of the touched leaves and of their ancestors, then commits through the pager. Point
 lookups are O(height) with a binary search per node; decoded nodes are cached by the pager.
 The owner serialises every call; the tree is not thread-safe.
+
+Both caches are bounded in bytes of memory, not in pages or entries: a decoded node takes
+several times its page's size (every key and value is an object of its own), so each node is
+charged, when it is decoded, an estimate of what it takes (:func:`leaf_cost`,
+:func:`internal_cost`, from the object sizes ``sys.getsizeof`` gives), and each row its key and
+value objects plus the row cache's dict table.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, compress, islice, repeat
 from operator import add, is_not, le, lt, sub
@@ -49,18 +56,20 @@ class Leaf:
     collection, so the cached leaves cost the collections that a flush or a scan sets off
     nothing (as lists, every collection walked them: about a tenth of a fill's time)."""
 
-    __slots__ = ("big", "keys", "values")
+    __slots__ = ("big", "cost", "keys", "values")
 
     level = 0
     """A leaf's level (a class attribute): compared like :attr:`Internal.level`."""
 
     def __init__(
-        self, keys: tuple[bytes, ...], values: tuple[bytes | Overflow, ...], big: bool
+        self, keys: tuple[bytes, ...], values: tuple[bytes | Overflow, ...], big: bool, cost: int
     ) -> None:
         self.keys = keys
         self.values = values
         self.big = big
         """Whether any value is an :class:`Overflow`."""
+        self.cost = cost
+        """Bytes of memory the leaf takes in the node cache (:func:`leaf_cost`)."""
 
 
 class Internal:
@@ -69,20 +78,84 @@ class Internal:
     After deletes an internal node may be left with a single child and no key.
     """
 
-    __slots__ = ("children", "crcs", "keys", "level")
+    __slots__ = ("children", "cost", "crcs", "keys", "level")
 
-    def __init__(self, keys: list[bytes], children: list[int], crcs: list[int], level: int) -> None:
+    def __init__(
+        self, keys: list[bytes], children: list[int], crcs: list[int], level: int, cost: int
+    ) -> None:
         self.keys = keys
         self.children = children
         self.crcs = crcs
         self.level = level
         """The node's level (at least 1): a cached node reached where another level belongs
         (a page referred to from two levels, or a cycle) is damage, see :meth:`BTree._node`."""
+        self.cost = cost
+        """Bytes of memory the node takes in the node cache (:func:`internal_cost`)."""
 
 
-ROW_OVERHEAD = 64
-"""Bytes charged per row-cache entry on top of its key and value, for the dict slot and the
-objects that hold them."""
+# -- what decoded nodes and rows take in memory ------------------------------------------------
+# CPython's object sizes, from sys.getsizeof (which counts the garbage collector's header of the
+# objects that have one), plus _PAD per object: the allocator rounds every block up to a
+# multiple of 16 bytes, half of that on average. Measured against tracemalloc by
+# tests/test_cache_memory.py.
+
+_PAD = 8
+_REF_SIZE = struct.calcsize("P")
+"""A reference: a slot of a tuple or list."""
+BYTES_OBJECT = sys.getsizeof(b"") + _PAD
+"""What a bytes object takes on top of its length."""
+_INT_OBJECT = sys.getsizeof(1 << 31) + _PAD
+"""A page number or checksum (below 2**32) as an int object."""
+_TUPLE_OBJECT = sys.getsizeof(()) + _PAD
+_LIST_OBJECT = sys.getsizeof([]) + _PAD
+DICT_ENTRY = 4 * 3 * _REF_SIZE + 6 * 4
+"""A dict entry at worst: three references in a table that may be three quarters empty just
+after it grew, and its index slots (4 bytes each, six per entry at worst)."""
+OVERFLOW_OBJECT = sys.getsizeof(Overflow(0, 0, 0)) + _PAD + 3 * _INT_OBJECT
+"""What an :class:`Overflow` reference takes: the named tuple and its three ints."""
+_CACHE_ENTRY = DICT_ENTRY + _INT_OBJECT
+"""A node cache entry: its dict entry and the page number."""
+_LEAF_BASE = (
+    sys.getsizeof(Leaf((), (), False, 0)) + _PAD + 2 * _TUPLE_OBJECT + _CACHE_ENTRY - _HSIZE
+)
+_LEAF_ENTRY = 2 * (BYTES_OBJECT + _REF_SIZE) - 5
+"""(``_HSIZE`` and the 5 bytes a page spends per entry are taken off: :func:`leaf_cost` is given
+where a leaf's contents end in its page, not their length.)"""
+_OVERFLOW_EXTRA = OVERFLOW_OBJECT - BYTES_OBJECT - _REF.size
+"""What an overflow value takes in a leaf beyond the bytes of its reference in the page."""
+_INTERNAL_BASE = (
+    sys.getsizeof(Internal([], [], [], 1, 0))
+    + _PAD
+    + 3 * _LIST_OBJECT
+    + _CACHE_ENTRY
+    + 2 * (_INT_OBJECT + _REF_SIZE)
+)
+_INTERNAL_ENTRY = BYTES_OBJECT + 2 * _REF_SIZE + 2 * (_INT_OBJECT + _REF_SIZE)
+"""A separator (a bytes object in a list that may be over-allocated) and one more child with
+its checksum."""
+
+
+def leaf_cost(n: int, end: int, overflows: int = 0) -> int:
+    """Bytes of memory a decoded leaf of ``n`` entries whose contents end at offset ``end`` of
+    its page (``overflows`` of its values in overflow pages) takes in the node cache: the node,
+    its two tuples, a bytes object per key and value, and its cache entry. O(1)."""
+    return _LEAF_BASE + n * _LEAF_ENTRY + end + overflows * _OVERFLOW_EXTRA
+
+
+def internal_cost(n: int, key_bytes: int) -> int:
+    """Bytes of memory a decoded internal node of ``n`` separators (``key_bytes`` long in
+    all) takes in the node cache: the node, its three lists, a bytes object per separator, an
+    int per child and checksum, and its cache entry. O(1)."""
+    return _INTERNAL_BASE + n * _INTERNAL_ENTRY + key_bytes
+
+
+ROW_OVERHEAD = 2 * BYTES_OBJECT
+"""Bytes charged per row-cache entry on top of its key's and value's lengths: the two objects
+(an :class:`Overflow` value is charged ``OVERFLOW_OBJECT`` instead of a bytes object). The row
+cache's dict table is charged as it is (``dict.__sizeof__``)."""
+_ROW_OVERFLOW_EXTRA = OVERFLOW_OBJECT - BYTES_OBJECT - len(Overflow(0, 0, 0))
+"""An overflow row's charge beyond ``len(value) + BYTES_OBJECT`` (``len`` of an
+:class:`Overflow` is 3)."""
 
 Ref = tuple[bytes, int, int]
 """A written node: a lower bound of its keys, its page number, its checksum."""
@@ -103,6 +176,16 @@ def _slices(page: bytes, base: int, ends: tuple[int, ...]) -> list[bytes]:
     return out
 
 
+def _count_overflows(values: Iterable[object]) -> int:
+    """How many of ``values`` are :class:`Overflow` references (C-level: no Python loop)."""
+    return list(map(type, values)).count(Overflow)
+
+
+_dict_sizeof = dict.__sizeof__
+"""A dict's size with its table (``sys.getsizeof`` less the collector's header, and five times
+faster: called on every row added)."""
+
+
 def _ascending(ends: tuple[int, ...]) -> bool:
     """Whether cumulative offsets never go down."""
     return all(map(le, ends, islice(ends, 1, None)))
@@ -115,12 +198,31 @@ def _sorted(keys: Sequence[bytes]) -> bool:
 
 LAYOUTS_MAX = 512
 """How many leaf layouts ``_LAYOUTS`` holds before it starts again."""
+LAYOUTS_BYTES = 4 << 20
+"""How many bytes of memory ``_LAYOUTS`` may take before it starts again: a ``Struct`` for a
+leaf of ``n`` entries takes about ``64 * n`` bytes, so 512 of them for leaves of small entries
+(or large pages) could take tens of megabytes. For the whole process, outside ``cache_size``."""
 
 _LAYOUTS: dict[bytes, struct.Struct | None] = {}
 """Leaf layouts met lately: a leaf's raw offset arrays -> a ``Struct`` that cuts every key and
 value of such a leaf in one call (``None``: met once; a layout met twice gets its ``Struct``, so
 leaves of variable sizes, whose layouts rarely repeat, do not pay for building one). Shared by
 every tree of the process: a layout is only sizes, checked before it is remembered."""
+
+
+class _Tally:
+    """A count that functions update in place (a module global would need ``global``)."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+_LAYOUTS_HELD = _Tally()
+"""Bytes of memory ``_LAYOUTS`` takes (its keys, entries and ``Struct`` objects). Updated
+without a lock, as ``_LAYOUTS`` is: threads decoding in different partitions at once may
+miscount a layout, which only moves the next start-again."""
 
 
 @dataclass(slots=True)
@@ -186,10 +288,12 @@ class BTree:
         drops every key it changes (while it runs, a changed key may still have its old row; its
         owner's memtable still holds it)."""
         self.rows_bytes = 0
-        """What the row cache holds: keys, values and ``ROW_OVERHEAD`` per entry."""
-        self.rows_budget = max(pager.cache_pages * pager.page_size, 64 * ROW_OVERHEAD)
-        """Past this many bytes the older half of the row cache is dropped (the same budget as
-        the node cache's)."""
+        """What the row cache's entries take: keys and values, ``ROW_OVERHEAD`` per entry (and
+        more for an :class:`Overflow` value, see ``_ROW_OVERFLOW_EXTRA``); its dict table is
+        not included (:meth:`row_cache_bytes` adds it)."""
+        self.rows_budget = pager.cache_budget
+        """Past this many bytes of memory (:meth:`row_cache_bytes`) the older half of the row
+        cache is dropped (the same budget as the node cache's)."""
         self.usable = pager.page_size - _HSIZE
         self.where = pager.path
 
@@ -211,13 +315,16 @@ class BTree:
                     pieces = layout.unpack_from(page)
                     keys: tuple[bytes, ...] = pieces[:n]
                     values: tuple[bytes | Overflow, ...] = pieces[n:]
+                    end = layout.size
                 else:
-                    keys, values = self._cut_leaf(page_no, page, n, offsets)
+                    keys, values, end = self._cut_leaf(page_no, page, n, offsets)
+                overflows = 0
                 if flags.count(0) != n:
                     values = self._overflows(page_no, flags, values)
+                    overflows = flags.count(fmt.VALUE_OVERFLOW)
                 if not _sorted(keys):
                     raise self._damage(page_no, "keys out of order")
-                return Leaf(keys, values, fmt.VALUE_OVERFLOW in flags)
+                return Leaf(keys, values, overflows > 0, leaf_cost(n, end, overflows))
             if ptype == fmt.PAGE_INTERNAL and level > 0:
                 children_end = _HSIZE + 8 * (n + 1)
                 if children_end + 2 * n > size:
@@ -230,7 +337,8 @@ class BTree:
                 separators = _slices(page, kbase, kends)
                 if not _sorted(separators):
                     raise self._damage(page_no, "keys out of order")
-                return Internal(separators, list(refs[0::2]), list(refs[1::2]), level)
+                cost = internal_cost(n, kends[-1] if n else 0)
+                return Internal(separators, list(refs[0::2]), list(refs[1::2]), level, cost)
         except struct.error as exc:
             raise self._damage(page_no, f"malformed node ({exc})") from exc
         raise self._damage(page_no, f"page type {ptype} is not a node of level {level}")
@@ -253,10 +361,12 @@ class BTree:
 
     def _cut_leaf(
         self, page_no: int, page: bytes, n: int, offsets: bytes
-    ) -> tuple[tuple[bytes, ...], tuple[bytes | Overflow, ...]]:
-        """A leaf's keys and raw values, its offsets (``offsets``, the raw arrays) checked.
-        The second time a layout is met, it is remembered in ``_LAYOUTS``: leaves of keys and
-        values of fixed sizes are then cut in one call."""
+    ) -> tuple[tuple[bytes, ...], tuple[bytes | Overflow, ...], int]:
+        """A leaf's keys and raw values, and where they end in the page, its offsets
+        (``offsets``, the raw arrays) checked. The second time a layout is met, it is remembered
+        in ``_LAYOUTS``: leaves of keys and values of fixed sizes are then cut in one call.
+        ``_LAYOUTS`` starts again when it holds ``LAYOUTS_MAX`` layouts or would take more than
+        ``LAYOUTS_BYTES`` of memory."""
         ends = fmt.u16_array(2 * n).unpack(offsets)
         kends, vends = ends[:n], ends[n:]
         kbase = _HSIZE + 5 * n
@@ -267,14 +377,21 @@ class BTree:
             raise self._damage(page_no, "leaf offsets out of order")
         keys = tuple(_slices(page, kbase, kends))
         values = tuple(_slices(page, vbase, vends))
-        if offsets in _LAYOUTS:  # seen once before: worth a Struct
+        layout: struct.Struct | None = None
+        known = offsets in _LAYOUTS
+        if known:  # seen once before: worth a Struct
             sizes = [*map(sub, kends, (0, *kends)), *map(sub, vends, (0, *vends))]
-            _LAYOUTS[offsets] = struct.Struct(f"<{kbase}x" + "".join(map("{}s".format, sizes)))
+            layout = struct.Struct(f"<{kbase}x" + "".join(map("{}s".format, sizes)))
+            size = sys.getsizeof(layout) + BYTES_OBJECT + len(layout.format)
         else:
-            if len(_LAYOUTS) >= LAYOUTS_MAX:
-                _LAYOUTS.clear()
-            _LAYOUTS[offsets] = None
-        return keys, values
+            size = BYTES_OBJECT + len(offsets) + DICT_ENTRY
+        held = _LAYOUTS_HELD
+        if (not known and len(_LAYOUTS) >= LAYOUTS_MAX) or held.bytes + size > LAYOUTS_BYTES:
+            _LAYOUTS.clear()
+            held.bytes = 0
+        _LAYOUTS[offsets] = layout
+        held.bytes += size
+        return keys, values, vbase + vends[-1]
 
     def _damage(self, page_no: int, what: str) -> CorruptionError:
         return CorruptionError(f"{self.where} page {page_no}: {what}")
@@ -305,15 +422,38 @@ class BTree:
         node = self._decode(page_no, pager.read_page(page_no, crc, "tree node"), level)
         pager.remember(page_no, node)
         if isinstance(node, Leaf):
-            self._remember_rows(node.keys, node.values)
+            self._remember_rows(node.keys, node.values, node.big)
         return node
 
-    def _remember_rows(self, keys: Sequence[bytes], values: Sequence[bytes | Overflow]) -> None:
-        """Add rows (keys the cache may already hold are charged again: an overestimate that
-        the next shrink corrects)."""
-        self.rows.update(zip(keys, values, strict=True))
-        self.rows_bytes += sum(map(len, keys)) + sum(map(len, values)) + ROW_OVERHEAD * len(keys)
-        if self.rows_bytes > self.rows_budget:
+    def row_cache_bytes(self) -> int:
+        """Bytes of memory the row cache takes: its entries (``rows_bytes``) and its dict's
+        table. O(1)."""
+        return self.rows_bytes + _dict_sizeof(self.rows)
+
+    def _remember_rows(
+        self, keys: Sequence[bytes], values: Sequence[bytes | Overflow], big: bool
+    ) -> None:
+        """Add rows (``big``: some values may be :class:`Overflow`). Keys the cache may already
+        hold are charged again: an overestimate that the next shrink corrects."""
+        rows = self.rows
+        rows.update(zip(keys, values, strict=True))
+        added = sum(map(len, keys)) + sum(map(len, values)) + ROW_OVERHEAD * len(keys)
+        if big:
+            added += _ROW_OVERFLOW_EXTRA * _count_overflows(values)
+        self.rows_bytes += added
+        if self.rows_bytes + _dict_sizeof(rows) > self.rows_budget:
+            self._shrink_rows()
+
+    def _remember_row(self, key: bytes, value: bytes | Overflow) -> None:
+        """Add one row the cache does not hold (:meth:`_remember_rows` for one row, without
+        its lists: the path of every first lookup of a key)."""
+        rows = self.rows
+        rows[key] = value
+        if type(value) is bytes:
+            self.rows_bytes += len(key) + len(value) + ROW_OVERHEAD
+        else:
+            self.rows_bytes += len(key) + BYTES_OBJECT + OVERFLOW_OBJECT
+        if self.rows_bytes + _dict_sizeof(rows) > self.rows_budget:
             self._shrink_rows()
 
     def _shrink_rows(self) -> None:
@@ -322,10 +462,14 @@ class BTree:
         rows = self.rows
         while True:
             rows = dict(islice(rows.items(), len(rows) // 2, None))
+            values = rows.values()
             self.rows_bytes = (
-                sum(map(len, rows)) + sum(map(len, rows.values())) + ROW_OVERHEAD * len(rows)
+                sum(map(len, rows))
+                + sum(map(len, values))
+                + ROW_OVERHEAD * len(rows)
+                + _ROW_OVERFLOW_EXTRA * _count_overflows(values)
             )
-            if self.rows_bytes <= self.rows_budget or not rows:
+            if self.rows_bytes + _dict_sizeof(rows) <= self.rows_budget or not rows:
                 break
         self.rows = rows
 
@@ -340,10 +484,13 @@ class BTree:
             popped = list(map(rows.pop, keys, repeat(None)))
             dropped = len(popped) - popped.count(None)
             if dropped:
+                # (filter(None, ...) also leaves out empty values, whose length is 0 anyway.)
+                values = list(filter(None, popped))
                 self.rows_bytes -= (
                     sum(map(len, compress(keys, map(is_not, popped, repeat(None)))))
-                    + sum(len(v) for v in popped if v is not None)
+                    + sum(map(len, values))
                     + ROW_OVERHEAD * dropped
+                    + _ROW_OVERFLOW_EXTRA * _count_overflows(values)
                 )
 
     # -- reads -------------------------------------------------------------------------------
@@ -405,7 +552,7 @@ class BTree:
         if i < len(keys) and keys[i] == key:
             value = leaf.values[i]
             if key not in self.rows:  # (a leaf just read from disk put all its rows there)
-                self._remember_rows([key], [value])
+                self._remember_row(key, value)
             return value if type(value) is bytes else self.read_overflow(value)  # type: ignore[arg-type]
         return None
 
@@ -793,8 +940,9 @@ class BTree:
             )
             page_no = pager.allocate()
             crc = pager.write_page(page_no, body)
-            big_group = flags is not None and fmt.VALUE_OVERFLOW in group_flags
-            pager.remember(page_no, Leaf(group_keys, cached_values[a:b], big_group))
+            overflows = 0 if flags is None else group_flags.count(fmt.VALUE_OVERFLOW)
+            cost = leaf_cost(n, _HSIZE + cum[b] - cum[a], overflows)
+            pager.remember(page_no, Leaf(group_keys, cached_values[a:b], overflows > 0, cost))
             refs.append((group_keys[0], page_no, crc))
         return refs
 
@@ -808,17 +956,19 @@ class BTree:
             children = [p for _, p, _ in group]
             crcs = [c for _, _, c in group]
             n = len(keys)
+            ends = list(accumulate(map(len, keys)))
             body = b"".join(
                 (
                     _HEADER.pack(0, fmt.PAGE_INTERNAL, level, n, 0, 0)[4:],
                     b"".join(_CHILD.pack(p, c) for p, c in zip(children, crcs, strict=True)),
-                    fmt.u16_array(n).pack(*accumulate(map(len, keys))),
+                    fmt.u16_array(n).pack(*ends),
                     *keys,
                 )
             )
             page_no = pager.allocate()
             crc = pager.write_page(page_no, body)
-            pager.remember(page_no, Internal(keys, children, crcs, level))
+            cost = internal_cost(n, ends[-1] if n else 0)
+            pager.remember(page_no, Internal(keys, children, crcs, level, cost))
             out.append((group[0][0], page_no, crc))
         return out
 

@@ -11,9 +11,11 @@ it reaches intact. Pages freed by a transaction are only reused by the one after
 previous transaction's tree also stays intact while a new one is being written.
 
 The cache holds decoded nodes (whatever the layer above decodes a page into), keyed by page
-number; past its capacity the older half goes (a hit costs one dict lookup and no bookkeeping,
-which matters more in Python than the better hit rate of LRU). Not thread-safe:
-its owner serialises calls.
+number, within a budget in bytes of memory: each node says what it costs (its ``cost``, an
+estimate made by the layer above when it decodes the page, since a decoded node takes several
+times its page's size). Past the budget the oldest nodes go until half of it is left (a hit costs
+one dict lookup and no bookkeeping, which matters more in Python than the better hit rate of
+LRU). Not thread-safe: its owner serialises calls.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from itertools import islice
-from typing import Any
+from typing import Any, Protocol
 
 from halodb import format as fmt
 from halodb.errors import CorruptionError, InternalError, OperationalError
@@ -38,6 +40,8 @@ there, so a meta page that says otherwise is damaged (and the next commit could 
 MIN_ENTRY = 5
 """The fewest bytes a leaf entry takes (``docs/format.md``, "Leaf page"): its flag, its key
 end and its value end, with an empty key and value."""
+MIN_CACHE_PAGES = 16
+"""The node cache's budget is at least this many pages' worth of bytes."""
 DIRTY_BYTES = 8 << 20
 """How many bytes of written pages a transaction buffers before handing them to the OS."""
 _HEADER = fmt.PAGE_HEADER
@@ -60,6 +64,16 @@ class Meta:
     flushed_seq: int
     """The newest sequence number whose write the tree holds."""
     key_count: int
+
+
+class Cached(Protocol):
+    """What the node cache holds: a decoded node that knows its size in memory."""
+
+    @property
+    def cost(self) -> int:
+        """Bytes of memory the node takes, its cache entry included (an estimate that must not
+        fall short: the cache's budget is only as good as it)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -123,7 +137,11 @@ class Pager:
         self.dirty_limit = max(16, DIRTY_BYTES // page_size)
         self.file: File = fs.open(path, write=not readonly)
         self.cache: dict[int, Any] = {}
-        self.cache_pages = max(cache_pages, 16)
+        """Decoded nodes by page number (each a :class:`Cached`), oldest first."""
+        self.cache_budget = max(cache_pages, MIN_CACHE_PAGES) * page_size
+        """Bytes of memory the cached nodes may take (``cache_pages`` pages' worth)."""
+        self.cache_bytes = 0
+        """Bytes of memory the cached nodes take: the sum of their ``cost``."""
         self.stats = PagerStats()
         try:
             self.meta = self._read_meta()
@@ -306,7 +324,7 @@ class Pager:
         ``unsettled`` tells the owner that the file may hold the other one: it must write
         nothing more."""
         self.pending = []
-        self.cache = {}
+        self._forget_cache()
         self.dirty = {}
         saved_meta = self.meta
         saved_free, saved_next, saved_freelist = self._saved
@@ -335,7 +353,9 @@ class Pager:
     def release(self, page_no: int) -> None:
         """The transaction being built no longer uses ``page_no``; reusable from the next one."""
         self.pending.append(page_no)
-        self.cache.pop(page_no, None)
+        node = self.cache.pop(page_no, None)
+        if node is not None:
+            self.cache_bytes -= node.cost
 
     def release_all(self) -> None:
         """The transaction being built uses no page of the committed one: every page that is
@@ -343,17 +363,39 @@ class Pager:
         free = set(self.free)
         self.pending = [p for p in range(META_PAGES, self._next_page) if p not in free]
         self.freelist_pages = []  # now among the pending pages
-        self.cache = {}
+        self._forget_cache()
 
     # -- cache -------------------------------------------------------------------------------
 
-    def remember(self, page_no: int, node: Any) -> None:
-        """Put a decoded node in the cache; past capacity, the older half is dropped at once
-        (O(1) amortised, where evicting one entry at a time from the front of a dict is not)."""
+    def remember(self, page_no: int, node: Cached) -> None:
+        """Put a decoded node in the cache; past the budget, the oldest nodes are dropped at once
+        until at most half of it is left (O(1) amortised, where evicting one entry at a time
+        from the front of a dict is not), so a node costing more than that goes too."""
         cache = self.cache
+        old = cache.pop(page_no, None)
+        if old is not None:
+            self.cache_bytes -= old.cost
         cache[page_no] = node
-        if len(cache) > self.cache_pages:
-            self.cache = dict(islice(cache.items(), len(cache) // 2, None))
+        self.cache_bytes += node.cost
+        if self.cache_bytes > self.cache_budget:
+            self._shrink_cache()
+
+    def _shrink_cache(self) -> None:
+        cache = self.cache
+        excess = self.cache_bytes - self.cache_budget // 2
+        dropped = 0
+        count = 0
+        for node in cache.values():
+            if dropped >= excess:
+                break
+            dropped += node.cost
+            count += 1
+        self.cache = dict(islice(cache.items(), count, None))
+        self.cache_bytes -= dropped
+
+    def _forget_cache(self) -> None:
+        self.cache = {}
+        self.cache_bytes = 0
 
     # -- free list and commit ----------------------------------------------------------------
 
@@ -454,5 +496,5 @@ class Pager:
 
     def close(self) -> None:
         """Close the file; idempotent."""
-        self.cache.clear()
+        self._forget_cache()
         self.file.close()

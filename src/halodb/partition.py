@@ -126,20 +126,42 @@ class PartitionStats:
     """Counters and sizes of one partition at one moment."""
 
     index: int
+    """The partition's number, from 0."""
     keys: int
+    """Keys live in the partition (memtable and tree together)."""
     memtable_entries: int
+    """Entries in the memtable, tombstones included."""
     memtable_bytes: int
+    """The memtable's size as counted against ``memtable_size``."""
     wal_bytes: int
+    """The log's length, records still buffered included."""
     tree_height: int
+    """Levels of the on-disk B+ tree."""
     tree_keys: int
+    """Keys in the tree as of the last flush."""
     pages: int
+    """Pages in the tree file."""
     free_pages: int
+    """Pages of the tree file free for reuse."""
     cache_hits: int
+    """Node-cache lookups that found the node decoded."""
     cache_misses: int
+    """Node-cache lookups that read and decoded the page."""
     bloom_negatives: int
+    """Lookups the bloom filter answered absent (no tree read)."""
     bloom_rebuilds: int
+    """Times the bloom filter was rebuilt from the tree."""
     flushes: int
+    """Flushes of the memtable into the tree since the store was opened."""
     recovery_seconds: float
+    """Time to open the partition and replay its log."""
+    cache_bytes: int
+    """Bytes of memory the node cache's decoded nodes take (an estimate made as each node is
+    decoded, from CPython's object sizes); at most the partition's share of ``cache_size``
+    (and at least 16 pages' worth)."""
+    row_cache_bytes: int
+    """Bytes of memory the row cache takes (its keys and values as objects, and its dict);
+    within the same budget as ``cache_bytes``."""
 
 
 def create_files(fs: FileSystem, directory: str, index: int, page_size: int) -> None:
@@ -525,6 +547,8 @@ class Partition:
             bloom_rebuilds=self.bloom_rebuilds,
             flushes=self.flushes,
             recovery_seconds=self.recovery_seconds,
+            cache_bytes=self.pager.cache_bytes,
+            row_cache_bytes=self.tree.row_cache_bytes(),
         )
 
     def check(self) -> TreeReport:
