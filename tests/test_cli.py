@@ -25,6 +25,7 @@ from typer.testing import CliRunner, Result
 import halodb
 from halodb import cli
 from halodb.cli import Shell, app, from_json, literal_text, parse_literal, to_json
+from halodb.cli.commands import data as data_commands
 
 runner = CliRunner()
 
@@ -960,7 +961,7 @@ def test_shell_interrupt_cancels_the_command_not_the_shell(
     def interrupted(*args: Any, **kwargs: Any) -> str:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "show_value", interrupted)
+    monkeypatch.setattr(data_commands, "show_value", interrupted)
     assert shell.onecmd("list") is False
     assert "interrupted" in capsys.readouterr().err
     assert shell.status == 130

@@ -298,10 +298,12 @@ def typed(base):
 
 
 def annotation_strings():
-    # cli.py has `from __future__ import annotations`: typer evaluates these strings (the
-    # program's own source text) each time it builds a command
+    # the modules of halodb.cli have `from __future__ import annotations`: typer evaluates
+    # these strings (the program's own source text) each time it builds a command
     found = set()
-    for obj in list(vars(cli).values()):
+    modules = [m for name, m in list(sys.modules.items())
+               if name == "halodb.cli" or name.startswith("halodb.cli.")]
+    for obj in [o for m in modules for o in list(vars(m).values())]:
         for o in [obj, getattr(obj, "__wrapped__", None), *(
                 vars(obj).values() if isinstance(obj, type) else ())]:
             ann = getattr(o, "__annotations__", None)
@@ -394,10 +396,10 @@ def test_the_default_api_runs_no_code_and_unpickles_nothing(audited: dict[str, A
 def test_the_command_evaluates_only_its_own_annotations(audited: dict[str, Any]) -> None:
     """The ``halodb`` subcommands (put, get, list, list --json, count, stats, tree, check,
     flush, dump, delete, load, clear) unpickle nothing, unmarshal nothing but modules' bytecode
-    (see ``_phase``), and compile and run no text but their own: cli.py uses ``from __future__
-    import annotations``, so typer (through ``inspect.get_annotations`` and
-    ``typing.get_type_hints``) compiles and evaluates the annotation strings of the command
-    functions, written in cli.py itself, every time it builds a command. Every other
+    (see ``_phase``), and compile and run no text but their own: the modules of ``halodb.cli``
+    use ``from __future__ import annotations``, so typer (through ``inspect.get_annotations``
+    and ``typing.get_type_hints``) compiles and evaluates the annotation strings of the command
+    functions, written in those modules, every time it builds a command. Every other
     ``compile`` is of one of those strings, called from inspect/typing, and every ``exec`` runs
     such a compiled string."""
     annotations = set(audited["annotations"])

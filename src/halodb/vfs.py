@@ -23,6 +23,8 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_TEMPORARY_ATTEMPTS = 100
+"""Fresh names :meth:`FileSystem.create_temporary` tries before it gives up."""
 
 
 @contextmanager
@@ -122,6 +124,44 @@ class Lock:
         if fd is not None:
             with _oserror("unlocking", self.path):
                 os.close(fd)
+
+
+class AtomicFile:
+    """What :meth:`FileSystem.atomic_writer` yields: a file being written under a temporary
+    name, as a stream. Writes are buffered here and go out through :meth:`File.write_at`.
+
+    Not thread-safe; not durable until the ``with`` block of :meth:`FileSystem.atomic_writer`
+    ends.
+    """
+
+    __slots__ = ("_buffer", "_handle", "_offset")
+
+    BUFFER_SIZE = 1 << 16
+    """Bytes gathered before they are written out."""
+
+    def __init__(self, handle: File) -> None:
+        self._handle = handle
+        self._buffer = bytearray()
+        self._offset = 0
+
+    @property
+    def path(self) -> str:
+        """The temporary file's path (renamed over the target when the block ends)."""
+        return self._handle.path
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data``; returns its length. Does not fsync."""
+        self._buffer += data
+        if len(self._buffer) >= self.BUFFER_SIZE:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        """Write out what is buffered (to the OS, not to the disk: no fsync)."""
+        if self._buffer:
+            self._handle.write_at(self._offset, self._buffer)
+            self._offset += len(self._buffer)
+            self._buffer.clear()
 
 
 class FileSystem:
@@ -251,3 +291,49 @@ class FileSystem:
                 self.unlink(tmp)  # (what a crash here leaves, the next write_new removes)
             raise
         self.sync_dir(os.path.dirname(os.path.abspath(path)))
+
+    def create_temporary(self, directory: str, prefix: str) -> File:
+        """Create and open a new, empty file ``PREFIX.RANDOM.tmp`` in ``directory`` (0600,
+        ``O_EXCL`` and ``O_NOFOLLOW``: a fresh name, never a file or link planted in advance).
+        Does not fsync."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+        for _ in range(_TEMPORARY_ATTEMPTS):
+            path = os.path.join(directory, f"{prefix}.{os.urandom(6).hex()}.tmp")
+            try:
+                fd = os.open(path, flags, FILE_MODE)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise OperationalError(f"creating {path!r} failed: {exc.strerror or exc}") from exc
+            return File(self, path, fd)
+        raise OperationalError(
+            f"creating a temporary file in {directory!r} failed: every name tried was taken"
+        )
+
+    @contextmanager
+    def atomic_writer(self, path: str) -> Iterator[AtomicFile]:
+        """A new content for ``path``, written as a stream, atomically and durably.
+
+        Yields an :class:`AtomicFile` over a temporary file beside ``path``
+        (:meth:`create_temporary`). When the block ends, the temporary file is fsynced, renamed
+        over ``path`` and the directory fsynced: after a crash ``path`` holds either its old
+        content or the whole new one, never a mix. If the block or any of those steps raises,
+        the temporary file is removed and ``path`` is left as it was (unless only the last
+        fsync, of the directory, failed).
+        """
+        directory, name = os.path.split(os.path.abspath(path))
+        handle = self.create_temporary(directory, name)
+        try:
+            try:
+                out = AtomicFile(handle)
+                yield out
+                out.flush()
+                handle.sync()
+            finally:
+                handle.close()
+            self.rename(handle.path, path)
+        except BaseException:
+            with suppress(OSError, OperationalError):
+                self.unlink(handle.path)
+            raise
+        self.sync_dir(directory)

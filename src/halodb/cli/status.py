@@ -1,0 +1,276 @@
+"""Exit statuses and the one-line error policy of the ``halodb`` command; it must not know the
+commands, the store session or how anything is shown but as an ``error:`` or ``warning:`` line.
+
+Exit statuses (also documented in ``docs/cli.md``)::
+
+    0    success
+    1    key not found (get, delete)
+    2    usage error: unknown command or option, missing argument, bad key literal, bad input data
+    3    store error: locked by another process, corrupted, not a store, I/O failure
+    130  interrupted (Ctrl-C)
+    141  stdout was closed early (``halodb list | head``); nothing more is printed
+
+No user mistake prints a traceback, and every error is one ``error:`` line (:func:`guard`),
+usage errors included (:func:`usage_message`; typer would draw them in a box); set
+``HALODB_DEBUG=1`` to see a traceback for an internal error. The engine's log messages are
+printed as ``warning:`` and ``error:`` lines like the command's own (:class:`LogLines`;
+``HALODB_DEBUG=1`` shows its ``info:`` and ``debug:`` lines too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator
+from typing import Final
+
+import typer
+from rich.text import Text
+
+import halodb
+from halodb.cli.terminal import PipeClosed, console
+
+EXIT_OK: Final = 0
+EXIT_NOT_FOUND: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_STORE: Final = 3
+EXIT_INTERRUPTED: Final = 130
+EXIT_PIPE: Final = 141
+"""What a shell reports for a program killed by SIGPIPE (128 + 13): its reader went away."""
+
+
+class CliError(Exception):
+    """A failure to report in one line, with the exit status it maps to."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# ----------------------------------------------------------------------------- one line
+
+ECHO_LIMIT: Final = 60
+"""Characters of a bad input an error message repeats."""
+MESSAGE_LIMIT: Final = 200
+"""Characters of an exception's text an error message repeats (see :func:`brief`)."""
+_SUBSCRIPTS = re.compile(r"(?:\[[^\]\n]*\]){6,}")
+_SUBSCRIPT = re.compile(r"\[[^\]\n]*\]")
+
+
+def echo(text: str) -> str:
+    """``text`` quoted for an error message, cut to its first :data:`ECHO_LIMIT` characters."""
+    if len(text) <= ECHO_LIMIT:
+        return repr(text)
+    return f"{text[:ECHO_LIMIT]!r}… ({len(text):,} characters)"
+
+
+def brief(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """An exception's text cut for a one-line error: a long path into a nested value
+    (``value[0][0][0]...``, one subscript a level) is shortened to its first two and last
+    subscripts and its depth, and whatever is still longer than ``limit`` is cut.
+
+    >>> brief("value" + "[0]" * 101 + ": nested deeper than 100")
+    'value[0][0]…[0] (101 levels): nested deeper than 100'
+    """
+
+    def shorten(match: re.Match[str]) -> str:
+        parts = _SUBSCRIPT.findall(match.group())
+        return f"{''.join(parts[:2])}…{parts[-1]} ({len(parts)} levels)"
+
+    text = _SUBSCRIPTS.sub(shorten, text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def error(message: str) -> None:
+    """An ``error:`` line on stderr."""
+    console(stderr=True).print(Text.assemble(("error: ", "bold red"), message))
+
+
+def warn(message: str) -> None:
+    """A ``warning:`` line on stderr."""
+    console(stderr=True).print(Text.assemble(("warning: ", "bold yellow"), message))
+
+
+def debugging() -> bool:
+    """Whether ``HALODB_DEBUG`` asks for tracebacks and the engine's every log line."""
+    return bool(os.environ.get("HALODB_DEBUG"))
+
+
+def report_interrupt(message: str = "interrupted") -> None:
+    """The ``error:`` line of a Ctrl-C, on a line of its own: after whatever output was pending
+    and, on a terminal, after the ``^C`` the terminal echoed in the middle of a line."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    with contextlib.suppress(OSError, ValueError):
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+    error(message)
+
+
+def usage_message(exc: typer.TyperException, see: str) -> str:
+    """A usage error on one line: the parser's message; for an unknown option, a reminder that
+    a key or value starting with '-' goes after '--'; and ``see``, where the options are."""
+    message = exc.format_message().rstrip(".")
+    notes = []
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoSuchOption" and ctx is not None:  # click's class, not exported
+        names = [
+            p.metavar or p.name.upper()
+            for p in ctx.command.params
+            if p.param_type_name == "argument"
+        ]
+        if names:
+            notes.append(
+                f"a {' or '.join(names)} that starts with '-' goes after '--': "
+                f"{ctx.info_name} -- {' '.join(names)}"
+            )
+    if see:
+        notes.append(see)
+    return f"{message} ({'; '.join(notes)})" if notes else message
+
+
+# ----------------------------------------------------------------------------- the engine's log
+
+
+class LogLines(logging.Handler):
+    """Prints the engine's log records (the ``halodb`` logger) as the command's own lines:
+    ``warning: ...``, ``error: ...`` on stderr.
+
+    While a command runs (:func:`guard`), error records are held back: when the command then
+    fails with a store error, its one ``error:`` line reports the problem and the held records
+    are dropped, so that a failure is not reported twice in two wordings.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self._held: list[logging.LogRecord] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.lock or contextlib.nullcontext():
+            if self._held is not None and record.levelno >= logging.ERROR:
+                self._held.append(record)
+                return
+        self._show(record)
+
+    def _show(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            exc = record.exc_info[1] if record.exc_info else None
+            if exc is not None:
+                message += f" ({type(exc).__name__}: {exc})"
+            if record.levelno >= logging.ERROR:
+                error(message)
+            elif record.levelno >= logging.WARNING:
+                warn(message)
+            else:
+                label = "info: " if record.levelno >= logging.INFO else "debug: "
+                console(stderr=True).print(Text.assemble((label, "dim"), message))
+            if exc is not None and record.exc_info and debugging():
+                sys.stderr.write(logging.Formatter().formatException(record.exc_info) + "\n")
+        except Exception:
+            self.handleError(record)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Hold error records back until the end of the block, :meth:`drop` or
+        :meth:`print_held`."""
+        with self.lock or contextlib.nullcontext():
+            outermost = self._held is None
+            if outermost:
+                self._held = []
+        try:
+            yield
+        finally:
+            if outermost:
+                self.print_held()
+                with self.lock or contextlib.nullcontext():
+                    self._held = None
+
+    def drop(self) -> None:
+        """Forget the held records: the failure they describe is being reported."""
+        with self.lock or contextlib.nullcontext():
+            if self._held is not None:
+                self._held.clear()
+
+    def print_held(self) -> None:
+        """Print the held records now."""
+        with self.lock or contextlib.nullcontext():
+            held = self._held or []
+            if self._held is not None:
+                self._held = []
+        for record in held:
+            self._show(record)
+
+
+LOG_LINES = LogLines()
+
+
+def configure_logging() -> None:
+    """Route the ``halodb`` logger to :data:`LOG_LINES`: warnings and errors, or with
+    ``HALODB_DEBUG`` everything. Without this, Python's last-resort handler would print bare
+    messages."""
+    logger = logging.getLogger("halodb")
+    if LOG_LINES not in logger.handlers:
+        logger.addHandler(LOG_LINES)
+    logger.setLevel(logging.DEBUG if debugging() else logging.WARNING)
+
+
+# ----------------------------------------------------------------------------- the policy
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    """Turn every failure inside into one line on stderr and ``typer.Exit(status)``.
+
+    A closed stdout (``halodb list | head``) becomes :class:`PipeClosed`, which ends the
+    program quietly (see :func:`halodb.cli.program.main`).
+    """
+    with LOG_LINES.holding():
+        try:
+            yield
+            return
+        except (typer.Exit, typer.Abort, typer.TyperException, PipeClosed):
+            raise
+        except BrokenPipeError:
+            raise PipeClosed from None
+        except CliError as exc:
+            code, message = exc.code, exc.message
+        except KeyboardInterrupt:
+            code, message = EXIT_INTERRUPTED, "interrupted"
+        except halodb.DataError as exc:
+            code, message = EXIT_USAGE, brief(str(exc), 2 * MESSAGE_LIMIT)
+        except halodb.CorruptionError as exc:
+            code = EXIT_STORE
+            message = (
+                f"the store is damaged: {brief(str(exc), 2 * MESSAGE_LIMIT)} (restore it "
+                "from a dump or a backup)"
+            )
+        except halodb.Error as exc:
+            code, message = EXIT_STORE, brief(str(exc), 2 * MESSAGE_LIMIT)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            code, message = EXIT_STORE, f"{where}{exc.strerror or exc}"
+        except Exception as exc:
+            if debugging():
+                raise
+            code = EXIT_STORE
+            message = (
+                f"internal error: {type(exc).__name__}: {exc} (a bug in HaloDB; please "
+                "report it; HALODB_DEBUG=1 shows the traceback)"
+            )
+        if code == EXIT_STORE:
+            LOG_LINES.drop()  # what the engine logged about it: this line reports it
+        else:
+            LOG_LINES.print_held()
+        if code == EXIT_INTERRUPTED:
+            report_interrupt(message)
+        else:
+            error(message)
+        raise typer.Exit(code)
