@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import halodb
+import halodb.testing
 from halodb.vfs import File, FileSystem
 
 SMALL: dict[str, Any] = {"memtable_size": 64 * 1024, "page_size": 1024}
@@ -30,8 +31,7 @@ def abandon(db: halodb.Store) -> None:
     marking one makes ``close()`` only release the files and the lock. The next open must
     replay every log. (A real crash, a SIGKILLed child, is too slow for state machines.)
     """
-    db._m.failure = RuntimeError("abandon: simulated crash")
-    db.close()
+    halodb.testing.abandon(db)
 
 
 def snapshot(path: str | os.PathLike[str]) -> dict[str, str]:

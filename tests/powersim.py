@@ -40,13 +40,13 @@ import itertools
 import logging
 import os
 import random
-import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import halodb
 import halodb.partitions
+import halodb.testing
 from halodb.bloom import key_hash
 from halodb.errors import OperationalError
 from halodb.keys import encode_key
@@ -604,16 +604,6 @@ def changes_of(op: str, position: int) -> dict[Any, Any]:
     return {}
 
 
-def _with_seed(create: Callable[[], halodb.Store]) -> halodb.Store:
-    """Run ``create`` with the routing seed of a new store fixed to :data:`HASH_SEED`."""
-    saved = halodb.partitions.secrets
-    halodb.partitions.secrets = types.SimpleNamespace(randbits=lambda bits: HASH_SEED)  # type: ignore[assignment]
-    try:
-        return create()
-    finally:
-        halodb.partitions.secrets = saved
-
-
 _BASE: tuple[Image, dict[Any, Any]] | None = None
 
 
@@ -626,7 +616,7 @@ def base(*, fresh: bool = False) -> tuple[Image, dict[Any, Any]]:
     global _BASE  # noqa: PLW0603
     if _BASE is None or fresh:
         fs = SimFS()
-        db = _with_seed(lambda: halodb.open(STORE, filesystem=fs, **OPTIONS))
+        db = halodb.open(STORE, filesystem=fs, hash_seed=HASH_SEED, **OPTIONS)
         model: dict[Any, Any] = {}
         for key in TREE_KEYS:
             db[key] = model[key] = f"{key[0]}{key[1]}"
@@ -638,8 +628,7 @@ def base(*, fresh: bool = False) -> tuple[Image, dict[Any, Any]]:
         db.sync()
         assert fs.quiet(), "the base store must be wholly durable"
         image = fs.image()
-        db._m.failure = RuntimeError("keep the logs as they are")
-        db.close()
+        halodb.testing.abandon(db)
         parts = [partition_of(k) for k in model]
         assert all(parts.count(p) >= 3 for p in range(PARTITIONS)), "keys in every partition"
         if fresh:
@@ -774,8 +763,7 @@ def _read_back(db: halodb.Store, fs: SimFS) -> Outcome:
         return Outcome(None, f"{stage} failed: {type(exc).__name__}: {exc}")
     finally:
         if not db.closed:
-            db._m.failure = RuntimeError("abandoned")
-            db.close()
+            halodb.testing.abandon(db)
     return Outcome(items)
 
 
@@ -1020,8 +1008,7 @@ class Run:
         finally:
             fs.hook = None
             if not db.closed:
-                db._m.failure = RuntimeError("abandoned")
-                db.close()
+                halodb.testing.abandon(db)
         for digest, crashed in self.todo.items():
             self.cache[digest] = recover(crashed, nested=self.nested)
         judge = Judge(self.mode, self.workload, base_items)

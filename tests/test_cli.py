@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
 import halodb
+import halodb.testing
 from halodb import cli
 from halodb.cli import Shell, app, from_json, literal_text, parse_literal, to_json
 from halodb.cli.commands import data as data_commands
@@ -421,8 +422,7 @@ def test_tree_mentions_the_memtable(tmp_path: Path) -> None:
     store = make_store(tmp_path / "db")
     db = halodb.open(store)
     db["fresh"] = "not flushed"
-    db._m.failure = RuntimeError("abandon: skip the flush on close")  # as a crash would
-    db.close()
+    halodb.testing.abandon(db)
     out = run(store, "tree").stdout
     assert "memtable: 1 entry not in the tree yet" in out
     assert "(empty tree)" in out
@@ -497,8 +497,7 @@ def test_flush(tmp_path: Path) -> None:
     store = make_store(tmp_path / "db")
     db = halodb.open(store)
     db.update({"a": "1", "b": "2"})
-    db._m.failure = RuntimeError("abandon: skip the flush on close")
-    db.close()
+    halodb.testing.abandon(db)
     result = run(store, "flush")
     assert result.exit_code == 0
     assert "flushed 2 memtable entries" in result.stderr
@@ -1201,8 +1200,7 @@ def test_engine_warnings_reach_the_terminal_as_warning_lines(tmp_path: Path) -> 
     store = tmp_path / "db"
     db = halodb.open(store)
     db["a"] = "1"
-    db._m.failure = RuntimeError("abandon: skip the flush on close")  # as a crash would
-    db.close()
+    halodb.testing.abandon(db)
     for log in store.glob("*.wal"):  # a torn write at the end of each log
         with log.open("ab") as f:
             f.write(b"garbage!")

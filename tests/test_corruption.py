@@ -25,6 +25,7 @@ import pytest
 import halodb
 import halodb.partition
 import halodb.partitions
+import halodb.testing
 import halodb.wal
 from conftest import batch_apply, plant
 from halodb import format as fmt
@@ -62,8 +63,7 @@ class Template:
 
 def _abandon(db: halodb.Store) -> None:
     """Close ``db`` without flushing its logs into the trees, as a crash would."""
-    db._m.failure = RuntimeError("abandon: leave the logs unflushed")
-    db.close()
+    halodb.testing.abandon(db)
 
 
 def _apply(state: dict[Any, Any], changes: dict[Any, Any]) -> None:
@@ -124,7 +124,7 @@ def _build(root: Path, name: str, abandoned: bool) -> Template:
         # A batch over both partitions whatever the store's hash seed: a key from each.
         spans = {}
         for i in itertools.count():
-            spans.setdefault(db._m.part_of(encode_key(f"span{i}"))[0].index, f"span{i}")
+            spans.setdefault(halodb.testing.partition_of(db, f"span{i}"), f"span{i}")
             if len(spans) == 2:
                 break
         ops.insert(4, {key: f"spans {key}" for key in spans.values()})
@@ -137,7 +137,7 @@ def _build(root: Path, name: str, abandoned: bool) -> Template:
                     db[key] = value
             else:
                 batch_apply(db, changes)
-            parts = {db._m.part_of(encode_key(k))[0].index for k in changes}
+            parts = {halodb.testing.partition_of(db, k) for k in changes}
             template.log_ops.append((changes, parts))
             _apply(expected, changes)
         assert any(len(parts) == 2 for _, parts in template.log_ops), "no batch spans both"
@@ -146,7 +146,7 @@ def _build(root: Path, name: str, abandoned: bool) -> Template:
         db.close()
         template.base = dict(expected)
     db = halodb.open(path, readonly=True)
-    template.partition_of = {k: db._m.part_of(encode_key(k))[0].index for k in expected}
+    template.partition_of = {k: halodb.testing.partition_of(db, k) for k in expected}
     assert dict(db.items()) == expected
     db.close()
     template.files = {p.name: p.read_bytes() for p in path.iterdir()}
@@ -544,7 +544,7 @@ def test_check_finds_a_key_in_the_wrong_partition(tmp_path: Path, template: Temp
     _write(tmp_path, template.files)
     db = halodb.open(tmp_path)
     stray = next(
-        k for k in (f"stray {i}" for i in range(1000)) if db._m.part_of(encode_key(k))[0].index
+        k for k in (f"stray {i}" for i in range(1000)) if halodb.testing.partition_of(db, k)
     )
     _abandon(db)
     pager = Pager(FileSystem(), str(tmp_path / "p000.tree"), 0, PAGE, 64, False)

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 import halodb
+import halodb.testing
 from halodb.keys import encode_key
 
 CYCLES = int(os.environ.get("HALODB_CRASH_CYCLES", "300"))
@@ -195,8 +196,9 @@ def read_store(path: Path, mode: str, where: str) -> dict[int, Any]:
             assert readonly_items == items, f"{where}: read-only open saw another state"
     finally:
         if rng.random() < 0.5:
-            db._m.failure = RuntimeError("abandon: leave the logs unflushed")
-        db.close()
+            halodb.testing.abandon(db)  # leave the logs unflushed
+        else:
+            db.close()
     return state
 
 
@@ -370,7 +372,7 @@ def _keys_by_partition(db: halodb.Store, count: int) -> dict[int, list[str]]:
     while min(len(v) for v in found.values()) < count:
         key = f"key{i}"
         i += 1
-        found[db._m.part_of(encode_key(key))[0].index].append(key)
+        found[halodb.testing.partition_of(db, key)].append(key)
     return found
 
 
@@ -385,8 +387,7 @@ def test_batch_dropped_by_recovery_stays_dropped(tmp_path: Path) -> None:
     db.flush()
     with db.batch() as batch:
         batch[a], batch[b] = "new-a", "new-b"
-    db._m.failure = RuntimeError("abandon")
-    db.close()
+    halodb.testing.abandon(db)
     # the state a SIGKILL between the two appends leaves: partition 1 never got its part
     wal1 = path / "p001.wal"
     with wal1.open("r+b") as handle:
@@ -408,6 +409,7 @@ def test_batch_dropped_by_recovery_stays_dropped(tmp_path: Path) -> None:
 CHILD_FAST_BATCH = r"""
 import os, signal, sys
 import halodb
+import halodb.testing
 from halodb.keys import encode_key
 
 db = halodb.open(sys.argv[1], partitions=2, page_size=1024, durability="fast",
@@ -417,7 +419,7 @@ i = 0
 while min(len(v) for v in keys.values()) < 3000:
     key = "key%d" % i
     i += 1
-    keys[db._m.part_of(encode_key(key))[0].index].append(key)
+    keys[halodb.testing.partition_of(db, key)].append(key)
 with db.batch() as b:
     b[keys[0][0]] = "batch"
     b[keys[1][0]] = "batch"

@@ -588,13 +588,14 @@ def build_template(path: Path, mine: int = 250, theirs: int = 60, big: int = 500
     as a crash would leave them. The same bytes every run: the hash seed and the creation time
     are fixed."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(halodb.partitions.secrets, "randbits", lambda bits: 0x9E3779B9)
         patch.setattr(halodb.partitions.time, "time_ns", lambda: 1_700_000_000 * 10**9)
         return _build_template(path, mine, theirs, big)
 
 
 def _build_template(path: Path, mine: int, theirs: int, big: int) -> Template:
-    db = halodb.open(path, partitions=2, page_size=PAGE, memtable_size=64 * 1024)
+    db = halodb.open(
+        path, partitions=2, page_size=PAGE, memtable_size=64 * 1024, hash_seed=0x9E3779B9
+    )
     seed = fmt.MANIFEST.unpack_from((path / fmt.MANIFEST_NAME).read_bytes())[6]
     tpl = Template({}, seed, {})
     model: dict[Any, Any] = {}

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import halodb
+import halodb.testing
 from halodb.keys import encode_key
 from halodb.memtable import Memtable
 from halodb.partition import Partition
@@ -41,7 +42,7 @@ def _keys_in(db: halodb.Store, index: int, count: int) -> list[str]:
     keys = []
     for i in range(10_000):
         key = f"k{i}"
-        if db._m.part_of(encode_key(key))[0].index == index:
+        if halodb.testing.partition_of(db, key) == index:
             keys.append(key)
             if len(keys) == count:
                 return keys
@@ -150,7 +151,6 @@ def test_an_interrupt_between_the_epoch_bumps_never_lets_a_crash_recover_half_a_
         assert p0.flushes > flushes
     except halodb.OperationalError:
         pass  # the store refuses writes after the interrupt: right
-    db._m.failure = RuntimeError("crash")  # close without flushing: the logs as a crash left them
-    db.close()
+    halodb.testing.abandon(db)
     with halodb.open(path) as db:
         assert db[a] == db[c], f"half a batch recovered: {a}={db[a]}, {c}={db[c]}"

@@ -60,6 +60,7 @@ import pytest
 
 import halodb
 import halodb.partitions
+import halodb.testing
 from conftest import batch_apply
 from faultfs import KINDS, Fault, FaultFS
 from halodb import format as fmt
@@ -70,7 +71,7 @@ from halodb.vfs import File, FileSystem
 from halodb.wal import frame_put
 
 STRESS = bool(os.environ.get("HALODB_STRESS"))
-HASH_SEED = int(os.environ.get("HALODB_IOFAULT_SEED", "1234567"))
+HASH_SEED = int(os.environ.get("HALODB_IOFAULT_SEED", "1234567")) % 2**32
 OPTIONS: dict[str, Any] = {
     "partitions": 2,
     "page_size": 1024,
@@ -257,34 +258,9 @@ def judge(observed: dict[bytes, Any], hist: History, *, everything: bool) -> str
 # -- stores to start from ---------------------------------------------------------------------
 
 
-class _FixedSeed:
-    """Stands in for the ``secrets`` module while templates are created: a fixed hash seed."""
-
-    @staticmethod
-    def randbits(bits: int) -> int:
-        return HASH_SEED % (1 << bits)
-
-
-@contextlib.contextmanager
-def _fixed_hash_seed() -> Iterator[None]:
-    """Create stores with hash seed ``HASH_SEED`` (so which key lands where is the same in
-    every run); if the engine no longer draws the seed from ``secrets``, with a random one
-    (the scenarios pick their keys by partition, so they work with any seed)."""
-    saved = getattr(halodb.partitions, "secrets", None)
-    if saved is None or not hasattr(saved, "randbits"):
-        yield
-        return
-    setattr(halodb.partitions, "secrets", _FixedSeed)
-    try:
-        yield
-    finally:
-        setattr(halodb.partitions, "secrets", saved)
-
-
 def _abandon(db: halodb.Store) -> None:
     """Drop the store as a crash would (see conftest.abandon): no flush, no close record."""
-    db._m.failure = RuntimeError("abandoned: simulated crash")
-    db.close()
+    halodb.testing.abandon(db)
 
 
 def _value(i: int) -> str:
@@ -310,14 +286,13 @@ def _make_template(kind: str, path: Path) -> Template:
     if kind == "leftovers":
         # what a creation interrupted before its manifest leaves: the lock file, partition
         # files exactly as created, temporary files (which the next write_new removes)
-        with _fixed_hash_seed():
-            _abandon(halodb.open(path, **OPTIONS))
+        _abandon(halodb.open(path, hash_seed=HASH_SEED, **OPTIONS))
         (path / fmt.MANIFEST_NAME).rename(path / f"{fmt.MANIFEST_NAME}.tmp")
         (path / fmt.partition_file(1, "wal.tmp")).write_bytes(b"half a log")
         (path / fmt.partition_file(1, "wal")).unlink()
         return Template(path, {}, HASH_SEED, OPTIONS["partitions"])
     plain: dict[str, Any] = {}
-    with _fixed_hash_seed(), halodb.open(path, **OPTIONS) as db:
+    with halodb.open(path, hash_seed=HASH_SEED, **OPTIONS) as db:
         for i in range(BASE_KEYS):
             db[f"k{i:04d}"] = plain[f"k{i:04d}"] = _value(i)
         db.flush()

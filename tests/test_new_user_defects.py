@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import halodb
+import halodb.testing
 from halodb.vfs import File, FileSystem
 
 # ============================================================ 1. stores dropped without close()
@@ -24,6 +25,7 @@ from halodb.vfs import File, FileSystem
 DROPPED = r"""
 import gc, os, sys, warnings
 import halodb
+import halodb.testing
 
 path, mode, collect, how = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
 warnings.simplefilter("always", ResourceWarning)
@@ -472,6 +474,7 @@ def test_paths_that_can_name_no_directory_give_an_interface_error(
 DENIED = r"""
 import os, sys
 import halodb
+import halodb.testing
 if os.geteuid() == 0:  # root may enter anything: ask as nobody
     os.setegid(65534)
     os.seteuid(65534)
@@ -551,3 +554,37 @@ def test_errors_about_deeply_nested_values_are_short(tmp_path: Path) -> None:
             halodb.DataError, match=r"^value\[0\]\[0\]…\[0\] \(100 levels\): nested"
         ):
             db["k"] = value
+
+
+# ============================================================================== test hooks
+
+
+def test_a_hash_seed_fixes_which_keys_share_a_partition(tmp_path: Path) -> None:
+    keys = [f"k{i}" for i in range(64)]
+    layouts = []
+    for name in ("a", "b"):
+        with halodb.open(tmp_path / name, partitions=4, hash_seed=12345) as db:
+            layouts.append([halodb.testing.partition_of(db, key) for key in keys])
+    assert layouts[0] == layouts[1] and len(set(layouts[0])) == 4
+    with halodb.open(tmp_path / "c", partitions=4, hash_seed=54321) as db:
+        assert [halodb.testing.partition_of(db, key) for key in keys] != layouts[0]
+    with pytest.raises(halodb.InterfaceError, match="hash seed 12345, not 7"):
+        halodb.open(tmp_path / "a", hash_seed=7)
+    with halodb.open(tmp_path / "a", hash_seed=12345) as db:  # the same one is fine
+        assert len(db) == 0
+    for bad in (-1, 2**32, "1", 1.0):
+        with pytest.raises(halodb.InterfaceError, match="hash_seed"):
+            halodb.open(tmp_path / "d", hash_seed=bad)
+    assert not (tmp_path / "d").exists()
+
+
+def test_abandon_leaves_the_store_as_a_crash_would(tmp_path: Path) -> None:
+    db = halodb.open(tmp_path / "s", durability="fast", fast_buffer_size=1 << 20)
+    db["synced"] = 1
+    db.sync()
+    db["buffered"] = 2  # still in the process's buffer: a crash loses it
+    halodb.testing.abandon(db)
+    assert db.closed
+    with halodb.open(tmp_path / "s") as again:  # the lock was released; the log is replayed
+        assert dict(again) == {"synced": 1}
+        assert again.stats().partitions[0].recovery_seconds >= 0

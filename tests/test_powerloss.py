@@ -42,6 +42,7 @@ import pytest
 import halodb
 import halodb.partition
 import halodb.partitions
+import halodb.testing
 import halodb.wal
 from conftest import plant
 from halodb import format as fmt
@@ -376,8 +377,7 @@ def test_harness_catches_a_page_reused_while_still_referenced(
 
 def _abandon(db: halodb.Store) -> None:
     """Close without flushing or a close record: the logs stay as written."""
-    db._m.failure = RuntimeError("power cut")
-    db.close()
+    halodb.testing.abandon(db)
 
 
 def _key_in(db: halodb.Store, partition: int, prefix: str) -> str:

@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 
 import halodb
+import halodb.testing
 from halodb import format as fmt
 from halodb.wal import encode_batch, frame
 
@@ -147,8 +148,7 @@ def fingerprint(path: Path) -> dict[str, Any]:
 
 def abandon(db: halodb.Store) -> None:
     """Close without flushing or writing close records, leaving the logs as a crash would."""
-    db._m.failure = RuntimeError("abandon: simulated crash")
-    db.close()
+    halodb.testing.abandon(db)
 
 
 # ----------------------------------------------------------------------- writers take turns

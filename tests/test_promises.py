@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import halodb
+import halodb.testing
 from halodb import format as fmt
 from halodb.vfs import File, FileSystem
 from halodb.wal import encode_batch, frame
@@ -20,8 +21,7 @@ from halodb.wal import encode_batch, frame
 
 def _abandon(db: halodb.Store) -> None:
     """Close without flushing, leaving the logs as a crash would."""
-    db._m.failure = RuntimeError("abandon")
-    db.close()
+    halodb.testing.abandon(db)
 
 
 def test_a_torn_tail_is_cut_by_a_writable_open_and_left_alone_by_a_read_only_one(

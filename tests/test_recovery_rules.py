@@ -27,6 +27,7 @@ import pytest
 import halodb
 import halodb.partitions
 import halodb.store
+import halodb.testing
 from halodb import format as fmt
 from halodb.bloom import key_hash
 from halodb.errors import CorruptionError
@@ -40,8 +41,7 @@ SECTOR = 512
 
 def _abandon(db: halodb.Store) -> None:
     """Close without flushing or close records: the logs stay as written (a crash)."""
-    db._m.failure = RuntimeError("crash")
-    db.close()
+    halodb.testing.abandon(db)
 
 
 def _key_in(db: halodb.Store, partition: int, prefix: str) -> str:

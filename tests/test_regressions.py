@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import halodb
+import halodb.testing
 import halodb.vfs
 from halodb import format as fmt
 from halodb.btree import ROW_OVERHEAD, TreeReport
@@ -235,8 +236,7 @@ def test_a_last_record_zeroed_from_a_sector_boundary_is_a_torn_tail(tmp_path: Pa
     db = halodb.open(path, partitions=1)
     db["first"] = "a"
     db["second"] = "b" * 2000  # spans at least one 512-byte boundary
-    db._m.failure = RuntimeError("abandon")  # close without flushing: the log keeps both
-    db.close()
+    halodb.testing.abandon(db)
     wal = path / fmt.partition_file(0, "wal")
     data = bytearray(wal.read_bytes())
     cut = (len(data) - 1500) // 512 * 512 + 512  # a sector boundary inside the last record
@@ -252,8 +252,7 @@ def test_a_damaged_last_record_that_is_not_zeroed_is_still_damage(tmp_path: Path
     db = halodb.open(path, partitions=1)
     db["first"] = "a"
     db["second"] = "b" * 2000
-    db._m.failure = RuntimeError("abandon")
-    db.close()
+    halodb.testing.abandon(db)
     wal = path / fmt.partition_file(0, "wal")
     data = bytearray(wal.read_bytes())
     data[-700] ^= 0x01
@@ -272,8 +271,7 @@ def test_a_crash_in_the_first_write_after_a_clean_close_leaves_a_store_that_open
         db["a"] = 1
     db = halodb.open(path)
     db["b"] = 2
-    db._m.failure = RuntimeError("crash")  # leave the log as a crash would
-    db.close()
+    halodb.testing.abandon(db)
     wal = path / fmt.partition_file(0, "wal")
     data = wal.read_bytes()
     wal.write_bytes(data[:-3])  # the write of "b" torn

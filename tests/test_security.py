@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 import halodb
+import halodb.testing
 from halodb import format as fmt
 
 SRC = Path(halodb.__file__).parent
@@ -238,6 +239,7 @@ def hook(event, args):
 sys.addaudithook(hook)
 
 import halodb
+import halodb.testing
 from halodb import cli
 
 root, out = sys.argv[1], sys.argv[2]
@@ -266,8 +268,7 @@ def api(base):
     db.close()
     db = halodb.open(path)  # recovery of a clean close, then of a crash (unflushed logs)
     db[("after", 1)] = [1]
-    db._m.failure = RuntimeError("abandon: leave the logs unflushed")
-    db.close()
+    halodb.testing.abandon(db)
     with halodb.open(path) as db:
         assert db[("after", 1)] == [1]
         db.check()
@@ -516,6 +517,7 @@ PRIVATE = r"""
 import json, os, shutil, stat, sys
 os.umask(0)  # as permissive as it gets: every mode below is the engine's own choice
 import halodb
+import halodb.testing
 from halodb import cli
 from halodb.vfs import FileSystem
 
@@ -554,8 +556,7 @@ db.close()
 when[0] = "reopen"
 db = halodb.open(store, filesystem=fs)  # a clean close: fresh logs
 db[("k", 1)] = "again"
-db._m.failure = RuntimeError("abandon: leave the logs unflushed")
-db.close()
+halodb.testing.abandon(db)
 when[0] = "recovery"
 with halodb.open(store, filesystem=fs) as db:  # log replay, torn-tail handling
     db.check()
@@ -749,8 +750,7 @@ def test_links_planted_at_temporary_names_are_never_written_through(
     plant()
     db = halodb.open(path, **small)
     db["crash"] = 1
-    db._m.failure = RuntimeError("abandon: leave the logs unflushed")
-    db.close()
+    halodb.testing.abandon(db)
     plant()
     with halodb.open(path) as db:
         assert db["crash"] == 1 and db[("w", 2, 399)] == "x" * 200
@@ -797,8 +797,7 @@ def test_a_symlink_in_place_of_a_store_file_is_refused(
         db.update({i: str(i) for i in range(200)})
         db.flush()
         db.update({("unflushed", i): i for i in range(50)})  # both logs are appended to
-        db._m.failure = RuntimeError("abandon: leave the logs unflushed")
-        db.close()
+        halodb.testing.abandon(db)
     target = path / name
     outside.victim.write_bytes(target.read_bytes())  # a perfect decoy
     outside.before = outside.fingerprint()

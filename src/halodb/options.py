@@ -63,6 +63,9 @@ class Options:
     """Never change a byte on disk."""
     create: bool = True
     """Create the store if the directory has none."""
+    hash_seed: int | None = None
+    """The seed of a new store's partition hash; ``None``: what the store has (a random one for
+    a new store). For tests and reproducible layouts."""
 
 
 DEFAULTS = Options()
@@ -100,6 +103,7 @@ def validate_options(
     fast_buffer_size: object = DEFAULTS.fast_buffer_size,
     readonly: object = False,
     create: object = True,
+    hash_seed: object = None,
 ) -> Options:
     """Return :class:`Options` from user-supplied values, or raise :class:`InterfaceError`."""
     if isinstance(durability, str) and not isinstance(durability, Durability):
@@ -128,4 +132,5 @@ def validate_options(
         fast_buffer_size=_int_option("fast_buffer_size", fast_buffer_size, 4 * KiB, 256 * MiB),
         readonly=readonly,
         create=create and not readonly,
+        hash_seed=None if hash_seed is None else _int_option("hash_seed", hash_seed, 0, 2**32 - 1),
     )

@@ -184,6 +184,10 @@ class StoreStats:
     """The time the whole open took, recovery included."""
 
 
+class Abandoned(Exception):
+    """The failure recorded by :meth:`PartitionManager.abandon`."""
+
+
 @dataclass(slots=True)
 class _Creation:
     """What one open's creation of a store made: undone if that open fails."""
@@ -239,6 +243,11 @@ class PartitionManager:
             if options.page_size is not None and options.page_size != m.page_size:
                 raise InterfaceError(
                     f"{path}: store has page size {m.page_size}, not {options.page_size} "
+                    "(fixed when the store was created)"
+                )
+            if options.hash_seed is not None and options.hash_seed != m.hash_seed:
+                raise InterfaceError(
+                    f"{path}: store has hash seed {m.hash_seed}, not {options.hash_seed} "
                     "(fixed when the store was created)"
                 )
             if m.codec != codec:
@@ -345,7 +354,7 @@ class PartitionManager:
         manifest = Manifest(
             partitions=options.partitions or DEFAULT_PARTITIONS,
             page_size=options.page_size or DEFAULT_PAGE_SIZE,
-            hash_seed=secrets.randbits(32),
+            hash_seed=secrets.randbits(32) if options.hash_seed is None else options.hash_seed,
             created_ns=time.time_ns(),
             codec=codec,
         )
@@ -1041,6 +1050,14 @@ class PartitionManager:
         if self._lock is not None:
             with suppress(Error):
                 self._lock.release()
+
+    def abandon(self) -> None:
+        """Close as a crash would leave the store: nothing merged, records still buffered in
+        FAST mode dropped, no close record; the files and the lock are released. The next
+        open replays the logs. A test hook (:func:`halodb.testing.abandon`)."""
+        if self.failure is None:
+            self.failure = Abandoned("the store was abandoned, as a crash would leave it")
+        self.close()
 
     def close(self, *, merge: bool = True) -> None:
         """Flush (unless read-only or failed) and close every file; idempotent. Without

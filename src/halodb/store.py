@@ -609,6 +609,7 @@ def open(
     cache_size: int = DEFAULTS.cache_size,
     bloom_bits_per_key: int = DEFAULTS.bloom_bits_per_key,
     fast_buffer_size: int = DEFAULTS.fast_buffer_size,
+    hash_seed: int | None = None,
     value_codec: ValueCodec | None = None,
     filesystem: FileSystem | None = None,
 ) -> Store:
@@ -634,6 +635,9 @@ def open(
         bloom_bits_per_key: Bloom filter bits per key (1 to 64; 10 gives about 1% false
             positives).
         fast_buffer_size: Log buffer per partition in ``"fast"`` mode (4 KiB to 256 MiB).
+        hash_seed: The seed (0 to 2**32 - 1) of the hash that routes keys to partitions, fixed
+            at creation; ``None`` means what the store has (a random seed for a new store).
+            For tests and reproducible layouts: which keys share a partition depends on it.
         value_codec: A codec *instance* with ``name``, ``encode(value) -> bytes`` and
             ``decode(bytes)``; ``None`` is the safe default codec (bytes, str and JSON values).
             Its name is recorded at creation and must match at every later open.
@@ -660,6 +664,7 @@ def open(
         cache_size=cache_size,
         bloom_bits_per_key=bloom_bits_per_key,
         fast_buffer_size=fast_buffer_size,
+        hash_seed=hash_seed,
     )
     codec = _check_codec(DefaultCodec() if value_codec is None else value_codec)
     manager = PartitionManager(directory, opts, codec.name, filesystem)

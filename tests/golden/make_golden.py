@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import halodb
+import halodb.testing
 from halodb import format as fmt
 from halodb.keys import encode_key
 
@@ -156,11 +157,10 @@ def build(store: Path) -> dict[bytes, tuple[Any, Any]]:
             expected[encode_key(key)] = (key, value)
         del batch["a"]
         del expected[encode_key("a")]
-    parts = {db._m.part_of(encode_key(k))[0].index for k, _ in IN_LOG_BATCH}
+    parts = {halodb.testing.partition_of(db, k) for k, _ in IN_LOG_BATCH}
     assert parts == {0, 1}, "the batch must span both partitions"
     # abandon: as a crash would, leave the log records unflushed
-    db._m.failure = RuntimeError("abandon: keep the log records")
-    db.close()
+    halodb.testing.abandon(db)
     for index in (0, 1):
         assert (store / f"p00{index}.wal").stat().st_size > 28, "a log without records"
     return expected

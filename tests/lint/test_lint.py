@@ -75,6 +75,7 @@ PRIVATE_ALLOWED = {
     ("store.py", "self._store._value"),
     ("store.py", "self._store._m"),  # Batch commits through its own store's engine
     ("btree.py", "tree._write_leaves"),  # the flush writer drives its own tree
+    ("testing.py", "db._m"),  # the named test hooks
     ("introspect.py", "store._m"),  # read-only views of the trees, for tools: the only
     ("introspect.py", "tree._node"),  # code outside the engine that reads a node
 }
