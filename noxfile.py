@@ -27,25 +27,17 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the documentation site (mkdocs.yml) with every warning an error, and run every
-    code example: the fenced blocks of README.md and docs/*.md (tests/test_docs_examples.py
+    code example: the fenced blocks of README.md and docs/*.md (tests/api/test_docs_examples.py
     says how to mark one that cannot run alone) and the doctests of the docstrings. The site
     goes to build/site/ (``mkdocs serve`` previews it)."""
     session.install("-e", ".[docs]")
     session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
-    session.run("pytest", "-q", "tests/test_docs_examples.py")
+    session.run("pytest", "-q", "tests/api/test_docs_examples.py")
     session.run("pytest", "-q", "--doctest-modules", "src/halodb")
 
 
-RELIABILITY_SUITES = [
-    "tests/test_crash.py",
-    "tests/test_powerloss.py",
-    "tests/test_corruption.py",
-    "tests/test_hostile.py",
-    "tests/test_iofaults.py",
-    "tests/test_processes.py",
-    "tests/test_model.py",
-]
-"""The suites of docs/reliability.md that grow with HALODB_STRESS."""
+RELIABILITY = "tests/reliability"
+"""The suites of docs/reliability.md, those that grow with HALODB_STRESS among them."""
 
 
 @nox.session
@@ -59,16 +51,19 @@ def stress(session: nox.Session) -> None:
         "HALODB_STRESS": "1",
         "HALODB_CRASH_CYCLES": session.env.get("HALODB_CRASH_CYCLES", "20000"),
     }
-    session.run("pytest", "-q", "-s", *(session.posargs or RELIABILITY_SUITES), env=env)
+    session.run("pytest", "-q", "-s", *(session.posargs or [RELIABILITY]), env=env)
 
 
 @nox.session
 def fuzz(session: nox.Session) -> None:
     """Fuzz the store's files for HALODB_FUZZ_SECONDS (default 600); HALODB_FUZZ_SEED replays
-    a run. (``python tests/test_fuzz.py`` runs the same target under atheris, if installed.)"""
+    a run. (``PYTHONPATH=tests python tests/reliability/test_fuzz.py`` runs the same target under
+    atheris, if installed.)"""
     session.install("-e", ".[test]")
     env = {"HALODB_FUZZ_SECONDS": session.env.get("HALODB_FUZZ_SECONDS", "600")}
-    session.run("pytest", "-q", "-s", "tests/test_fuzz.py", "-k", "for_a_while", env=env)
+    session.run(
+        "pytest", "-q", "-s", "tests/reliability/test_fuzz.py", "-k", "for_a_while", env=env
+    )
 
 
 @nox.session

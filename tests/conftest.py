@@ -1,5 +1,9 @@
 """Shared fixtures of the store-level tests: small stores that flush, split and overflow early;
-and ``plant``, which puts a known bug into the engine to show a suite catches it."""
+and ``plant``, which puts a known bug into the engine to show a suite catches it.
+
+The tests live in folders by kind, and each test is marked by its folder (the markers are
+registered in pyproject.toml): ``pytest tests/unit`` is the quick loop, ``pytest -m reliability``
+runs the suites of docs/reliability.md."""
 
 from __future__ import annotations
 import __future__
@@ -19,6 +23,23 @@ import pytest
 import halodb
 import halodb.testing
 from halodb.vfs import File, FileSystem
+
+KINDS = ("unit", "api", "cli", "reliability", "format", "regressions", "lint")
+"""The folders of tests/, each also the marker of the tests in it."""
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with the folder of tests/ it lives in (``unit``, ``reliability``...)."""
+    for item in items:
+        try:
+            kind = item.path.resolve().relative_to(HERE).parts[0]
+        except ValueError:  # outside tests/, e.g. doctests collected from src
+            continue
+        if kind in KINDS:
+            item.add_marker(kind)
+
 
 SMALL: dict[str, Any] = {"memtable_size": 64 * 1024, "page_size": 1024}
 """Options that make a few hundred kilobytes of data flush, split leaves and grow the tree."""

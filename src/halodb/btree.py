@@ -97,7 +97,7 @@ class Internal:
 # CPython's object sizes, from sys.getsizeof (which counts the garbage collector's header of the
 # objects that have one), plus _PAD per object: the allocator rounds every block up to a
 # multiple of 16 bytes, half of that on average. Measured against tracemalloc by
-# tests/test_cache_memory.py.
+# tests/unit/test_cache_memory.py.
 
 _PAD = 8
 _REF_SIZE = struct.calcsize("P")

@@ -365,7 +365,7 @@ def load(
 
 # ----------------------------------------------------------------------------- messages
 # The same as the halodb command's own (halodb.cli.status.brief, halodb.cli.literals.
-# literal_text), which sit above this module; tests/test_jsonl.py proves they agree.
+# literal_text), which sit above this module; tests/unit/test_jsonl.py proves they agree.
 
 _MESSAGE_LIMIT = 200
 _ECHO_LIMIT = 60

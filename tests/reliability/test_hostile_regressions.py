@@ -1,4 +1,4 @@
-"""Regressions of the tree-file defects the hostile suite found (``tests/test_hostile.py``), each
+"""Regressions of the tree-file defects the hostile suite found (``test_hostile.py``), each
 pinned where the hostile cases do not reach it on their own: the node cache used at another
 level, impossible meta fields, looping overflow and free-list chains in files large enough that
 a bound on the page count alone would not stop them, a subtree reached twice on every level,
@@ -19,11 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-import halodb
-from halodb.btree import BTree, Internal, Leaf, Overflow
-from halodb.pager import MAX_COUNTER, META_PAGES, Pager, new_tree_file
-from halodb.vfs import FileSystem
 from test_hostile import (
     BUDGET,
     PAGE,
@@ -36,6 +31,11 @@ from test_hostile import (
     ordered,
     run_isolated,
 )
+
+import halodb
+from halodb.btree import BTree, Internal, Leaf, Overflow
+from halodb.pager import MAX_COUNTER, META_PAGES, Pager, new_tree_file
+from halodb.vfs import FileSystem
 
 FS = FileSystem()
 BIG = b"\x01big"

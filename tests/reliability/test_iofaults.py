@@ -80,7 +80,7 @@ OPTIONS: dict[str, Any] = {
 }
 BASE_KEYS = 600 if STRESS else 120
 MAX_K = 1000
-GOLDEN_V1 = Path(__file__).parent / "golden" / "v1-store"
+GOLDEN_V1 = Path(__file__).resolve().parents[1] / "golden" / "v1-store"
 LOCK_BYTES = fmt.LOCK_HEADER.pack(fmt.LOCK_MAGIC, fmt.FORMAT_VERSION)
 HAVE_PROC = Path("/proc/self/fd").is_dir()
 

@@ -40,7 +40,7 @@ import halodb.testing
 from halodb import format as fmt
 
 SRC = Path(halodb.__file__).parent
-GOLDEN_V1 = Path(__file__).parent / "golden" / "v1-store"
+GOLDEN_V1 = Path(__file__).resolve().parents[1] / "golden" / "v1-store"
 
 
 def run_python(script: str, *args: object, timeout: float = 120) -> str:

@@ -44,7 +44,7 @@ LOCKED_WITHIN = 0.100
 """Seconds: the issue's bound on how long a refused open may take (it must not wait)."""
 WRITER_REFUSED = "already open for writing or reading"
 READER_REFUSED = "already open for writing ("
-GOLDEN_V1 = Path(__file__).parent / "golden" / "v1-store"
+GOLDEN_V1 = Path(__file__).resolve().parents[1] / "golden" / "v1-store"
 WATCHDOG = 600 if STRESS else 120
 
 

@@ -29,9 +29,9 @@ Two targets:
 CI runs a few hundred examples of each, derandomized (the same examples every run, on a store
 built with a fixed hash seed). ``HALODB_FUZZ_SECONDS=N`` runs both targets with fresh seeds
 for N seconds and reports how many inputs were tried and the seeds to replay
-(``HALODB_FUZZ_SEED``). ``python tests/test_fuzz.py`` runs the targets under atheris, a
-coverage-guided fuzzer, when it is installed (``pip install atheris``; libFuzzer flags pass
-through, e.g. ``-max_total_time=60``).
+(``HALODB_FUZZ_SEED``). ``PYTHONPATH=tests python tests/reliability/test_fuzz.py`` runs the
+targets under atheris, a coverage-guided fuzzer, when it is installed (``pip install atheris``;
+libFuzzer flags pass through, e.g. ``-max_total_time=60``).
 """
 
 from __future__ import annotations
@@ -53,9 +53,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-
-import halodb
-from halodb import format as fmt
 from test_hostile import (
     Template,
     TreeImage,
@@ -65,6 +62,9 @@ from test_hostile import (
     parse_log,
     run_isolated,
 )
+
+import halodb
+from halodb import format as fmt
 
 EXAMPLES = int(os.environ.get("HALODB_FUZZ_EXAMPLES", "250"))
 """Examples per target in the CI-sized run."""
@@ -401,7 +401,7 @@ def test_fuzz_for_a_while(fuzz: Fuzz, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
-# On demand, coverage-guided: python tests/test_fuzz.py [libFuzzer flags]
+# On demand, coverage-guided: PYTHONPATH=tests python tests/reliability/test_fuzz.py [flags]
 # ---------------------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ import halodb
 from halodb import format as fmt
 from halodb.keys import encode_key
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 VERSIONS = list(range(1, fmt.FORMAT_VERSION + 1))
 
 

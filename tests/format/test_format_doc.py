@@ -27,7 +27,7 @@ from halodb import pager, partitions, wal
 from halodb.keys import decode_key, encode_key
 from halodb.values import DefaultCodec
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "format.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "format.md"
 
 MARKER = re.compile(r"^<!-- example:", re.MULTILINE)
 EXAMPLE = re.compile(r"<!-- example: ([\w-]+) -->\n```\n(.*?)```", re.DOTALL)

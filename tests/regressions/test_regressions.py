@@ -309,7 +309,7 @@ def test_a_refused_open_does_not_upgrade_an_old_store(tmp_path: Path) -> None:
     import shutil
 
     copy = tmp_path / "v1"
-    shutil.copytree(Path(__file__).parent / "golden" / "v1-store", copy)
+    shutil.copytree(Path(__file__).resolve().parents[1] / "golden" / "v1-store", copy)
     before = {p.name: p.read_bytes() for p in copy.iterdir()}
     with pytest.raises(halodb.InterfaceError):
         halodb.open(copy, partitions=3)

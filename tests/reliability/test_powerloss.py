@@ -26,8 +26,8 @@ requires the harness to report it.
 
 ``HALODB_SEED`` (default 0) seeds the few sampled variants; it and the configuration are printed.
 A failure names the mode, the workload, the crash point and the variant; rerun it with
-``pytest "tests/test_powerloss.py::test_power_cut_at_every_step_keeps_the_promise[MODE-OPS]"``.
-"""
+``pytest "tests/reliability/test_powerloss.py::test_power_cut_at_every_step_keeps_the_promise[MODE-OPS]"``.
+"""  # noqa: E501
 
 from __future__ import annotations
 

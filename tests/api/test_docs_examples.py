@@ -27,7 +27,7 @@ import pytest
 
 import halodb
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIP = "<!-- docs-test: skip -->"
 RUN = ("python", "pycon")

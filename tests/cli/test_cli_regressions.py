@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_cli import Terminal, make_store, one_line_error, run, runner
 
 import halodb
 from halodb.cli import Shell, app, parse_value
-from test_cli import Terminal, make_store, one_line_error, run, runner
 
 EXIT_NOT_FOUND, EXIT_USAGE, EXIT_STORE = 1, 2, 3
 
