@@ -11,6 +11,7 @@ import __future__
 import contextlib
 import hashlib
 import inspect
+import math
 import os
 import textwrap
 import threading
@@ -144,6 +145,18 @@ def plant(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *edits: tuple[
     )
     exec(code, function.__globals__, namespace)
     monkeypatch.setattr(owner, name, namespace[name])
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether ``b`` is ``a`` read back exactly: equal, of the same types all the way down, NaN
+    where ``a`` has NaN (which equals nothing)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
+        return math.isnan(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and type(a) is type(b):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
 
 
 def batch_apply(db: halodb.Store, changes: dict[Any, Any]) -> None:

@@ -234,7 +234,7 @@ class PartitionManager:
                 self._create(codec, creation)
             if self._lock is None:
                 self._lock = self._take_lock()
-            self.manifest = m = self._read_manifest(manifest_path)
+            self.manifest = m = read_manifest(path, fs)
             if options.partitions is not None and options.partitions != m.partitions:
                 raise InterfaceError(
                     f"{path}: store has {m.partitions} partitions, not {options.partitions} "
@@ -480,9 +480,6 @@ class PartitionManager:
                 + " (in this or another process); close it there first"
             )
         return lock
-
-    def _read_manifest(self, manifest_path: str) -> Manifest:
-        return read_manifest(os.path.dirname(manifest_path), self.fs)
 
     def _recover(self) -> int:
         """Decide which log records apply, replay them, open the logs for appending, and

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
 import select
@@ -24,6 +23,7 @@ from typer.testing import CliRunner, Result
 
 import halodb
 import halodb.testing
+from conftest import same_value
 from halodb import cli
 from halodb.cli import Shell, app, from_json, literal_text, parse_literal, to_json
 from halodb.cli.commands import data as data_commands
@@ -525,16 +525,6 @@ ODD_ITEMS: dict[Any, Any] = {
 }
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
-        return math.isnan(b)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple) and type(a) is type(b):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and a == b
-
-
 def test_dump_and_load_round_trip_every_type(tmp_path: Path) -> None:
     source = make_store(tmp_path / "source", ODD_ITEMS)
     dump_file = tmp_path / "dump.jsonl"
@@ -553,7 +543,7 @@ def test_dump_and_load_round_trip_every_type(tmp_path: Path) -> None:
         loaded = dict(db.items())
     assert loaded.keys() == ODD_ITEMS.keys()
     for key, value in ODD_ITEMS.items():
-        assert _same(loaded[key], value), key
+        assert same_value(loaded[key], value), key
 
 
 def test_dump_to_stdout_and_load_from_stdin(tmp_path: Path) -> None:
@@ -700,15 +690,15 @@ values_strategy = st.recursive(
 @settings(max_examples=200, deadline=None)
 @given(keys_strategy)
 def test_keys_round_trip_through_literals_and_json(key: Any) -> None:
-    assert _same(parse_literal(literal_text(key)), key)
-    assert _same(from_json(json.loads(json.dumps(to_json(key), allow_nan=False))), key)
+    assert same_value(parse_literal(literal_text(key)), key)
+    assert same_value(from_json(json.loads(json.dumps(to_json(key), allow_nan=False))), key)
 
 
 @settings(max_examples=200, deadline=None)
 @given(values_strategy | st.binary())
 def test_values_round_trip_through_literals_and_json(value: Any) -> None:
-    assert _same(parse_literal(literal_text(value), value=True), value)
-    assert _same(from_json(json.loads(json.dumps(to_json(value), allow_nan=False))), value)
+    assert same_value(parse_literal(literal_text(value), value=True), value)
+    assert same_value(from_json(json.loads(json.dumps(to_json(value), allow_nan=False))), value)
 
 
 def test_literal_forms() -> None:

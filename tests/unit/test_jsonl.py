@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import io
 import json
-import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import halodb
+from conftest import same_value
 from halodb import jsonl
 from halodb.cli.literals import literal_text
 from halodb.cli.status import brief
@@ -34,16 +34,6 @@ ITEMS: dict[Any, Any] = {
     ("user", 1, (b"\x00", -0.5)): {"nan": float("nan"), "inf": float("-inf")},
     "empty": "",
 }
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
-        return math.isnan(b)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple) and type(a) is type(b):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and a == b
 
 
 @pytest.fixture
@@ -77,7 +67,7 @@ def test_dump_to_a_path_and_load_give_back_every_key_and_value(
         assert loaded == jsonl.LoadReport(records=len(ITEMS), batches=3, bad_line=None)
         got = dict(db.items())
     assert got.keys() == ITEMS.keys()
-    assert all(_same(got[k], v) for k, v in ITEMS.items())
+    assert all(same_value(got[k], v) for k, v in ITEMS.items())
 
 
 def test_dump_to_a_stream_writes_the_same_lines(source: halodb.Store, tmp_path: Path) -> None:
