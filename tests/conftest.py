@@ -49,7 +49,7 @@ SMALL: dict[str, Any] = {"memtable_size": 64 * 1024, "page_size": 1024}
 def abandon(db: halodb.Store) -> None:
     """Drop ``db`` as a crash would: its log is not flushed into the trees.
 
-    ``PartitionManager.close`` skips the flush when the store has recorded an I/O failure, so
+    ``Engine.close`` skips the flush when the store has recorded an I/O failure, so
     marking one makes ``close()`` only release the files and the lock. The next open must
     replay every log. (A real crash, a SIGKILLed child, is too slow for state machines.)
     """

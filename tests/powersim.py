@@ -45,12 +45,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import halodb
-import halodb.partitions
 import halodb.testing
-from halodb.bloom import key_hash
 from halodb.errors import OperationalError
+from halodb.hashing import key_hash, route
 from halodb.keys import encode_key
-from halodb.partitions import route
 from halodb.vfs import File, FileSystem, Lock
 
 SECTOR = 512

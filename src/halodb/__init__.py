@@ -20,10 +20,10 @@ from halodb.errors import (
     ProgrammingError,
 )
 from halodb.keys import Key
+from halodb.opener import codec_name, open
 from halodb.options import Durability, Options
-from halodb.partition import PartitionStats
-from halodb.partitions import StoreStats
-from halodb.store import Batch, Store, codec_name, open
+from halodb.reports import PartitionStats, StoreStats
+from halodb.store import Batch, Store
 from halodb.values import DefaultCodec, PickleCodec, ValueCodec
 
 __version__ = "0.1.0"

@@ -5,20 +5,21 @@ missing keys. The filter is serialised with a checksummed header and a checksum 
 damaged or out-of-date filter is rejected by :meth:`BloomFilter.from_bytes` and its owner rebuilds
 it from the tree, because trusting it could hide keys (a false negative loses data).
 
-Hashing: one 128-bit MurmurHash3 (``mmh3.hash64``) per key gives ``h1, h2``; probe ``i`` tests
-bit ``(h1 + i * h2) mod m`` (Kirsch-Mitzenmacher double hashing). The same hash routes the key
-to its partition, so a key is hashed once per operation.
+Hashing: the probes are those of :func:`halodb.hashing.probes` over the key's
+:func:`~halodb.hashing.key_hash`, the hash that also routes the key to its partition, so a key
+is hashed once per operation. The default five probes are unrolled here (every put and every
+lookup of a missing key runs them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-import mmh3
 from bitarray import bitarray
 
 from halodb import format as fmt
 from halodb.errors import CorruptionError
+from halodb.hashing import probes
 
 MIN_BITS = 1024
 MAX_BITS_PER_KEY = 128
@@ -30,14 +31,9 @@ HASHES_PER_BIT = 0.5
 present key buy little)."""
 
 
-key_hash: Callable[[bytes, int], tuple[int, int]] = mmh3.mmh3_x64_128_utupledigest
-"""``key_hash(key, seed)``: the two unsigned 64-bit halves of MurmurHash3 x64 128 of ``key``
-(what ``mmh3.hash64(key, seed, signed=False)`` gives, in a third of its time), which routing and
-every bloom filter use. It runs on every operation."""
-
-
 class BloomFilter:
-    """A fixed-size bloom filter. ``add`` and ``might_contain`` take :func:`key_hash` output."""
+    """A fixed-size bloom filter. ``add`` and ``might_contain`` take
+    :func:`~halodb.hashing.key_hash` output."""
 
     __slots__ = ("bits", "capacity", "hashes", "nbits")
 
@@ -62,7 +58,7 @@ class BloomFilter:
         return cls(nbits, hashes, capacity)
 
     def add(self, h: tuple[int, int]) -> bool:
-        """Add a key by its :func:`key_hash`; returns :meth:`might_contain` as it was before.
+        """Add a key by its hash; returns :meth:`might_contain` as it was before.
         O(hashes)."""
         h1, h2 = h
         bits = self.bits
@@ -80,12 +76,10 @@ class BloomFilter:
             bits[a] = bits[b] = bits[c] = bits[d] = bits[e] = 1
             return seen
         seen = True
-        for _ in range(self.hashes):
-            i = h1 % m
+        for i in probes(h, m, self.hashes):
             if not bits[i]:
                 bits[i] = 1
                 seen = False
-            h1 += h2
         return seen
 
     def add_all(self, hashes: Iterable[tuple[int, int]]) -> None:
@@ -119,11 +113,7 @@ class BloomFilter:
                 return False
             h1 += h2
             return bool(bits[h1 % m] and bits[(h1 + h2) % m])
-        for _ in range(self.hashes):
-            if not bits[h1 % m]:
-                return False
-            h1 += h2
-        return True
+        return all(bits[i] for i in probes(h, m, self.hashes))
 
     def to_bytes(self, partition: int, txn: int) -> bytes:
         """Serialise, tagged with the partition and the tree transaction it covers."""
@@ -140,8 +130,7 @@ class BloomFilter:
             fmt.crc(body),
             0,
         )
-        head = head[:-4] + fmt.U32.pack(fmt.crc(head[:-4]))
-        return head + body
+        return fmt.seal(head) + body
 
     @staticmethod
     def parse_header(head: bytes, partition: int, where: str) -> tuple[int, int, int, int, int]:
@@ -150,10 +139,10 @@ class BloomFilter:
         size = fmt.BLOOM_HEADER.size
         if len(head) < size:
             raise CorruptionError(f"{where}: bloom filter file is {len(head)} bytes, too short")
-        (magic, version, part, hashes, _, nbits, capacity, txn, body_crc, head_crc) = (
+        (magic, version, part, hashes, _, nbits, capacity, txn, body_crc, _) = (
             fmt.BLOOM_HEADER.unpack_from(head)
         )
-        if fmt.crc(head[: size - 4]) != head_crc:
+        if not fmt.sealed(head, size):
             raise CorruptionError(f"{where}: bloom filter header checksum mismatch")
         if magic != fmt.BLOOM_MAGIC or not 1 <= version <= fmt.FORMAT_VERSION or part != partition:
             raise CorruptionError(f"{where}: not this partition's bloom filter")

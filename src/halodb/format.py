@@ -42,6 +42,20 @@ def page_crc(page_no: int, body: bytes | bytearray | memoryview) -> int:
 
 PAGE_NO: Final = struct.Struct("<Q")
 
+
+def seal(head: bytes) -> bytes:
+    """``head``, a packed header whose last four bytes are its checksum field, with that field
+    set to the :func:`crc` of every byte before it (manifest, log and bloom filter headers)."""
+    return head[:-4] + U32.pack(crc(head[:-4]))
+
+
+def sealed(head: bytes | bytearray | memoryview, size: int) -> bool:
+    """Whether the first ``size`` bytes of ``head`` end with the :func:`crc` of the bytes
+    before them, as :func:`seal` leaves a header of ``size`` bytes."""
+    stored: int = U32.unpack_from(head, size - 4)[0]
+    return crc(head[: size - 4]) == stored
+
+
 # ---------------------------------------------------------------------------------------------
 # Store manifest: the file ``HALODB`` at the top of a store directory. Written once, at creation.
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ engine's internals, so that tools never do.
 
 The public API reports a tree's shape (:meth:`Store.check` returns a :class:`TreeReport` per
 partition) but not its nodes. :func:`tree_top` reads them: the partition's tree
-(``PartitionManager.parts[i].tree``, a ``BTree``: ``pager.meta`` gives the root and height,
+(``Engine.parts[i].tree``, a ``BTree``: ``pager.meta`` gives the root and height,
 ``_node(page, crc, level)`` a decoded node, through the node cache as a lookup would), under the
 partition's lock. Change this module when those internals change.
 

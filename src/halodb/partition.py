@@ -16,152 +16,26 @@ The partition keeps an exact count of its live keys, so the store's ``len()`` ne
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
 from itertools import repeat
 
 from halodb import format as fmt
-from halodb.bloom import MAX_BITS_PER_KEY, MIN_BITS, BloomFilter, key_hash
+from halodb.bloom import MAX_BITS_PER_KEY, MIN_BITS, BloomFilter
 from halodb.btree import BTree, TreeReport
+from halodb.collector import collector_paused
 from halodb.errors import CorruptionError
+from halodb.hashing import key_hash
 from halodb.memtable import MISSING, Memtable
 from halodb.pager import Pager, new_tree_file
+from halodb.reports import PartitionStats
 from halodb.vfs import FileSystem
 from halodb.wal import Entry, LogContents, LogWriter, Record, frame, header_bytes, read_log
 
 log = logging.getLogger(__name__)
-
-
-class _CollectorPause:
-    """Pauses Python's cyclic garbage collector while flushes run.
-
-    A flush creates thousands of tracked objects (the nodes it leaves in the node cache) while
-    it holds lists as long as the memtable: every collection they trigger walks those lists,
-    and the collections took about 5% of the time of a fill of random keys. A flush makes no
-    reference cycles, so pausing the collector only delays other threads' collections until it
-    ends. Flushes of several partitions may overlap: the first to start turns the collector off
-    if it is on, and the last to end turns it back on if a pause turned it off (so a
-    ``gc.disable()`` by another thread in the meantime is undone; one made before is kept).
-
-    Every change happens under ``_lock``, which a fork waits for: a forked child sees none half
-    made, and gets the collector back (none of its flushes runs). An interrupt (Ctrl-C) cannot
-    leave the collector off for good: ``_off`` is set before the collector goes off and reset
-    after it is back on; a pause's token leaves ``_active`` (a weak set) when its pause ends,
-    and also when its frame is gone, so the end of the next pause repairs one an interrupt cut
-    short; and an interrupt while a pause ends makes it start over, then propagates.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._active: weakref.WeakSet[_Token] = weakref.WeakSet()
-        self._off = False
-        """A pause turned the collector off and no pause has turned it back on since."""
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(
-                before=self._before_fork,
-                after_in_parent=self._after_fork_in_parent,
-                after_in_child=self._after_fork_in_child,
-            )
-
-    @contextmanager
-    def __call__(self) -> Iterator[None]:
-        token = _Token()
-        try:
-            with self._lock:
-                self._active.add(token)
-                if gc.isenabled():
-                    self._off = True
-                    gc.disable()
-            yield
-        finally:
-            self._end(token)
-
-    def _end(self, token: _Token) -> None:
-        interrupted: BaseException | None = None
-        while True:
-            try:
-                with self._lock:
-                    self._active.discard(token)
-                    if not self._active and self._off:
-                        gc.enable()
-                        self._off = False
-                break
-            except BaseException as exc:  # an interrupt: end the pause all the same
-                interrupted = interrupted or exc
-        if interrupted is not None:
-            raise interrupted
-
-    def _before_fork(self) -> None:
-        self._lock.acquire()
-
-    def _after_fork_in_parent(self) -> None:
-        self._lock.release()
-
-    def _after_fork_in_child(self) -> None:
-        self._lock.release()  # (the forking thread took it, and goes on in the child)
-        self._active.clear()
-        if self._off:
-            gc.enable()
-            self._off = False
-
-
-class _Token:
-    """One running pause (an object a weak set can hold)."""
-
-    __slots__ = ("__weakref__",)
-
-
-_collector_paused = _CollectorPause()
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionStats:
-    """Counters and sizes of one partition at one moment."""
-
-    index: int
-    """The partition's number, from 0."""
-    keys: int
-    """Keys live in the partition (memtable and tree together)."""
-    memtable_entries: int
-    """Entries in the memtable, tombstones included."""
-    memtable_bytes: int
-    """The memtable's size as counted against ``memtable_size``."""
-    wal_bytes: int
-    """The log's length, records still buffered included."""
-    tree_height: int
-    """Levels of the on-disk B+ tree."""
-    tree_keys: int
-    """Keys in the tree as of the last flush."""
-    pages: int
-    """Pages in the tree file."""
-    free_pages: int
-    """Pages of the tree file free for reuse."""
-    cache_hits: int
-    """Node-cache lookups that found the node decoded."""
-    cache_misses: int
-    """Node-cache lookups that read and decoded the page."""
-    bloom_negatives: int
-    """Lookups the bloom filter answered absent (no tree read)."""
-    bloom_rebuilds: int
-    """Times the bloom filter was rebuilt from the tree."""
-    flushes: int
-    """Flushes of the memtable into the tree since the store was opened."""
-    recovery_seconds: float
-    """Time to open the partition and replay its log."""
-    cache_bytes: int
-    """Bytes of memory the node cache's decoded nodes take (an estimate made as each node is
-    decoded, from CPython's object sizes); at most the partition's share of ``cache_size``
-    (and at least 16 pages' worth)."""
-    row_cache_bytes: int
-    """Bytes of memory the row cache takes (its keys and values as objects, and its dict);
-    within the same budget as ``cache_bytes``."""
 
 
 def create_files(fs: FileSystem, directory: str, index: int, page_size: int) -> None:
@@ -482,7 +356,7 @@ class Partition:
                 self._rotate_log()
             return
         self.log.write_out()
-        with _collector_paused():
+        with collector_paused():
             keys, values = self.memtable.columns()
             cleared = self.cleared
             count = self.tree.apply_columns(keys, values, clear=cleared, flushed_seq=self.last_seq)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -166,6 +167,12 @@ class AtomicFile:
 
 class FileSystem:
     """Operating-system file access. Subclass to inject faults in tests."""
+
+    def time_ns(self) -> int:
+        """The wall clock, in nanoseconds since the epoch, that a store's files are stamped
+        with (a new store's creation time). A test's file system may fix it, so that the same
+        writes give the same bytes."""
+        return time.time_ns()
 
     def open(self, path: str, *, write: bool = False, create: bool = False) -> File:
         """Open ``path``; ``create`` makes it (0600) if missing, implying ``write``."""

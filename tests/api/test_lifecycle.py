@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import halodb
+from halodb import testing
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
@@ -106,7 +107,7 @@ def test_a_forked_child_never_waits_for_a_lock_the_parent_held(tmp_path: Path) -
     process: a lock held by another parent thread at the fork is never released in the child."""
     db = halodb.open(tmp_path / "s")
     db["k"] = 1
-    for part in db._m.parts:
+    for part in testing.engine(db).parts:
         part.lock.acquire()  # as if other threads were inside the store at the fork
     try:
         pid = os.fork()
@@ -136,7 +137,7 @@ def test_a_forked_child_never_waits_for_a_lock_the_parent_held(tmp_path: Path) -
             os._exit(code)
         _, status = os.waitpid(pid, 0)
     finally:
-        for part in db._m.parts:
+        for part in testing.engine(db).parts:
             part.lock.release()
     assert os.waitstatus_to_exitcode(status) == 0
     db.close()

@@ -17,7 +17,8 @@ from typing import Any
 
 import halodb
 from conftest import SMALL, DurableImages
-from halodb.bloom import key_hash
+from halodb import testing
+from halodb.hashing import key_hash
 from halodb.keys import encode_key
 from halodb.memtable import MISSING, Memtable
 from halodb.values import DefaultCodec
@@ -382,7 +383,7 @@ def test_a_flush_empties_the_memtable_only_once_its_keys_read_from_the_tree(
     fresh = {f"new{i}": "v" * (i % 7) for i in range(300)}
     db.update(fresh)
     db["big"] = "b" * 5000  # an overflow value: never read without the lock
-    part = db._m.parts[0]
+    part = testing.engine(db).parts[0]
     peeked: dict[str, object] = {}
     seen: dict[str, object] = {}
 

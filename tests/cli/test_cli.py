@@ -1122,7 +1122,7 @@ import logging, sys
 import halodb
 from halodb import cli
 
-log = logging.getLogger("halodb.partitions")
+log = logging.getLogger("halodb.engine.engine")
 put = halodb.Store.__setitem__
 
 def logging_put(self, key, value):

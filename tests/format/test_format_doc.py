@@ -23,7 +23,8 @@ import pytest
 
 import halodb
 from halodb import format as fmt
-from halodb import pager, partitions, wal
+from halodb import pager, wal
+from halodb.engine import directory
 from halodb.keys import decode_key, encode_key
 from halodb.values import DefaultCodec
 
@@ -108,15 +109,15 @@ def _put_record(_: Path) -> bytes:
 
 
 def _manifest(_: Path) -> bytes:
-    manifest = partitions.Manifest(
+    manifest = directory.Manifest(
         partitions=4,
         page_size=4096,
         hash_seed=0x9E3779B9,
         created_ns=1_700_000_000_000_000_000,
         codec="halo1",
     )
-    data = partitions._manifest_bytes(manifest)
-    assert partitions._parse_manifest(data, "example") == manifest
+    data = directory.manifest_bytes(manifest)
+    assert directory.parse_manifest(data, "example") == manifest
     return data
 
 

@@ -11,6 +11,7 @@ import halodb
 import halodb.testing
 import halodb.vfs
 from halodb import format as fmt
+from halodb import testing
 from halodb.btree import ROW_OVERHEAD, TreeReport
 
 
@@ -44,7 +45,7 @@ def test_clear_does_not_read_the_old_tree_so_it_can_empty_a_damaged_store(tmp_pa
 def test_failure_message_names_an_interrupt_that_has_no_text(tmp_path: Path) -> None:
     """A KeyboardInterrupt during close() poisoned the store with an empty reason."""
     db = halodb.open(tmp_path / "s")
-    db._m._fail(KeyboardInterrupt())
+    testing.engine(db).fail(KeyboardInterrupt())
     with pytest.raises(halodb.OperationalError, match="KeyboardInterrupt"):
         db["k"] = 1
     db.close()
@@ -200,9 +201,9 @@ def test_a_batch_too_large_for_one_log_record_is_refused_whole(
 ) -> None:
     """A batch part over the u32 record length raised struct.error; now DataError, nothing
     written (the limit is lowered here: the real one is 4 GiB)."""
-    import halodb.partitions
+    import halodb.engine.commit
 
-    monkeypatch.setattr(halodb.partitions, "MAX_RECORD_PAYLOAD", 1000)
+    monkeypatch.setattr(halodb.engine.commit, "MAX_RECORD_PAYLOAD", 1000)
     with halodb.open(tmp_path / "s", partitions=1) as db:
         db["before"] = 1
         with pytest.raises(halodb.DataError, match="split it"), db.batch() as b:
@@ -402,7 +403,7 @@ def test_the_row_cache_stays_within_its_budget_after_a_large_flush(tmp_path: Pat
     with halodb.open(tmp_path / "db", partitions=1, cache_size=256 * 1024) as db:
         db.update({f"k{i:06d}": "v" * 50 for i in range(50_000)})
         db.flush()
-        tree = db._m.parts[0].tree
+        tree = testing.engine(db).parts[0].tree
         assert 0 < tree.rows_bytes <= tree.rows_budget
         assert tree.rows_bytes == sum(len(k) + len(v) + ROW_OVERHEAD for k, v in tree.rows.items())
 

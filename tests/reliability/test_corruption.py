@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 
 import halodb
+import halodb.engine.commit
+import halodb.engine.engine
 import halodb.partition
-import halodb.partitions
 import halodb.testing
 import halodb.wal
 from conftest import batch_apply, plant
@@ -579,9 +580,9 @@ def test_the_damage_suite_catches_a_log_checksum_that_leaves_the_header_out(
     def frame_put(seq: int, key: bytes, value: bytes) -> bytes:
         return frame(fmt.REC_WRITE, seq, halodb.wal.encode_put(key, value))
 
-    for module in (halodb.wal, halodb.partition, halodb.partitions):
+    for module in (halodb.wal, halodb.partition, halodb.engine.engine, halodb.engine.commit):
         monkeypatch.setattr(module, "frame", frame)
-    for module in (halodb.wal, halodb.partitions):
+    for module in (halodb.wal, halodb.engine.engine):
         monkeypatch.setattr(module, "frame_put", frame_put)
     plant(
         monkeypatch,

@@ -14,6 +14,7 @@ import halodb
 import halodb.pager
 import halodb.store
 from halodb import format as fmt
+from halodb import testing
 from halodb.vfs import File, FileSystem
 
 
@@ -153,7 +154,7 @@ def test_an_interrupt_while_the_meta_page_is_written_is_settled_by_the_disk(
     fs, path, db, model = _flushed_then_changed(tmp_path)
     # a flush writes its pages, then syncs; writes the meta page, then syncs again: the meta
     # page is the last write, and the second sync the last sync, before the bloom filter's
-    pager = db._m.parts[0].pager
+    pager = testing.engine(db).parts[0].pager
     original_commit = pager.commit
 
     def commit(**kwargs: int) -> None:
@@ -231,7 +232,7 @@ def test_an_interrupted_commit_the_disk_cannot_settle_stops_all_writes(tmp_path:
     writes nothing more (even though an interrupt alone is not a failure), reads stay right,
     and a reopen settles it."""
     fs, path, db, model = _flushed_then_changed(tmp_path)
-    pager = db._m.parts[0].pager
+    pager = testing.engine(db).parts[0].pager
     original_commit = pager.commit
 
     def commit(**kwargs: int) -> None:

@@ -51,10 +51,10 @@ import mmh3
 import pytest
 
 import halodb
-import halodb.partitions
 from conftest import batch_apply
 from halodb import format as fmt
 from halodb.keys import encode_key
+from halodb.vfs import FileSystem
 
 PAGE = 1024
 LIMIT_AS = 512 << 20
@@ -581,20 +581,26 @@ def ordered(state: dict[Any, Any]) -> list[tuple[Any, Any]]:
     return sorted(state.items(), key=lambda kv: encode_key(kv[0]))
 
 
+class _FixedClock(FileSystem):
+    """Stamps a new store with the same creation time every run."""
+
+    def time_ns(self) -> int:
+        return 1_700_000_000 * 10**9
+
+
 def build_template(path: Path, mine: int = 250, theirs: int = 60, big: int = 5000) -> Template:
     """A store with ``mine`` keys in partition 0 (one more holding a value of ``big`` bytes, in
     overflow pages) and ``theirs`` in partition 1, flushed twice (partition 0 gets a free
     list), then a few more writes left only in the logs; its files are taken while it is open,
     as a crash would leave them. The same bytes every run: the hash seed and the creation time
-    are fixed."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(halodb.partitions.time, "time_ns", lambda: 1_700_000_000 * 10**9)
-        return _build_template(path, mine, theirs, big)
-
-
-def _build_template(path: Path, mine: int, theirs: int, big: int) -> Template:
+    are fixed (the clock, through the store's file system)."""
     db = halodb.open(
-        path, partitions=2, page_size=PAGE, memtable_size=64 * 1024, hash_seed=0x9E3779B9
+        path,
+        partitions=2,
+        page_size=PAGE,
+        memtable_size=64 * 1024,
+        hash_seed=0x9E3779B9,
+        filesystem=_FixedClock(),
     )
     seed = fmt.MANIFEST.unpack_from((path / fmt.MANIFEST_NAME).read_bytes())[6]
     tpl = Template({}, seed, {})

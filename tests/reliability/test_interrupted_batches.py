@@ -13,6 +13,7 @@ import pytest
 
 import halodb
 import halodb.testing
+from halodb import testing
 from halodb.keys import encode_key
 from halodb.memtable import Memtable
 from halodb.partition import Partition
@@ -39,14 +40,7 @@ def _interrupt_epoch_write(part: Partition, nth: int) -> None:
 
 
 def _keys_in(db: halodb.Store, index: int, count: int) -> list[str]:
-    keys = []
-    for i in range(10_000):
-        key = f"k{i}"
-        if halodb.testing.partition_of(db, key) == index:
-            keys.append(key)
-            if len(keys) == count:
-                return keys
-    raise AssertionError("no keys")
+    return testing.keys_in(db, index, count)
 
 
 def _seen_mid_batch(db: halodb.Store, part: Partition, a: str, b: str, value: int) -> list[Any]:
@@ -91,7 +85,7 @@ def test_an_interrupt_restoring_the_epochs_leaves_later_batches_seen_whole(
     the partition's epoch odd with the store writable; from then on its epoch was even while a
     batch was applied, so a lock-free get saw half of every later batch."""
     db = halodb.open(tmp_path / "db", partitions=1)
-    part = db._m.parts[0]
+    part = testing.engine(db).parts[0]
     db.update({"a": 0, "b": 0})
     # Write 1 makes the epoch odd before the apply, write 2 (in the finally) would restore it.
     _interrupt_epoch_write(part, 2)
@@ -115,7 +109,7 @@ def test_an_interrupt_between_the_epoch_bumps_leaves_later_batches_seen_whole(
     a, b = _keys_in(db, 0, 2)
     (c,) = _keys_in(db, 1, 1)
     db.update({a: 0, b: 0, c: 0})
-    p0, p1 = db._m.parts
+    p0, p1 = testing.engine(db).parts
     _interrupt_epoch_write(p1, 1)  # p0's bump done, p1's interrupted
     with pytest.raises(KeyboardInterrupt), db.batch() as batch:
         batch[a] = batch[c] = 1
@@ -137,7 +131,7 @@ def test_an_interrupt_between_the_epoch_bumps_never_lets_a_crash_recover_half_a_
     a, other = _keys_in(db, 0, 2)
     (c,) = _keys_in(db, 1, 1)
     db.update({a: 0, c: 0})
-    p0, p1 = db._m.parts
+    p0, p1 = testing.engine(db).parts
     _interrupt_epoch_write(p1, 1)  # p0's bump done, p1's interrupted
     with pytest.raises(KeyboardInterrupt), db.batch() as batch:
         batch[a] = batch[c] = 1

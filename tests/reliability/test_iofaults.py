@@ -59,14 +59,13 @@ from typing import Any
 import pytest
 
 import halodb
-import halodb.partitions
 import halodb.testing
 from conftest import batch_apply
 from faultfs import KINDS, Fault, FaultFS
 from halodb import format as fmt
-from halodb.bloom import key_hash
+from halodb import testing
+from halodb.hashing import key_hash, route
 from halodb.keys import decode_key, encode_key
-from halodb.partitions import route
 from halodb.vfs import File, FileSystem
 from halodb.wal import frame_put
 
@@ -280,7 +279,9 @@ def _make_template(kind: str, path: Path) -> Template:
     if kind == "v1":
         shutil.copytree(GOLDEN_V1, path)
         with halodb.open(path, readonly=True) as db:
-            return Template(path, _observe(db), db._m.seed, len(db._m.parts))
+            return Template(
+                path, _observe(db), testing.engine(db).seed, len(testing.engine(db).parts)
+            )
     if kind == "none":
         return Template(path, {}, HASH_SEED, OPTIONS["partitions"])
     if kind == "leftovers":
@@ -302,7 +303,7 @@ def _make_template(kind: str, path: Path) -> Template:
             del db[f"k{i:04d}"]
             del plain[f"k{i:04d}"]
         db.flush()
-        seed, partitions = db._m.seed, len(db._m.parts)
+        seed, partitions = testing.engine(db).seed, len(testing.engine(db).parts)
     model = _encoded(plain)
     # leftovers of new files a crash interrupted before their rename: write_new removes each
     # (an unlink to fail) when it next writes that file
@@ -319,7 +320,7 @@ def _make_template(kind: str, path: Path) -> Template:
         cut = None
         if kind == "dropped":
             # a batch over both partitions, its part in partition 1 lost in the crash
-            wal = db._m.parts[1].log
+            wal = testing.engine(db).parts[1].log
             assert wal is not None
             cut = wal.end
             with db.batch() as b:
@@ -369,7 +370,7 @@ Step = Callable[[halodb.Store, History, str], Any]
 
 def _prep_buffer(db: halodb.Store, hist: History, durability: str) -> None:
     """FAST mode: partition 0's log buffer nearly full, so that the next put hands it over."""
-    wal = db._m.parts[0].log
+    wal = testing.engine(db).parts[0].log
     assert wal is not None
     if wal.buffer is not None:
         while len(wal.buffer) < wal.buffer_limit - 700:
@@ -379,8 +380,8 @@ def _prep_buffer(db: halodb.Store, hist: History, durability: str) -> None:
 def _memtable_nearly_full(part: int) -> Step:
     def prepare(db: halodb.Store, hist: History, durability: str) -> None:
         """Partition ``part``'s memtable 8 bytes short of its limit: the next write flushes."""
-        memtable = db._m.parts[part].memtable
-        limit = db._m.memtable_limit
+        memtable = testing.engine(db).parts[part].memtable
+        limit = testing.engine(db).memtable_limit
         while limit - memtable.size > 2500:
             hist.put(db, hist.key_for(part, "fill"), "m" * 900)
         key = hist.key_for(part, "fill")
@@ -934,7 +935,7 @@ def test_a_failed_fsync_is_not_retried_into_a_success_by_a_waiting_writer(tmp_pa
     B's record, without which B's record cannot be read back."""
     fs = _GatedSync()
     db = halodb.open(tmp_path / "s", filesystem=fs, durability="full", partitions=1)
-    wal = db._m.parts[0].log
+    wal = testing.engine(db).parts[0].log
     assert wal is not None
     results: dict[str, BaseException | None] = {}
 

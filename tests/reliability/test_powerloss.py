@@ -40,16 +40,14 @@ from pathlib import Path
 import pytest
 
 import halodb
+import halodb.engine.recovery
 import halodb.partition
-import halodb.partitions
 import halodb.testing
 import halodb.wal
 from conftest import plant
 from halodb import format as fmt
-from halodb.bloom import key_hash
-from halodb.keys import encode_key
+from halodb import testing
 from halodb.pager import Pager
-from halodb.partitions import route
 from halodb.vfs import FileSystem
 from halodb.wal import LogWriter
 from powersim import (
@@ -313,12 +311,12 @@ def test_harness_catches_writes_kept_after_a_dropped_batch(
     def bug() -> None:
         plant(
             monkeypatch,
-            halodb.partitions.PartitionManager,
-            "_recover",
+            halodb.engine.recovery,
+            "plan",
             (
-                "part.replay([r for r in mine[:keep] if r.rtype != fmt.REC_CLOSE])",
-                "part.replay([r for i, r in enumerate(mine) if r.rtype != fmt.REC_CLOSE"
-                " and (i < keep or r.rtype != fmt.REC_BATCH)])",
+                "[r for r in mine[:keep] if r.rtype != fmt.REC_CLOSE]",
+                "[r for i, r in enumerate(mine) if r.rtype != fmt.REC_CLOSE"
+                " and (i < keep or r.rtype != fmt.REC_BATCH)]",
             ),
         )
 
@@ -381,12 +379,7 @@ def _abandon(db: halodb.Store) -> None:
 
 
 def _key_in(db: halodb.Store, partition: int, prefix: str) -> str:
-    m = db._m
-    return next(
-        k
-        for i in range(1000)
-        if route(key_hash(encode_key(k := f"{prefix}{i}"), m.seed), len(m.parts)) == partition
-    )
+    return testing.keys_in(db, partition, prefix=prefix)[0]
 
 
 def test_a_lost_batch_part_takes_the_later_writes_of_its_partitions(tmp_path: Path) -> None:

@@ -25,14 +25,12 @@ from typing import Any
 import pytest
 
 import halodb
-import halodb.partitions
+import halodb.engine.recovery
 import halodb.store
 import halodb.testing
 from halodb import format as fmt
-from halodb.bloom import key_hash
+from halodb import testing
 from halodb.errors import CorruptionError
-from halodb.keys import encode_key
-from halodb.partitions import route
 from halodb.vfs import File, FileSystem
 from halodb.wal import LogWriter, encode_put, frame, header_bytes, read_log
 
@@ -45,13 +43,7 @@ def _abandon(db: halodb.Store) -> None:
 
 
 def _key_in(db: halodb.Store, partition: int, prefix: str) -> str:
-    m = db._m
-    n = len(m.parts)
-    return next(
-        k
-        for i in range(10_000)
-        if route(key_hash(encode_key(k := f"{prefix}{i}"), m.seed), n) == partition
-    )
+    return testing.keys_in(db, partition, prefix=prefix)[0]
 
 
 def _wal(path: Path, partition: int) -> Path:
@@ -141,8 +133,8 @@ def test_a_partition_with_a_close_record_is_not_rotated_past_its_tree(tmp_path: 
     size2 = _wal(path, 2).stat().st_size
     with db.batch() as b:
         b[k1] = b[k2] = "batch"
-    m = db._m
-    close_seq = next(m._seq) + 1
+    m = testing.engine(db)
+    close_seq = next(m.sequence) + 1
     flushed0 = m.parts[0].flushed_seq
     _abandon(db)
     _wal(path, 0).write_bytes(header_bytes(0, flushed0) + frame(fmt.REC_CLOSE, close_seq, b""))
@@ -160,7 +152,7 @@ def test_a_batch_part_to_drop_that_a_tree_holds_is_corruption(tmp_path: Path) ->
     no crash leaves: a flush first makes every other log durable) are damage."""
     path = tmp_path / "db"
     db = halodb.open(path, partitions=3)
-    m = db._m
+    m = testing.engine(db)
     k0a, k2a = _key_in(db, 0, "a"), _key_in(db, 2, "a")
     k0b, k1b = _key_in(db, 0, "b"), _key_in(db, 1, "b")
     size2 = _wal(path, 2).stat().st_size
@@ -169,7 +161,7 @@ def test_a_batch_part_to_drop_that_a_tree_holds_is_corruption(tmp_path: Path) ->
     with db.batch() as b:
         b[k0b] = b[k1b] = "B"
     with m.parts[1].lock:
-        m._flush_part(m.parts[1])
+        m.flush_part(m.parts[1])
     _abandon(db)
     os.truncate(_wal(path, 2), size2)
     for readonly in (True, False):
@@ -262,7 +254,7 @@ def test_an_interrupted_batch_stops_later_writes(
     db = halodb.open(path, partitions=2)
     k0, k1, later = _key_in(db, 0, "b"), _key_in(db, 1, "b"), _key_in(db, 0, "later")
     db[later] = "before"
-    target = db._m.parts[1].log
+    target = testing.engine(db).parts[1].log
     append = LogWriter.append
 
     def interrupted(self: LogWriter, record: bytes) -> int:
@@ -452,7 +444,7 @@ def test_a_log_value_longer_than_the_store_allows_is_corruption(
     db = halodb.open(path, partitions=1)
     db["a"] = "0123456789"  # 11 encoded bytes
     _abandon(db)
-    monkeypatch.setattr(halodb.partitions, "MAX_VALUE_SIZE", 11)
+    monkeypatch.setattr(halodb.engine.recovery, "MAX_VALUE_SIZE", 11)
     with halodb.open(path, readonly=True) as ro:
         assert ro["a"] == "0123456789"
     _append_put(path, b"\x30b", b"\x01" + b"v" * 11)
@@ -461,4 +453,6 @@ def test_a_log_value_longer_than_the_store_allows_is_corruption(
 
 
 def test_the_value_limit_is_one_constant() -> None:
-    assert halodb.store.MAX_VALUE_SIZE == fmt.MAX_VALUE_SIZE == halodb.partitions.MAX_VALUE_SIZE
+    assert (
+        halodb.store.MAX_VALUE_SIZE == fmt.MAX_VALUE_SIZE == halodb.engine.recovery.MAX_VALUE_SIZE
+    )

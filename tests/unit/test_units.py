@@ -23,9 +23,9 @@ from bitarray import bitarray
 
 import halodb
 from halodb import btree as btree_module
+from halodb import collector, testing
 from halodb import format as fmt
-from halodb import partition as partition_module
-from halodb.bloom import MIN_BITS, BloomFilter, key_hash
+from halodb.bloom import MIN_BITS, BloomFilter
 from halodb.btree import (
     BYTES_OBJECT,
     OVERFLOW_OBJECT,
@@ -36,6 +36,7 @@ from halodb.btree import (
     limits,
 )
 from halodb.errors import CorruptionError, OperationalError
+from halodb.hashing import key_hash
 from halodb.memtable import ENTRY_OVERHEAD, Memtable
 from halodb.pager import Pager, new_tree_file
 from halodb.vfs import File, FileSystem
@@ -989,7 +990,7 @@ def test_a_flush_pauses_the_garbage_collector_and_restores_it_as_found(
 ) -> None:
     db = halodb.open(tmp_path / "db", partitions=1)
     db.update({f"k{i}": i for i in range(100)})
-    db._m.parts[0].memtable.__class__ = _Watched
+    testing.engine(db).parts[0].memtable.__class__ = _Watched
     _Watched.seen = []
     if not enabled:
         gc.disable()
@@ -1005,7 +1006,7 @@ def test_a_flush_pauses_the_garbage_collector_and_restores_it_as_found(
 def test_an_interrupted_flush_restores_the_garbage_collector(tmp_path: Path) -> None:
     db = halodb.open(tmp_path / "db", partitions=1)
     db["a"] = 1
-    tree = db._m.parts[0].tree
+    tree = testing.engine(db).parts[0].tree
 
     def interrupted(*args: object, **kwargs: object) -> int:
         assert not gc.isenabled()
@@ -1024,7 +1025,7 @@ def test_an_interrupted_flush_restores_the_garbage_collector(tmp_path: Path) -> 
 def test_overlapping_pauses_end_with_the_last() -> None:
     """Flushes of two partitions in two threads overlap but do not nest: the first to end must
     not enable the collector under the other."""
-    first, second = partition_module._collector_paused(), partition_module._collector_paused()
+    first, second = collector.collector_paused(), collector.collector_paused()
     first.__enter__()
     second.__enter__()
     first.__exit__(None, None, None)
@@ -1040,10 +1041,10 @@ def test_an_interrupt_at_any_line_of_a_pause_never_leaves_the_collector_off(
     hits, once that flush is over, and at the latest after the next flush, the collector is on
     again and no pause is left running. (A second interrupt while the end handles the first
     cannot be injected this way: a trace function that raises is removed.)"""
-    pause = partition_module._collector_paused
-    pause_class = partition_module._CollectorPause
+    pause = collector.collector_paused
+    pause_class = collector.CollectorPause
     start = pause_class.__call__.__wrapped__.__code__  # type: ignore[attr-defined]
-    end = pause_class._end.__code__
+    end = pause_class.end.__code__
     lines = {
         code: sorted({line for _, _, line in code.co_lines() if line}) for code in (start, end)
     }
@@ -1087,7 +1088,7 @@ def test_an_interrupt_at_any_line_of_a_pause_never_leaves_the_collector_off(
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork()")
 def test_a_child_forked_during_a_pause_gets_the_collector_back() -> None:
-    with partition_module._collector_paused():
+    with collector.collector_paused():
         pid = os.fork()
         if pid == 0:  # the child: no flush of its own will ever end the pause
             os._exit(0 if gc.isenabled() else 1)
@@ -1101,7 +1102,7 @@ def test_a_child_forked_during_a_pause_gets_the_collector_back() -> None:
 def test_a_fork_waits_for_a_pause_changing_hands_in_another_thread() -> None:
     """A fork while another thread is between two steps of starting or ending a pause (it holds
     the pause's lock) waits for it, so the child never sees a change half made."""
-    pause = partition_module._collector_paused
+    pause = collector.collector_paused
     holding = threading.Event()
 
     def mid_change() -> None:

@@ -1,0 +1,523 @@
+"""The engine: a store directory of N hash partitions; knows nothing of Python types.
+
+It opens the store (:mod:`~halodb.engine.directory`: lock and manifest;
+:mod:`~halodb.engine.recovery`: which logged records apply), routes each encoded key to its
+partition (:mod:`halodb.hashing`), hands out the store-wide sequence numbers, runs the hot paths
+(get, put, delete), commits batches across partitions (:mod:`~halodb.engine.commit`), merges
+the partitions' ordered scans (:mod:`~halodb.engine.scan`), flushes, syncs and closes; the hooks
+of :mod:`~halodb.engine.process` close it at exit and forget it in a forked child.
+
+Locking: one lock per partition; operations on one key take one lock, batches take several in
+index order, ``close`` takes all.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, suppress
+
+from halodb import format as fmt
+from halodb.btree import TreeReport, limits
+from halodb.engine import process, recovery
+from halodb.engine.commit import LogSync, apply_parts, group, log_parts
+from halodb.engine.directory import Directory, Manifest
+from halodb.engine.scan import SCAN_CHUNK, Items, chunks, merge
+from halodb.errors import CorruptionError, Error, OperationalError, ProgrammingError
+from halodb.hashing import key_hash, route
+from halodb.memtable import MISSING
+from halodb.options import Durability, Options
+from halodb.partition import Partition
+from halodb.reports import StoreStats
+from halodb.vfs import FileSystem
+from halodb.wal import LogWriter, encode_entries, frame, frame_put
+
+log = logging.getLogger(__name__)
+
+
+class Abandoned(Exception):
+    """The failure recorded by :meth:`Engine.abandon`."""
+
+
+class Engine:
+    """N partitions under one directory. See the module docstring."""
+
+    def __init__(
+        self, path: str, options: Options, codec: str, fs: FileSystem | None = None
+    ) -> None:
+        self.fs = fs = fs or FileSystem()
+        self.path = path = os.path.abspath(path)
+        self.options = options
+        self.readonly = options.readonly
+        self.closed = False
+        self.failure: BaseException | None = None
+        self.logs = LogSync()
+        """FULL mode: which logs must be durable before a record of another is acknowledged."""
+        self.pid = os.getpid()
+        started = time.perf_counter()
+        self.directory = Directory(fs, path)
+        self.durability = options.durability
+        self.full = options.durability is Durability.FULL
+        self.memtable_limit = options.memtable_size
+        self.log_limit = 2 * options.memtable_size
+        """Overwrites grow a log but not its memtable: past this size the partition is flushed
+        anyway, which bounds recovery time."""
+        self.parts: list[Partition] = []
+        self.manifest = m = self.directory.open(options, codec)
+        self.seed = m.hash_seed
+        self.page_size = m.page_size
+        self.max_key, _ = limits(m.page_size)
+        try:
+            self._open_partitions(m)
+            self.sequence = itertools.count(self._recover())
+            """The store-wide sequence numbers: ``next()`` hands out the next one."""
+            if m.version < fmt.FORMAT_VERSION and not self.readonly:
+                self.manifest = self.directory.upgrade(m)  # only once all else checked out
+        except BaseException:
+            for part in self.parts:
+                with suppress(Exception):
+                    part.close()
+            self.directory.fail_open()
+            raise
+        self.directory.creation = None  # the store is open: a later failure removes nothing
+        self.recovery_seconds = time.perf_counter() - started
+        process.register(self)
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def _open_partitions(self, m: Manifest) -> None:
+        cache_pages = self.options.cache_size // m.page_size // m.partitions
+        for index in range(m.partitions):
+            self.parts.append(
+                Partition(
+                    self.fs,
+                    self.path,
+                    index,
+                    page_size=m.page_size,
+                    seed=m.hash_seed,
+                    cache_pages=cache_pages,
+                    bloom_bits_per_key=self.options.bloom_bits_per_key,
+                    readonly=self.readonly,
+                )
+            )
+
+    def _recover(self) -> int:
+        """Replay what the logs hold (see :mod:`halodb.engine.recovery`), open the logs for
+        appending, and return the next sequence number."""
+        plan = recovery.plan(recovery.log_states(self.parts), self.max_key)
+        fast = self.options.durability is Durability.FAST
+        recovery.replay(self.parts, plan, self.options.fast_buffer_size if fast else None)
+        if plan.dropped:
+            log.warning(
+                "%s: dropped %d records of partitions %s, from the first part of a batch that a "
+                "crash interrupted on",
+                self.path,
+                plan.dropped,
+                plan.cut,
+            )
+            if not self.readonly:
+                # Replace the logs that hold dropped records (after flushing what they keep),
+                # so that the decision cannot change later.
+                for index in plan.cut:
+                    self.flush_part(self.parts[index], force=True)
+        return plan.next_seq
+
+    # -- guards ------------------------------------------------------------------------------
+
+    def check_open(self) -> None:
+        """Raise :class:`ProgrammingError` if the store is closed or used after ``fork()``."""
+        if self.pid != os.getpid():
+            raise ProgrammingError(
+                f"{self.path}: store was opened in process {self.pid}; a forked child must "
+                "open the store itself"
+            )
+        if self.closed:
+            raise ProgrammingError(f"{self.path}: store is closed")
+
+    def _guard(self) -> None:
+        """Raise at once if closed, or in a forked child (before any lock is taken: another
+        thread of the parent may have held it at the fork, and never will release it here)."""
+        if self.closed:
+            self.check_open()
+
+    def _check_writable(self) -> None:
+        self.check_open()
+        if self.readonly:
+            raise ProgrammingError(f"{self.path}: store is open read-only")
+        if self.failure is not None:
+            raise OperationalError(
+                f"{self.path}: store refuses writes after a failure "
+                f"({str(self.failure) or type(self.failure).__name__}); close and reopen it"
+            ) from self.failure
+
+    def fail(self, exc: BaseException) -> None:
+        """Record a failure: from now on the store refuses writes, and ``close`` merges
+        nothing (the logs keep every write; the next open replays them)."""
+        if self.failure is None:
+            self.failure = exc
+            reason = str(exc) or type(exc).__name__
+            log.error("%s: refusing further writes after a failure: %s", self.path, reason)
+
+    # -- routing and reads -------------------------------------------------------------------
+
+    def part_of(self, key: bytes) -> tuple[Partition, tuple[int, int]]:
+        """The partition of an encoded key, and the key's hash."""
+        h = key_hash(key, self.seed)
+        return self.parts[route(h, len(self.parts))], h
+
+    def get(self, key: bytes) -> bytes | None:
+        """The encoded value of ``key``, or ``None``.
+
+        Tried without the partition's lock first (``Partition.peek``): a read of the memtable,
+        the row cache or the bloom filter alone waits for no flush. It is trusted only if no
+        batch was being applied to the partition meanwhile (its ``epoch`` even and unchanged),
+        so a batch is still seen whole or not at all."""
+        h = key_hash(key, self.seed)
+        part = self.parts[(h[1] >> 32) % len(self.parts)]  # route(), inlined: the hot path
+        if self.closed:  # also after fork(), where another thread may have held the lock
+            self.check_open()
+        epoch = part.epoch
+        if not epoch & 1:
+            value = part.peek(key, h)
+            if value is not MISSING and part.epoch == epoch:
+                return value  # type: ignore[return-value]
+        with part.lock:
+            if self.closed:
+                self.check_open()
+            return part.get(key, h)
+
+    def contains(self, key: bytes) -> bool:
+        """Whether ``key`` is live."""
+        self._guard()
+        part, h = self.part_of(key)
+        with part.lock:
+            self.check_open()
+            return part.contains(key, h)
+
+    def __len__(self) -> int:
+        self._guard()
+        with ExitStack() as stack:
+            for part in self.parts:
+                stack.enter_context(part.lock)
+            self.check_open()
+            return sum(p.count for p in self.parts)
+
+    def scan_batches(
+        self, lo: bytes | None, hi: bytes | None, *, reverse: bool = False, chunk: int = SCAN_CHUNK
+    ) -> Iterator[Items]:
+        """Live ``(key, value)`` in ``[lo, hi)`` across partitions, in key order, lazily, a list
+        at a time (each list in order and after the one before, so a caller can process a whole
+        list in one go).
+
+        A write made after a partition's chunk was read shows up only if its key lies ahead of
+        where that chunk ended (see :mod:`halodb.engine.scan`).
+        """
+        self._guard()
+        self.check_open()
+        sources = [
+            chunks(p, lo, hi, reverse, chunk, self._guard, self.check_open) for p in self.parts
+        ]
+        if len(sources) == 1:
+            return sources[0]
+        return merge(sources, reverse)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Store ``value`` under ``key``; durable as the store's durability mode says."""
+        h = key_hash(key, self.seed)
+        part = self.parts[(h[1] >> 32) % len(self.parts)]  # route(), inlined: the hot path
+        if self.closed:  # also after fork(), where another thread may have held the lock
+            self.check_open()
+        with part.lock:
+            if self.closed or self.failure is not None or self.readonly:
+                self._check_writable()
+            # _write_locked, inlined for a put: the hot path of every single put
+            wal = part.log
+            assert wal is not None
+            seq = next(self.sequence)
+            try:
+                end = wal.append(frame_put(seq, key, value))
+            except OperationalError as exc:
+                self.fail(exc)
+                raise
+            try:
+                part.put(key, value, h, seq)
+            except BaseException as exc:  # logged, not counted: see commit()
+                self.fail(exc)
+                raise
+            if part.memtable.size > self.memtable_limit or wal.end > self.log_limit:
+                self.flush_part(part)
+        if self.full:
+            self._sync(wal, end)
+
+    def delete(self, key: bytes, *, want_value: bool = False) -> tuple[bool, bytes | None]:
+        """Delete ``key`` if live; returns whether it was, and (if asked) its old value."""
+        self._guard()
+        part, h = self.part_of(key)
+        with part.lock:
+            self._check_writable()
+            old = part.get(key, h) if want_value else None
+            if not (old is not None if want_value else part.contains(key, h)):
+                return False, None
+            wal, end = self._write_locked(part, key, None, h)
+        if self.full:
+            self._sync(wal, end)
+        return True, old
+
+    def put_if_absent(self, key: bytes, value: bytes) -> bytes | None:
+        """Store ``value`` unless ``key`` is live; returns the live value, or ``None`` if stored."""
+        self._guard()
+        part, h = self.part_of(key)
+        with part.lock:
+            self._check_writable()
+            old = part.get(key, h)
+            if old is not None:
+                return old
+            wal, end = self._write_locked(part, key, value, h)
+        if self.full:
+            self._sync(wal, end)
+        return None
+
+    def _write_locked(
+        self, part: Partition, key: bytes, value: bytes | None, h: tuple[int, int]
+    ) -> tuple[LogWriter, int]:
+        """Log and apply one put (or delete of a live key, ``value`` None) with ``part.lock``
+        held; flush the partition if its memtable is full. Returns the log and the offset to
+        sync to."""
+        wal = part.log
+        assert wal is not None
+        seq = next(self.sequence)
+        try:
+            if value is None:
+                end = wal.append(frame(fmt.REC_WRITE, seq, encode_entries(0, [(key, None)])))
+            else:
+                end = wal.append(frame_put(seq, key, value))
+        except OperationalError as exc:
+            self.fail(exc)
+            raise
+        try:
+            if value is None:
+                part.delete(key, seq)  # the caller checked the key is live
+            else:
+                part.put(key, value, h, seq)
+        except BaseException as exc:  # logged, not counted: see commit()
+            self.fail(exc)
+            raise
+        if part.memtable.size > self.memtable_limit or wal.end > self.log_limit:
+            self.flush_part(part)
+        return wal, end
+
+    def commit(self, changes: dict[bytes, bytes | None], *, clear: bool = False) -> None:
+        """Apply ``changes`` (``None``: delete) atomically across partitions, after clearing the
+        whole store when ``clear``. All visible and durable together, or none of it."""
+        groups = group(changes, self.seed, len(self.parts), clear=clear)
+        if not groups:
+            return
+        self._guard()
+        parts = [self.parts[i] for i in sorted(groups)]
+        with ExitStack() as stack:
+            for part in parts:
+                stack.enter_context(part.lock)
+            self._check_writable()
+            seq = next(self.sequence)
+            try:
+                logged = log_parts(parts, groups, seq, clear=clear)
+            except OperationalError as exc:
+                self.fail(exc)
+                raise
+            except BaseException as exc:
+                # Interrupted (KeyboardInterrupt, ...) with some parts maybe in their logs: no
+                # later record may follow them, since recovery drops such a batch and cuts its
+                # partitions' logs there (their later writes would go with it).
+                if len(parts) > 1:
+                    self.fail(exc)
+                raise
+            try:
+                if self.full and len(parts) > 1:
+                    self.logs.note_batch(logged)
+                apply_parts(parts, groups, seq, clear=clear)
+            except BaseException as exc:
+                # Logged whole but not applied, or applied in part (a read of the tree failed,
+                # or an interrupt): memory no longer matches the logs, so nothing more is
+                # written (a flush could make the half permanent). Reopening replays the logs.
+                self.fail(exc)
+                raise
+            for part in parts:
+                assert part.log is not None
+                if part.memtable.size > self.memtable_limit or part.log.end > self.log_limit:
+                    self.flush_part(part)
+        if self.full:
+            for wal, end in logged:
+                self._sync(wal, end)
+
+    def _sync(self, wal: LogWriter, end: int) -> None:
+        """Make ``wal`` durable up to ``end`` (FULL mode, and ``sync()``), with the parts of
+        batches in other logs that its records depend on (see :class:`LogSync`)."""
+        try:
+            self.logs.sync(wal, end)
+        except OperationalError as exc:
+            self.fail(exc)
+            raise
+
+    def flush_part(self, part: Partition, *, force: bool = False) -> None:
+        """Flush one partition (caller holds its lock).
+
+        When its memtable holds parts of batches that span partitions, the other partitions'
+        logs are fsynced first: once this tree holds a batch's sequence number, recovery treats
+        this part as present, so the sibling parts must already be durable in their logs.
+        Syncing a log takes no partition lock, only the log's own, so no lock order is broken.
+        """
+        old = part.log
+        try:
+            if part.batch_seen:
+                for other in self.parts:
+                    wal = other.log
+                    if other is not part and wal is not None:
+                        wal.sync_to(wal.written)
+            part.flush(force=force)
+            if old is not None and part.log is not old:
+                # Retired: its records are in the tree, the logs they depended on synced above.
+                self.logs.retire(old)
+        except Error as exc:
+            # I/O failure, damage met in an old page, a broken invariant: writes stop here.
+            # (An interrupt is not recorded: the half-built flush was forgotten whole, and the
+            # store goes on as before it.)
+            self.fail(exc)
+            raise
+        except BaseException as exc:
+            if part.pager.unsettled:  # interrupted in a commit the file could not settle
+                self.fail(exc)
+            raise
+
+    def flush(self) -> None:
+        """Merge every memtable into its tree (durably), emptying the logs."""
+        self._guard()
+        self._check_writable()
+        for part in self.parts:
+            with part.lock:
+                self._check_writable()
+                self.flush_part(part)
+
+    def sync(self) -> None:
+        """Durability barrier: every write acknowledged before the call is on disk after it."""
+        self._guard()
+        self.check_open()
+        if self.readonly:
+            return
+        for part in self.parts:
+            with part.lock:
+                self._check_writable()
+                wal = part.log
+                assert wal is not None
+                try:
+                    wal.write_out()
+                except OperationalError as exc:
+                    self.fail(exc)
+                    raise
+                end = wal.written
+            self._sync(wal, end)
+
+    # -- inspection and lifecycle --------------------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        """A snapshot of every partition's counters."""
+        self._guard()
+        per = []
+        for part in self.parts:
+            with part.lock:
+                self.check_open()
+                per.append(part.stats())
+        return StoreStats(
+            path=self.path,
+            keys=sum(p.keys for p in per),
+            durability=self.durability.value,
+            page_size=self.page_size,
+            partitions=tuple(per),
+            last_recovery_seconds=self.recovery_seconds,
+        )
+
+    def check(self) -> list[TreeReport]:
+        """Verify every structure of every partition, and that every key lives in the partition
+        it routes to; raises :class:`CorruptionError`."""
+        self._guard()
+        reports = []
+        n, seed = len(self.parts), self.seed
+        for part in self.parts:
+            with part.lock:
+                self.check_open()
+                reports.append(part.check())
+                for key in part.all_keys():
+                    if route(key_hash(key, seed), n) != part.index:
+                        raise CorruptionError(
+                            f"{self.path}: partition {part.index} holds a key that routes to "
+                            f"partition {route(key_hash(key, seed), n)}"
+                        )
+        return reports
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: mark the store closed and close this process's copies of its file
+        descriptors, lock included, without writing, flushing or unlocking anything (the
+        parent's descriptors, and so its lock, stay as they are). Without this the child would
+        hold the lock open after the parent closed the store."""
+        self.closed = True
+        handles = [p.pager.file for p in self.parts] + [p.log.file for p in self.parts if p.log]
+        for handle in handles:
+            with suppress(Error):
+                handle.close()
+        with suppress(Error):
+            self.directory.release()
+
+    def abandon(self) -> None:
+        """Close as a crash would leave the store: nothing merged, records still buffered in
+        FAST mode dropped, no close record; the files and the lock are released. The next
+        open replays the logs. A test hook (:func:`halodb.testing.abandon`)."""
+        if self.failure is None:
+            self.failure = Abandoned("the store was abandoned, as a crash would leave it")
+        self.close()
+
+    def close(self, *, merge: bool = True) -> None:
+        """Flush (unless read-only or failed) and close every file; idempotent. Without
+        ``merge`` the memtables are not merged into the trees: the logs are written out and
+        the next open replays them."""
+        process.unregister(self)
+        if self.closed:
+            return
+        with ExitStack() as stack:
+            for part in self.parts:
+                stack.enter_context(part.lock)
+            if self.closed:
+                return
+            self.closed = True
+            error: BaseException | None = None
+            try:
+                for part in self.parts:
+                    clean_seq = None
+                    try:
+                        if (
+                            merge
+                            and not self.readonly
+                            and self.failure is None
+                            and error is None
+                            and self.pid == os.getpid()
+                        ):
+                            self.flush_part(part)
+                            clean_seq = next(self.sequence)
+                    except BaseException as exc:
+                        # A failure was recorded by _flush_part; an interrupt (KeyboardInterrupt,
+                        # ...) left everything as it was: either way the rest close without
+                        # flushing, and the logs still hold every write.
+                        error = error or exc
+                    finally:
+                        try:
+                            part.close(clean_seq=clean_seq, write_out=self.failure is None)
+                        except OperationalError as exc:
+                            self.fail(exc)
+                            error = error or exc
+            finally:
+                self.directory.release()
+            if error is not None:
+                raise error

@@ -1,0 +1,85 @@
+"""Ordered scans across partitions: each partition read in growing chunks under its lock, the
+chunks merged a round at a time. Knows nothing of writes or of the directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from operator import itemgetter
+
+from halodb.partition import Partition
+
+Items = list[tuple[bytes, bytes]]
+
+SCAN_CHUNK = 1024
+FIRST_CHUNK = 32
+"""A scan reads each partition FIRST_CHUNK items at first, doubling up to SCAN_CHUNK: short
+range scans read little, long ones take few locks."""
+
+
+def chunks(
+    part: Partition,
+    lo: bytes | None,
+    hi: bytes | None,
+    reverse: bool,
+    chunk: int,
+    guard: Callable[[], None],
+    check_open: Callable[[], None],
+) -> Iterator[Items]:
+    """Live items of ``part`` in ``[lo, hi)``, in order, a chunk at a time; each chunk read
+    under the partition's lock and resumed after the last key returned, so keys come strictly
+    in order and never twice. ``guard`` runs before each lock is taken, ``check_open`` with it
+    held (both raise if the store was closed meanwhile)."""
+    limit = min(chunk, FIRST_CHUNK)
+    while True:
+        guard()
+        with part.lock:
+            check_open()
+            items = part.scan(lo, hi, reverse, limit)
+        if items:
+            yield items
+        if len(items) < limit:
+            return
+        limit = min(limit * 2, chunk)
+        if reverse:
+            hi = items[-1][0]
+        else:
+            lo = items[-1][0] + b"\x00"
+
+
+def merge(sources: list[Iterator[Items]], reverse: bool) -> Iterator[Items]:
+    """Merge ordered chunk streams into one, a list at a time: every buffered item up to the
+    smallest last key among the buffers (the largest, reversed) is sorted and yielded; no
+    source can still produce a key before that bound."""
+    live: list[tuple[Iterator[Items], Items]] = []
+    for source in sources:
+        items = next(source, None)
+        if items:
+            live.append((source, items))
+    first = itemgetter(0)
+    while live:
+        lasts = [items[-1][0] for _, items in live]
+        bound = max(lasts) if reverse else min(lasts)
+        out: Items = []
+        keep = []
+        for source, items in live:
+            taken = _upto(items, bound, reverse)
+            out.extend(items[:taken])
+            rest = items[taken:] or next(source, [])
+            if rest:
+                keep.append((source, rest))
+        live = keep
+        out.sort(key=first, reverse=reverse)
+        yield out
+
+
+def _upto(items: Items, bound: bytes, reverse: bool) -> int:
+    """How many of ``items`` come before the first key past ``bound`` (a binary search; either
+    order)."""
+    low, high = 0, len(items)
+    while low < high:
+        mid = (low + high) // 2
+        if (items[mid][0] >= bound) if reverse else (items[mid][0] <= bound):
+            low = mid + 1
+        else:
+            high = mid
+    return low

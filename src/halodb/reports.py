@@ -1,0 +1,67 @@
+"""What a store reports about itself: plain, frozen records of counters and sizes, returned by
+``Store.stats()`` and ``Store.check()``; knows nothing of how they are gathered."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """A snapshot of a store's counters: totals and one :class:`PartitionStats` per partition."""
+
+    path: str
+    """The store's directory."""
+    keys: int
+    """The exact number of keys."""
+    durability: str
+    """``"full"``, ``"normal"`` or ``"fast"``."""
+    page_size: int
+    """The B+ tree page size."""
+    partitions: tuple[PartitionStats, ...]
+    """One :class:`PartitionStats` per partition, in index order."""
+    last_recovery_seconds: float
+    """The time the whole open took, recovery included."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStats:
+    """Counters and sizes of one partition at one moment."""
+
+    index: int
+    """The partition's number, from 0."""
+    keys: int
+    """Keys live in the partition (memtable and tree together)."""
+    memtable_entries: int
+    """Entries in the memtable, tombstones included."""
+    memtable_bytes: int
+    """The memtable's size as counted against ``memtable_size``."""
+    wal_bytes: int
+    """The log's length, records still buffered included."""
+    tree_height: int
+    """Levels of the on-disk B+ tree."""
+    tree_keys: int
+    """Keys in the tree as of the last flush."""
+    pages: int
+    """Pages in the tree file."""
+    free_pages: int
+    """Pages of the tree file free for reuse."""
+    cache_hits: int
+    """Node-cache lookups that found the node decoded."""
+    cache_misses: int
+    """Node-cache lookups that read and decoded the page."""
+    bloom_negatives: int
+    """Lookups the bloom filter answered absent (no tree read)."""
+    bloom_rebuilds: int
+    """Times the bloom filter was rebuilt from the tree."""
+    flushes: int
+    """Flushes of the memtable into the tree since the store was opened."""
+    recovery_seconds: float
+    """Time to open the partition and replay its log."""
+    cache_bytes: int
+    """Bytes of memory the node cache's decoded nodes take (an estimate made as each node is
+    decoded, from CPython's object sizes); at most the partition's share of ``cache_size``
+    (and at least 16 pages' worth)."""
+    row_cache_bytes: int
+    """Bytes of memory the row cache takes (its keys and values as objects, and its dict);
+    within the same budget as ``cache_bytes``."""
