@@ -1,9 +1,15 @@
 """Hot-path copies kept for speed agree with the code they copy.
 
-``Store.__getitem__``, ``get`` and ``__setitem__`` inline the key encoding's and the default
-codec's bytes cases; ``__contains__``, ``pop`` and ``Batch`` go through the general path
-(``encode_key`` with the length check, the codec's ``encode``/``decode``). For any key and
-value, both paths must give the same answers."""
+- ``Store.__getitem__``, ``get`` and ``__setitem__`` inline the key encoding's and the default
+  codec's bytes cases; ``__contains__``, ``pop`` and ``Batch`` go through the general path
+  (``encode_key`` with the length check, the codec's ``encode``/``decode``). For any key and
+  value, both paths must give the same answers.
+- ``Engine.get`` and ``Engine.put`` inline :func:`halodb.hashing.route`; batches and
+  ``check()`` call it.
+- ``BloomFilter.add``, ``add_all`` and ``might_contain`` unroll the default five of
+  :func:`halodb.hashing.probes`; ``Partition.peek`` inlines the first.
+- The manifest, a log's header and a bloom filter's header are sealed by
+  :func:`halodb.format.seal` and checked by :func:`halodb.format.sealed`."""
 
 from __future__ import annotations
 
@@ -15,6 +21,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import halodb
+from halodb import format as fmt
+from halodb import testing
+from halodb.bloom import BloomFilter
+from halodb.engine.directory import Manifest, manifest_bytes, parse_manifest
+from halodb.hashing import key_hash, probes, route
+from halodb.keys import encode_key
+from halodb.wal import header_bytes
 
 MISSING = object()
 
@@ -63,3 +76,112 @@ def test_the_inlined_lookups_agree_with_the_general_path(
             if present and not (isinstance(key, float) and math.isnan(key)):
                 assert got == db.pop(key)  # the general decode
                 db[key] = got
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    keys=st.lists(st.binary(max_size=40), min_size=1, max_size=40, unique=True),
+    partitions=st.sampled_from([1, 2, 3, 4, 5, 7, 8, 16, 255, 256]),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_the_inlined_routing_agrees_with_route(
+    tmp_path_factory: Any, keys: list[bytes], partitions: int, seed: int
+) -> None:
+    """A key put by the hot path lands in the partition ``route`` names (``check()`` verifies
+    every key by ``route``), a get by the hot path finds it there, and a batch (which routes by
+    ``route``) overwrites the same copy."""
+    path: Path = tmp_path_factory.mktemp("s")
+    with halodb.open(path / "s", partitions=partitions, hash_seed=seed) as db:
+        engine = testing.engine(db)
+        for key in keys:
+            db[key] = b"put"
+            expected = route(key_hash(encode_key(key), seed), partitions)
+            assert testing.partition_of(db, key) == expected
+            assert engine.parts[expected].contains(encode_key(key), key_hash(encode_key(key), seed))
+        db.update({key: b"batch" for key in keys})
+        assert all(db[key] == b"batch" for key in keys)
+        assert len(db) == len(keys)
+        db.check()
+
+
+hashes = st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(h=hashes, words=st.integers(min_value=16, max_value=64), others=st.lists(hashes, max_size=5))
+def test_the_unrolled_probes_agree_with_probes(
+    h: tuple[int, int], words: int, others: list[tuple[int, int]]
+) -> None:
+    """The default filter (five probes) sets, and tests, exactly the bits ``probes`` names."""
+    nbits = words * 64
+    expected = set(probes(h, nbits, 5))
+    one = BloomFilter(nbits, 5, 100)
+    assert one.add(h) is False or len(expected) < 5  # a fresh filter held none of them
+    assert set(one.bits.search(1)) == expected
+    every = BloomFilter(nbits, 5, 100)
+    every.add_all([h])
+    assert every.bits == one.bits
+    assert one.might_contain(h)
+    for bit in expected:  # missing any one of its bits, the key is absent
+        holed = BloomFilter(nbits, 5, 100, one.bits.copy())
+        holed.bits[bit] = 0
+        assert not holed.might_contain(h)
+    many = BloomFilter(nbits, 5, 100)
+    many.add_all(others)
+    for other in others:
+        assert set(probes(other, nbits, 5)) <= set(many.bits.search(1))
+    assert many.might_contain(h) == all(many.bits[i] for i in expected)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    present=st.lists(st.binary(max_size=20), max_size=60),
+    absent=st.lists(st.binary(max_size=20), max_size=60),
+)
+def test_the_first_probe_of_a_peek_agrees_with_the_filter(
+    tmp_path_factory: Any, present: list[bytes], absent: list[bytes]
+) -> None:
+    """``Partition.peek`` answers absent, for a key in neither its memtable nor its row cache,
+    exactly when its bloom filter does."""
+    path: Path = tmp_path_factory.mktemp("s")
+    with halodb.open(path / "s", partitions=1, hash_seed=5) as db:
+        db.update({key: b"v" for key in present})
+        db.flush()
+        part = testing.engine(db).parts[0]
+        for key in absent:
+            encoded = encode_key(key)
+            if key in present:
+                continue
+            h = key_hash(encoded, 5)
+            answer = part.peek(encoded, h)
+            assert (answer is None) == (not part.bloom.might_contain(h)), key
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    partitions=st.integers(1, 256),
+    page_size=st.sampled_from([1024, 2048, 4096, 8192, 16384, 32768, 65536]),
+    seed=st.integers(0, 2**32 - 1),
+    created=st.integers(0, 2**64 - 1),
+    codec=st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=16),
+    index=st.integers(0, 255),
+    base=st.integers(0, 2**63 - 1),
+)
+def test_every_sealed_header_checks_out(
+    partitions: int, page_size: int, seed: int, created: int, codec: str, index: int, base: int
+) -> None:
+    """What ``seal`` writes, ``sealed`` accepts, and any one flipped bit it refuses."""
+    manifest = Manifest(partitions, page_size, seed, created, codec)
+    data = manifest_bytes(manifest)
+    assert parse_manifest(data, "m") == manifest
+    bloom = BloomFilter.for_keys(100, 10).to_bytes(index, base)
+    for head, size in (
+        (data, fmt.MANIFEST.size),
+        (header_bytes(index, base), fmt.WAL_HEADER.size),
+        (bloom, fmt.BLOOM_HEADER.size),
+    ):
+        assert fmt.sealed(head, size)
+        for bit in (0, size * 8 // 2, size * 8 - 1):
+            flipped = bytearray(head)
+            flipped[bit // 8] ^= 1 << (bit % 8)
+            assert not fmt.sealed(flipped, size)
