@@ -1,4 +1,4 @@
-"""A partition's bloom filter over encoded keys; knows nothing of logs, trees or files.
+"""A partition's bloom filter over encoded keys, and its file; knows nothing of logs or trees.
 
 A negative answer is certain (the key was never added), so the read path can skip the tree for
 missing keys. The filter is serialised with a checksummed header and a checksum over the bits; a
@@ -20,6 +20,7 @@ from bitarray import bitarray
 from halodb import format as fmt
 from halodb.errors import CorruptionError
 from halodb.hashing import probes
+from halodb.vfs import FileSystem
 
 MIN_BITS = 1024
 MAX_BITS_PER_KEY = 128
@@ -175,3 +176,33 @@ class BloomFilter:
         """
         header = cls.parse_header(data, partition, where)
         return cls.from_parts(header, data[fmt.BLOOM_HEADER.size :], where)
+
+
+def read_filter(
+    fs: FileSystem, path: str, partition: int, most_keys: int
+) -> tuple[BloomFilter, int]:
+    """The filter saved in file ``path`` for partition ``partition``, and the tree transaction
+    it covers. Its header is checked before its bits are read: a filter of more than
+    ``MAX_BITS_PER_KEY`` bits per key of a tree of at most ``most_keys`` keys is refused,
+    whatever its file claims, so a damaged header cannot make the open read or allocate
+    without bound. Raises :class:`CorruptionError` (the owner then rebuilds the filter)."""
+    handle = fs.open(path)
+    try:
+        header = BloomFilter.parse_header(handle.read_at(0, fmt.BLOOM_HEADER.size), partition, path)
+        nbits = header[0]
+        # Sized for twice the keys at its last rebuild, which the tree's pages held (its file
+        # never shrinks): more than that many bits per key the pages can hold is damage.
+        if nbits > MAX_BITS_PER_KEY * max(most_keys, MIN_BITS):
+            raise CorruptionError(
+                f"{path}: bloom filter of {nbits} bits is larger than a tree of "
+                f"at most {most_keys} keys could need"
+            )
+        expected = fmt.BLOOM_HEADER.size + nbits // 8
+        if handle.size() != expected:
+            raise CorruptionError(
+                f"{path}: bloom filter file is {handle.size()} bytes, its header says {expected}"
+            )
+        body = handle.read_at(fmt.BLOOM_HEADER.size, nbits // 8)
+    finally:
+        handle.close()
+    return BloomFilter.from_parts(header, body, path)

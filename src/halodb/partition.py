@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from itertools import repeat
 
 from halodb import format as fmt
-from halodb.bloom import MAX_BITS_PER_KEY, MIN_BITS, BloomFilter
+from halodb.bloom import BloomFilter, read_filter
 from halodb.btree import BTree, TreeReport
 from halodb.collector import collector_paused
 from halodb.errors import CorruptionError
@@ -122,7 +122,9 @@ class Partition:
         txn = self.pager.meta.txn
         if fs.exists(self.bloom_path):
             try:
-                bloom, bloom_txn = self._read_bloom()
+                bloom, bloom_txn = read_filter(
+                    fs, self.bloom_path, self.index, self.pager.most_keys()
+                )
                 if bloom_txn == txn:
                     return bloom
                 log.info(
@@ -134,35 +136,6 @@ class Partition:
             except CorruptionError as exc:
                 log.warning("%s; rebuilding it from the tree", exc)
         return self._rebuild_bloom(save=False)
-
-    def _read_bloom(self) -> tuple[BloomFilter, int]:
-        """The saved filter and the tree transaction it covers. Its header is checked before
-        its bits are read: a filter of more than ``MAX_BITS_PER_KEY`` bits per key the tree's
-        pages could hold is refused (rebuilt), whatever its file claims, so a damaged header
-        cannot make the open read or allocate without bound."""
-        handle = self.fs.open(self.bloom_path)
-        try:
-            head = handle.read_at(0, fmt.BLOOM_HEADER.size)
-            header = BloomFilter.parse_header(head, self.index, self.bloom_path)
-            nbits = header[0]
-            # Sized for twice the keys at its last rebuild, which the tree's pages held (its file
-            # never shrinks): more than that many bits per key the pages can hold is damage.
-            most = self.pager.most_keys()
-            if nbits > MAX_BITS_PER_KEY * max(most, MIN_BITS):
-                raise CorruptionError(
-                    f"{self.bloom_path}: bloom filter of {nbits} bits is larger than a tree of "
-                    f"at most {most} keys could need"
-                )
-            expected = fmt.BLOOM_HEADER.size + nbits // 8
-            if handle.size() != expected:
-                raise CorruptionError(
-                    f"{self.bloom_path}: bloom filter file is {handle.size()} bytes, "
-                    f"its header says {expected}"
-                )
-            body = handle.read_at(fmt.BLOOM_HEADER.size, nbits // 8)
-        finally:
-            handle.close()
-        return BloomFilter.from_parts(header, body, self.bloom_path)
 
     def _rebuild_bloom(self, *, save: bool) -> BloomFilter:
         self.bloom_rebuilds += 1
