@@ -17,7 +17,7 @@ import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -41,6 +41,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if kind in KINDS:
             item.add_marker(kind)
 
+
+DurabilityName = Literal["full", "normal", "fast"]
+"""A durability mode by name, as ``halodb.open(durability=...)`` takes it."""
 
 SMALL: dict[str, Any] = {"memtable_size": 64 * 1024, "page_size": 1024}
 """Options that make a few hundred kilobytes of data flush, split leaves and grow the tree."""

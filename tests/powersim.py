@@ -46,6 +46,7 @@ from typing import Any
 
 import halodb
 import halodb.testing
+from conftest import DurabilityName
 from halodb.errors import OperationalError
 from halodb.hashing import key_hash, route
 from halodb.keys import encode_key
@@ -542,7 +543,7 @@ OPTIONS: dict[str, Any] = {
     "memtable_size": 64 * 1024,
     "fast_buffer_size": 4096,
 }
-MODES = ("full", "normal", "fast")
+MODES: tuple[DurabilityName, ...] = ("full", "normal", "fast")
 OPS = ("put", "big", "delete", "overwrite", "batch", "flush", "reopen")
 BIG = 3000
 """Characters of a large value: more than a page (1024), so a flush puts it in overflow pages."""
@@ -713,7 +714,10 @@ def recover(image: Image, *, nested: dict[bytes, Outcome] | None = None) -> Outc
             nested[crashed.digest] = recover(crashed)
         again = nested[crashed.digest]
         if again.items != outcome.items:
-            found = again.error or _diff(outcome.items, again.items)
+            found = again.error
+            if not found:
+                assert again.items is not None  # an outcome without an error has its items
+                found = _diff(outcome.items, again.items)
             return Outcome(
                 None,
                 f"{RECOVERY_CUT} before {event!r}, variant {variant!r}, the next open "
@@ -946,7 +950,7 @@ class Run:
 
     def __init__(
         self,
-        mode: str,
+        mode: DurabilityName,
         workload: Sequence[str],
         *,
         seed: int,

@@ -11,6 +11,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Reversible
 from pathlib import Path
 from typing import Any
 
@@ -345,7 +346,12 @@ def test_setdefault_of_a_present_key_works_read_only(tmp_path: Path) -> None:
 def test_lookups_of_never_storable_keys_on_a_closed_store_still_raise(tmp_path: Path) -> None:
     db = halodb.open(tmp_path / "s")
     db.close()
-    for call in (lambda: db.get("x" * 5000), lambda: db["x" * 5000], lambda: db.pop(math.nan, 1)):
+    calls: list[Callable[[], object]] = [
+        lambda: db.get("x" * 5000),
+        lambda: db["x" * 5000],
+        lambda: db.pop(math.nan, 1),
+    ]
+    for call in calls:
         with pytest.raises(halodb.ProgrammingError):
             call()
 
@@ -407,9 +413,14 @@ def test_reversed_works_on_the_views(tmp_path: Path) -> None:
     with halodb.open(tmp_path / "s", partitions=4) as db:
         pairs = {f"k{i:03}": i for i in range(300)}
         db.update(pairs)
-        assert list(reversed(db.keys())) == sorted(pairs, reverse=True)
-        assert list(reversed(db.items())) == sorted(pairs.items(), reverse=True)
-        assert list(reversed(db.values())) == [pairs[k] for k in sorted(pairs, reverse=True)]
+        keys, items, values = db.keys(), db.items(), db.values()
+        # the views reverse, though their declared types (KeysView...) do not say so
+        assert isinstance(keys, Reversible)
+        assert isinstance(items, Reversible)
+        assert isinstance(values, Reversible)
+        assert list(reversed(keys)) == sorted(pairs, reverse=True)
+        assert list(reversed(items)) == sorted(pairs.items(), reverse=True)
+        assert list(reversed(values)) == [pairs[k] for k in sorted(pairs, reverse=True)]
         assert list(reversed(db)) == sorted(pairs, reverse=True)
 
 
@@ -525,7 +536,7 @@ class Undecodable:
 def test_range_keys_reads_keys_without_decoding_a_value(tmp_path: Path) -> None:
     """What the halodb command needs to inspect a store of any codec (issue 10, item 14)."""
     with halodb.open(tmp_path / "s", partitions=4, value_codec=Undecodable()) as db:
-        keys = [f"user:{i:03}" for i in range(200)] + ["zed", 5, ("t", 1)]
+        keys: list[Any] = [f"user:{i:03}" for i in range(200)] + ["zed", 5, ("t", 1)]
         db.update({key: "v" for key in keys})
         assert list(db.range_keys()) == list(db) == [5, *sorted(keys[:-2]), ("t", 1)]
         assert list(db.range_keys(prefix="user:", reverse=True)) == sorted(keys[:200])[::-1]
@@ -572,6 +583,7 @@ def test_a_hash_seed_fixes_which_keys_share_a_partition(tmp_path: Path) -> None:
         halodb.open(tmp_path / "a", hash_seed=7)
     with halodb.open(tmp_path / "a", hash_seed=12345) as db:  # the same one is fine
         assert len(db) == 0
+    bad: Any  # not all of type int: the check under test is at run time
     for bad in (-1, 2**32, "1", 1.0):
         with pytest.raises(halodb.InterfaceError, match="hash_seed"):
             halodb.open(tmp_path / "d", hash_seed=bad)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import halodb
-from conftest import SMALL, DurableImages, abandon, snapshot
+from conftest import SMALL, DurabilityName, DurableImages, abandon, snapshot
 from halodb import errors
 from halodb import format as fmt
 from halodb.vfs import File, FileSystem
@@ -152,8 +152,9 @@ def test_get(open_store: Opener) -> None:
     assert db.get("b") is None
     assert db.get("b", 7) == 7
     assert db.get(("no", "such")) is None
+    unhashable: Any = [1]  # not a key type: the check under test is at run time
     with pytest.raises(TypeError):
-        db.get([1])
+        db.get(unhashable)
 
 
 def test_pop(open_store: Opener) -> None:
@@ -328,6 +329,7 @@ def test_writing_while_iterating(open_store: Opener, partitions: int) -> None:
     for key, value in db.items():
         seen.append(key)
         assert value == [key, 0], "a key came twice, or with a value from this loop"
+        assert isinstance(key, int)
         if key % 3 == 0:
             del db[key]
         else:
@@ -493,7 +495,7 @@ def test_typed_keys_sort_like_python_and_keep_their_type(
 
 def test_tuple_keys_nest_and_sort(open_store: Opener) -> None:
     db = open_store()
-    keys = [
+    keys: list[tuple[halodb.Key, halodb.Key]] = [
         ("a", ("b", 1)),
         ("a", ("b", 2)),
         ("a", ("b",)),
@@ -508,12 +510,13 @@ def test_tuple_keys_nest_and_sort(open_store: Opener) -> None:
     for k in keys:
         db[k] = repr(k)
     assert list(db.range(prefix=("a",))) == [(k, repr(k)) for k in sorted(pairs)]
-    assert [k for k in db if isinstance(k[0], tuple)] == sorted(nums)
+    assert [k for k in db if isinstance(k, tuple) and isinstance(k[0], tuple)] == sorted(nums)
 
 
 def test_cross_type_order_is_int_float_str_bytes_tuple(open_store: Opener) -> None:
     db = open_store()
-    for k in [("t",), b"b", "s", 1.5, 7]:
+    keys: list[halodb.Key] = [("t",), b"b", "s", 1.5, 7]
+    for k in keys:
         db[k] = 0
     assert list(db) == [7, 1.5, "s", b"b", ("t",)]
 
@@ -937,6 +940,7 @@ def test_prefix_combined_with_start_and_stop(mixed: halodb.Store) -> None:
 
 
 def test_prefix_rejects_unsupported_types(mixed: halodb.Store) -> None:
+    bad: Any  # not a prefix type: the check under test is at run time
     for bad in (7, 1.5, True, [1], {"a": 1}):
         with pytest.raises(TypeError):
             list(mixed.range(prefix=bad))
@@ -1032,7 +1036,7 @@ def test_batch_over_many_partitions_is_all_or_nothing(open_store: Opener) -> Non
 @pytest.mark.parametrize("how", ["flush", "close"])
 @pytest.mark.parametrize("mode", ["normal", "fast"])
 def test_batch_stays_atomic_through_a_power_cut_while_flushing(
-    tmp_path: Path, mode: str, how: str
+    tmp_path: Path, mode: DurabilityName, how: str
 ) -> None:
     """flush() and close() merge partition after partition. Under "normal" and "fast" a power
     cut may lose a batch that was never synced, but never half of it: crash copies taken before
@@ -1042,7 +1046,7 @@ def test_batch_stays_atomic_through_a_power_cut_while_flushing(
     db = halodb.open(path, filesystem=fs, partitions=2, durability=mode, **SMALL)
     db["before"] = 0
     db.flush()
-    batch = {i: i for i in range(50)}
+    batch: dict[halodb.Key, int] = {i: i for i in range(50)}
     db.update(batch)
     assert all(p.memtable_entries for p in db.stats().partitions)
     crashes: list[Path] = []
@@ -1156,7 +1160,7 @@ def test_values_around_the_inline_and_page_limits(open_store: Opener) -> None:
             20_000,
         }
     )
-    model = {}
+    model: dict[tuple[str, int], bytes | str] = {}
     for i, size in enumerate(sizes):
         model[("b", size)] = bytes([i % 256]) * size
         model[("s", size)] = chr(0x41 + i % 26) * size
@@ -1232,7 +1236,7 @@ def test_sync_puts_every_record_in_the_log_file(
 
 
 @pytest.mark.parametrize("mode", ["full", "normal", "fast"])
-def test_sync_is_a_barrier_against_power_loss(tmp_path: Path, mode: str) -> None:
+def test_sync_is_a_barrier_against_power_loss(tmp_path: Path, mode: DurabilityName) -> None:
     """Every write acknowledged before sync() survives a power cut right after it (and under
     "full", every acknowledged write survives one at any moment)."""
     fs = DurableImages()
@@ -1357,11 +1361,11 @@ def test_check_reports_and_passes_after_many_mutations(open_store: Opener) -> No
     model: dict[Any, Any] = {}
     for i in range(4000):
         k = rng.randrange(800)
-        r = rng.random()
-        if r < 0.25 and k in model:
+        roll = rng.random()
+        if roll < 0.25 and k in model:
             del db[k]
             del model[k]
-        elif r < 0.3:
+        elif roll < 0.3:
             with db.batch() as b:
                 for j in range(rng.randrange(1, 8)):
                     kk = rng.randrange(800)
@@ -1482,7 +1486,8 @@ def test_iterator_started_before_close_raises_on_next_chunk(
 def test_second_open_in_the_same_process_fails_at_once(open_store: Opener, tmp_path: Path) -> None:
     db = open_store()
     db["a"] = 1
-    for options in ({}, {"readonly": True}):
+    opens: list[dict[str, Any]] = [{}, {"readonly": True}]
+    for options in opens:
         with pytest.raises(halodb.OperationalError):
             halodb.open(tmp_path / "db", **options)
     with pytest.raises(halodb.OperationalError):
@@ -1637,7 +1642,9 @@ def test_newer_format_version_is_not_supported(tmp_path: Path) -> None:
     with halodb.open(path) as db:
         db["a"] = 1
     _patch_manifest_version(path, fmt.FORMAT_VERSION + 1)
-    for options in ({}, {"readonly": True}, {}):  # twice: the failed open released the lock
+    # {} twice: the failed open released the lock
+    opens: list[dict[str, Any]] = [{}, {"readonly": True}, {}]
+    for options in opens:
         with pytest.raises(halodb.NotSupportedError) as info:
             halodb.open(path, **options)
         assert str(fmt.FORMAT_VERSION + 1) in str(info.value)
@@ -1696,7 +1703,8 @@ def test_unknown_options_raise_type_error_before_touching_disk(
 def test_durability_accepts_enum_and_any_case(tmp_path: Path) -> None:
     with halodb.open(tmp_path / "a", durability=halodb.Durability.FAST) as db:
         assert db.stats().durability == "fast"
-    with halodb.open(tmp_path / "b", durability="FULL") as db:
+    upper: Any = "FULL"  # not a declared name: any case is accepted at run time
+    with halodb.open(tmp_path / "b", durability=upper) as db:
         assert db.stats().durability == "full"
 
 
@@ -1784,7 +1792,13 @@ def test_long_keys_keep_the_tree_readable_after_flush(tmp_path: Path) -> None:
 
 def test_deleting_most_of_a_subtree_keeps_the_tree_readable(tmp_path: Path) -> None:
     """Deletes that leave an internal node with a single child must not corrupt the tree."""
-    windows = [(1024, 2000), (1008, 2000), (10, 990), (2000, 4990), (3000, 3990)]
+    windows: list[tuple[int, ...]] = [
+        (1024, 2000),
+        (1008, 2000),
+        (10, 990),
+        (2000, 4990),
+        (3000, 3990),
+    ]
     rng = random.Random(5)
     windows += [tuple(sorted(rng.sample(range(5000), 2))) for _ in range(5)]
     for n, (lo, hi) in enumerate(windows):

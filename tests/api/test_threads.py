@@ -11,7 +11,8 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,15 @@ def _guard(errors: list[BaseException], body: Callable[[], None]) -> Callable[[]
             errors.append(exc)
 
     return run
+
+
+def _int_keyed(pairs: Iterable[tuple[halodb.Key, Any]]) -> list[tuple[int, Any]]:
+    """``pairs`` read from a store whose keys are all ints, each key checked to be one."""
+    checked = []
+    for key, value in pairs:
+        assert isinstance(key, int), key
+        checked.append((key, value))
+    return checked
 
 
 def test_writers_and_readers_run_concurrently(tmp_path: Path) -> None:
@@ -106,19 +116,19 @@ def test_writers_and_readers_run_concurrently(tmp_path: Path) -> None:
         while not writers_done.is_set():
             choice = rng.randrange(4)
             if choice == 0:
-                pairs = list(db.items())
+                pairs = _int_keyed(db.items())
                 descending = False
             elif choice == 1:
                 w = rng.randrange(WRITERS)
                 lo = w * 100_000 + rng.randrange(SPAN)
-                pairs = list(db.range(lo, lo + rng.randrange(1, 200)))
+                pairs = _int_keyed(db.range(lo, lo + rng.randrange(1, 200)))
                 assert all(lo <= k for k, _ in pairs)
                 descending = False
             elif choice == 2:
-                pairs = list(db.range(reverse=True))
+                pairs = _int_keyed(db.range(reverse=True))
                 descending = True
             else:
-                pairs = [(k, None) for k in db]
+                pairs = _int_keyed((k, None) for k in db)
                 descending = False
             keys = [k for k, _ in pairs]
             if descending:
@@ -129,8 +139,8 @@ def test_writers_and_readers_run_concurrently(tmp_path: Path) -> None:
             len(db)
             db.stats()
 
-    threads = [threading.Thread(target=_guard(errors, lambda w=w: writer(w))) for w in range(4)]
-    readers = [threading.Thread(target=_guard(errors, lambda r=r: reader(r))) for r in range(2)]
+    threads = [threading.Thread(target=_guard(errors, partial(writer, w))) for w in range(4)]
+    readers = [threading.Thread(target=_guard(errors, partial(reader, r))) for r in range(2)]
     for t in readers:
         t.start()
     try:
@@ -170,7 +180,7 @@ def test_full_durability_with_eight_threads_group_commit(tmp_path: Path) -> None
     db = halodb.open(path, durability="full", filesystem=fs, **SMALL)
     errors: list[BaseException] = []
     per_thread = 150
-    acknowledged: list[dict[tuple[int, int], str]] = [{} for _ in range(8)]
+    acknowledged: list[dict[tuple[int, int] | tuple[int, int, str], str]] = [{} for _ in range(8)]
 
     def writer(t: int) -> None:
         rng = random.Random(t)
@@ -180,12 +190,12 @@ def test_full_durability_with_eight_threads_group_commit(tmp_path: Path) -> None
                 with db.batch() as b:
                     b[(t, i)] = value
                     b[(t, i, "b")] = value
-                acknowledged[t][(t, i, "b")] = value  # type: ignore[index]
+                acknowledged[t][(t, i, "b")] = value
             else:
                 db[(t, i)] = value
             acknowledged[t][(t, i)] = value
 
-    _run([threading.Thread(target=_guard(errors, lambda t=t: writer(t))) for t in range(8)], errors)
+    _run([threading.Thread(target=_guard(errors, partial(writer, t))) for t in range(8)], errors)
     expected: dict[Any, str] = {}
     for acks in acknowledged:
         expected.update(acks)
@@ -247,7 +257,7 @@ def test_close_while_threads_are_busy(tmp_path: Path) -> None:
         except halodb.ProgrammingError as exc:
             stopped.append(exc)
 
-    threads = [threading.Thread(target=_guard(errors, lambda w=w: writer(w))) for w in range(4)]
+    threads = [threading.Thread(target=_guard(errors, partial(writer, w))) for w in range(4)]
     threads += [threading.Thread(target=_guard(errors, reader)) for _ in range(2)]
     for t in threads:
         t.start()

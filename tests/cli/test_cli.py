@@ -292,7 +292,9 @@ def letters(tmp_path: Path) -> Path:
 
 
 def test_list_is_ordered_and_filtered(letters: Path) -> None:
-    keys = lambda *args: run(letters, "list", "-k", *args).stdout.split()  # noqa: E731
+    def keys(*args: str) -> list[str]:
+        return run(letters, "list", "-k", *args).stdout.split()
+
     assert keys() == ["a0", "a1", "a2", "b0", "b1", "b2", "c0", "c1", "c2"]
     assert keys("--prefix", "b") == ["b0", "b1", "b2"]
     assert keys("--start", "a2", "--stop", "b2") == ["a2", "b0", "b1"]

@@ -74,7 +74,7 @@ def _same(a: Any, b: Any) -> bool:
     """Equal, of the same types all the way down, and -0.0 is not 0.0."""
     if type(a) is not type(b):
         return False
-    if isinstance(a, float):
+    if isinstance(a, float) and isinstance(b, float):
         return a.hex() == b.hex()
     if isinstance(a, list | tuple):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))

@@ -112,7 +112,7 @@ FLUSHED: list[tuple[Any, Any]] = [
 for i in range(60):  # enough keys for tree heights above one
     FLUSHED.append((f"filler {i:03d}", {"i": i, "pad": "p" * (i % 40)}))
 
-DELETED_BEFORE_FLUSH = ["deleted-in-tree", 77, ("gone",)]
+DELETED_BEFORE_FLUSH: list[halodb.Key] = ["deleted-in-tree", 77, ("gone",)]
 
 IN_LOG_PUTS: list[tuple[Any, Any]] = [
     ("log only", "a value only in the log"),

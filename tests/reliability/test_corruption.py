@@ -123,7 +123,7 @@ def _build(root: Path, name: str, abandoned: bool) -> Template:
             {"wal-i": "last"},
         ]
         # A batch over both partitions whatever the store's hash seed: a key from each.
-        spans = {}
+        spans: dict[int, str] = {}
         for i in itertools.count():
             spans.setdefault(halodb.testing.partition_of(db, f"span{i}"), f"span{i}")
             if len(spans) == 2:
@@ -501,10 +501,13 @@ def test_manifest_damage(tmp_path: Path, template: Template) -> None:
 
 
 def test_files_swapped_between_partitions(tmp_path: Path, template: Template) -> None:
+    def contents_of(name: str) -> Damage:
+        return lambda _: template.files[name]
+
     cases = []
     for kind in ("wal", "tree"):
         a, b = f"p000.{kind}", f"p001.{kind}"
-        cases.append((f"holds {b}", a, lambda _, b=b: template.files[b]))
+        cases.append((f"holds {b}", a, contents_of(b)))
     _assert_ok(_run(tmp_path, template, cases))
 
 

@@ -29,6 +29,7 @@ import pytest
 
 import halodb
 import halodb.testing
+from conftest import DurabilityName
 from halodb.keys import encode_key
 
 CYCLES = int(os.environ.get("HALODB_CRASH_CYCLES", "300"))
@@ -170,7 +171,7 @@ def apply(state: dict[int, Any], op: Op) -> None:
             state[n] = value
 
 
-def read_store(path: Path, mode: str, where: str) -> dict[int, Any]:
+def read_store(path: Path, mode: DurabilityName, where: str) -> dict[int, Any]:
     """Open the store, check it, read it every way, close it (sometimes as a crash would)."""
     rng = random.Random(where)
     if rng.random() < 0.2 and (path / "HALODB").exists():
@@ -243,7 +244,9 @@ def run_child(
     return proc.returncode, err.decode(errors="replace")
 
 
-def crash_cycles(tmp_path: Path, mode: str) -> Iterator[tuple[str, Cycle, dict[int, Any]]]:
+def crash_cycles(
+    tmp_path: Path, mode: DurabilityName
+) -> Iterator[tuple[str, Cycle, dict[int, Any]]]:
     """Run the kill loop; yield (where, what the child logged, the state read back)."""
     print(f"HALODB_SEED={SEED} HALODB_CRASH_CYCLES={CYCLES} mode={mode}")
     rng = random.Random(f"{SEED}-{mode}")
@@ -288,7 +291,7 @@ def check_batches_atomic(where: str, ops: list[Op], state: dict[int, Any]) -> No
 
 
 @pytest.mark.parametrize("mode", ["normal", "full"])
-def test_sigkill_loses_nothing_acknowledged(tmp_path: Path, mode: str) -> None:
+def test_sigkill_loses_nothing_acknowledged(tmp_path: Path, mode: DurabilityName) -> None:
     """normal and full: every acknowledged op survives; the op in flight is all or nothing."""
     model: dict[int, Any] = {}
     ops_run = killed_opening = killed_flushing = 0

@@ -7,12 +7,14 @@ from __future__ import annotations
 import contextlib
 import errno
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 import halodb
 import halodb.pager
 import halodb.store
+from conftest import DurabilityName
 from halodb import format as fmt
 from halodb import testing
 from halodb.vfs import File, FileSystem
@@ -77,7 +79,7 @@ class _FaultyFile(File):
     ],
 )
 def test_a_failed_write_or_fsync_stops_all_writes_and_loses_nothing_acknowledged(
-    tmp_path: Path, durability: str, suffix: str, op: str
+    tmp_path: Path, durability: DurabilityName, suffix: str, op: str
 ) -> None:
     fs = _Faulty()
     path = tmp_path / "s"
@@ -240,7 +242,7 @@ def test_an_interrupted_commit_the_disk_cannot_settle_stops_all_writes(tmp_path:
         fs.below = 2 * 1024  # the meta page write
         original_commit(**kwargs)
 
-    def unreadable() -> None:
+    def unreadable() -> NoReturn:
         raise halodb.OperationalError("injected: the meta pages cannot be read back")
 
     pager.commit = commit  # type: ignore[method-assign]

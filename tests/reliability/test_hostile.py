@@ -172,7 +172,7 @@ def _one_pass(
     """Open ``path`` and read everything; ``("detected", where)`` on a ``CorruptionError`` (or
     an exception in ``fair``), ``("ok", ...)`` if the data is one of ``allowed``, else
     ``("wrong" | "error", what)``."""
-    detect = (halodb.CorruptionError, *fair)
+    detect: tuple[type[Exception], ...] = (halodb.CorruptionError, *fair)
     step = "open"
     db: halodb.Store | None = None
     try:
@@ -314,7 +314,8 @@ def force_crc(data: bytearray, page_no: int, at: int, target: int) -> None:
         return fmt.page_crc(page_no, data[base + 4 : base + PAGE])
 
     zero = crc_with(0)
-    rows = []  # (column image, combination of input bits), reduced to distinct pivots
+    # (column image, combination of input bits), reduced to distinct pivots
+    rows: list[tuple[int, int]] = []
     for bit in range(32):
         image, combo = crc_with(1 << bit) ^ zero, 1 << bit
         for pivot_image, pivot_combo in rows:
@@ -368,7 +369,7 @@ class TreeImage:
             for s in (0, 1)
         ]
         self.slot = max((0, 1), key=lambda s: metas[s]["txn"])
-        self.meta = metas[self.slot]
+        self.meta: dict[str, int] = metas[self.slot]
         self.edges: dict[int, list[tuple[int, int]]] = {}
         """page -> (offset of a page-number field, offset of its checksum field), in-page."""
         self.kind: dict[int, str] = {}
@@ -872,6 +873,10 @@ def _meta_cases() -> list[Case]:
         "flushed_seq": 64,
         "key_count": 64,
     }
+
+    def set_meta(name: str, value: int) -> Edit:
+        return on_tree(lambda img: img.meta.update({name: value}))
+
     for name, width in widths.items():
         values = list(WIDE[width])
         if name == "height":
@@ -880,7 +885,7 @@ def _meta_cases() -> list[Case]:
             cases.append(
                 Case(
                     f"meta {name} {value:#x}",
-                    on_tree(lambda img, name=name, value=value: img.meta.update({name: value})),
+                    set_meta(name, value),
                     skips_log=name == "flushed_seq",
                 )
             )
@@ -907,11 +912,16 @@ def _page_cases() -> list[Case]:
     """Node, overflow and free-list pages of partition 0's tree."""
     cases = []
 
+    def put(width: int, offset: int, value: int) -> Callable[[TreeImage, int], None]:
+        """Set the ``width``-bit field at ``offset`` of the page to ``value``."""
+        setter = {8: TreeImage.set_u8, 16: TreeImage.set_u16, 32: TreeImage.set_u32}[width]
+        return lambda img, page: setter(img, page, offset, value)
+
     def leaf(fn: Callable[[TreeImage, int], None]) -> Edit:
         return on_tree(lambda img: fn(img, img.first("leaf")))
 
     for count in (0, 0x8000, U16):
-        cases.append(Case(f"leaf count {count:#x}", leaf(lambda i, p, c=count: i.set_u16(p, 6, c))))
+        cases.append(Case(f"leaf count {count:#x}", leaf(put(16, 6, count))))
     cases.append(Case("leaf count one more", leaf(lambda i, p: i.set_u16(p, 6, i.u16(p, 6) + 1))))
 
     def leaf_end(which: str, last: bool, value: int) -> Callable[[TreeImage, int], None]:
@@ -932,9 +942,7 @@ def _page_cases() -> list[Case]:
                     )
                 )
     for flag in (2, 0xFF):
-        cases.append(
-            Case(f"leaf value flag {flag:#x}", leaf(lambda i, p, f=flag: i.set_u8(p, 16, f)))
-        )
+        cases.append(Case(f"leaf value flag {flag:#x}", leaf(put(8, 16, flag))))
 
     def overflow_ref(field_at: int, value: int) -> Edit:
         def fn(img: TreeImage) -> None:
@@ -955,14 +963,14 @@ def _page_cases() -> list[Case]:
         cases.append(
             Case(
                 f"overflow page count {count:#x}",
-                overflow_page(lambda i, p, c=count: i.set_u16(p, 6, c)),
+                overflow_page(put(16, 6, count)),
             )
         )
     for nxt in (0, 1, 1 << 31, U32, END):
         cases.append(
             Case(
                 f"overflow page next {_num(nxt)}",
-                overflow_page(lambda i, p, n=nxt: i.set_u32(p, 8, n)),
+                overflow_page(put(32, 8, nxt)),
             )
         )
 
@@ -1000,9 +1008,7 @@ def _page_cases() -> list[Case]:
         return on_tree(lambda img: fn(img, img.meta["root"]))
 
     for count in (0, 0x8000, U16):
-        cases.append(
-            Case(f"internal count {count:#x}", root(lambda i, p, c=count: i.set_u16(p, 6, c)))
-        )
+        cases.append(Case(f"internal count {count:#x}", root(put(16, 6, count))))
     cases.append(
         Case("internal count one more", root(lambda i, p: i.set_u16(p, 6, i.u16(p, 6) + 1)))
     )
@@ -1020,13 +1026,11 @@ def _page_cases() -> list[Case]:
         cases.append(
             Case(
                 f"internal child page {_num(target)}",
-                root(lambda i, p, t=target: i.set_u32(p, 24, t)),
+                root(put(32, 24, target)),
             )
         )
     for level in (0, 2, 0xFF):
-        cases.append(
-            Case(f"internal level {level:#x}", root(lambda i, p, v=level: i.set_u8(p, 5, v)))
-        )
+        cases.append(Case(f"internal level {level:#x}", root(put(8, 5, level))))
     cases.append(
         Case(
             "internal node typed as an overflow page",
@@ -1038,20 +1042,16 @@ def _page_cases() -> list[Case]:
         return on_tree(lambda img: fn(img, img.meta["free_head"]))
 
     for count in (253, 0x8000, U16):
-        cases.append(
-            Case(f"free-list count {count:#x}", freelist(lambda i, p, c=count: i.set_u16(p, 6, c)))
-        )
+        cases.append(Case(f"free-list count {count:#x}", freelist(put(16, 6, count))))
     for entry_value in (0, 1, END, 1 << 16, 1 << 31, U32):
         cases.append(
             Case(
                 f"free-list entry {_num(entry_value)}",
-                freelist(lambda i, p, e=entry_value: i.set_u32(p, 16, e)),
+                freelist(put(32, 16, entry_value)),
             )
         )
     for nxt in (1, END, 1 << 31, U32):
-        cases.append(
-            Case(f"free-list next {_num(nxt)}", freelist(lambda i, p, n=nxt: i.set_u32(p, 8, n)))
-        )
+        cases.append(Case(f"free-list next {_num(nxt)}", freelist(put(32, 8, nxt))))
 
     def freelist_loop(pages: int | None) -> Edit:
         """The free-list page names itself as the next one (checksum forced)."""

@@ -60,7 +60,7 @@ import pytest
 
 import halodb
 import halodb.testing
-from conftest import batch_apply
+from conftest import DurabilityName, batch_apply
 from faultfs import KINDS, Fault, FaultFS
 from halodb import format as fmt
 from halodb import testing
@@ -469,15 +469,15 @@ def _op_close(db: halodb.Store, hist: History, durability: str) -> None:
     db.close()
 
 
-def _op_open(path: Path, fs: FaultFS, durability: str) -> halodb.Store:
+def _op_open(path: Path, fs: FaultFS, durability: DurabilityName) -> halodb.Store:
     return halodb.open(path, filesystem=fs, durability=durability, **OPTIONS)
 
 
-def _op_open_readonly(path: Path, fs: FaultFS, durability: str) -> halodb.Store:
+def _op_open_readonly(path: Path, fs: FaultFS, durability: DurabilityName) -> halodb.Store:
     return halodb.open(path, filesystem=fs, readonly=True)
 
 
-def _op_open_v1(path: Path, fs: FaultFS, durability: str) -> halodb.Store:
+def _op_open_v1(path: Path, fs: FaultFS, durability: DurabilityName) -> halodb.Store:
     return halodb.open(path, filesystem=fs, durability=durability)
 
 
@@ -556,7 +556,7 @@ class Case:
     (the power-cut copies)."""
 
     scenario: Scenario
-    durability: str
+    durability: DurabilityName
     template: Template
     fault: Fault
     workdir: Path
@@ -823,7 +823,7 @@ def test_every_kth_call_fails_cleanly(
     scratch: Path,
     request: pytest.FixtureRequest,
     scenario: str,
-    durability: str,
+    durability: DurabilityName,
     kind: str,
     error: str,
     how: str,

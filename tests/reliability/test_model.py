@@ -91,7 +91,7 @@ class StoreVersusDict(RuleBasedStateMachine):
 
     @rule(key=keys, data=st.data())
     def delete(self, key: Any, data: st.DataObject) -> None:
-        if self.model and data.draw(st.booleans(), label="existing key"):
+        if bool(self.model) and data.draw(st.booleans(), label="existing key"):
             key = data.draw(st.sampled_from(sorted(self.model, key=repr)), label="key")
         if key in self.model:
             del self.db[key]

@@ -44,7 +44,7 @@ import halodb.engine.recovery
 import halodb.partition
 import halodb.testing
 import halodb.wal
-from conftest import plant
+from conftest import DurabilityName, plant
 from halodb import format as fmt
 from halodb import testing
 from halodb.pager import Pager
@@ -73,7 +73,7 @@ WORKLOADS = workloads(MAX_OPS)
 _REPORTS: dict[tuple[str, tuple[str, ...]], Report] = {}
 
 
-def report_of(mode: str, workload: tuple[str, ...]) -> Report:
+def report_of(mode: DurabilityName, workload: tuple[str, ...]) -> Report:
     """The run of ``workload`` in ``mode`` (each runs once per session)."""
     key = (mode, workload)
     if key not in _REPORTS:
@@ -117,7 +117,9 @@ def _show(violations: list[Violation], limit: int = 8) -> str:
 
 @pytest.mark.parametrize("workload", WORKLOADS, ids="+".join)
 @pytest.mark.parametrize("mode", MODES)
-def test_power_cut_at_every_step_keeps_the_promise(mode: str, workload: tuple[str, ...]) -> None:
+def test_power_cut_at_every_step_keeps_the_promise(
+    mode: DurabilityName, workload: tuple[str, ...]
+) -> None:
     """Whatever the moment of the cut and whatever part of the unsynced data reached the disk,
     the store opens clean and holds a state its mode promises (module docstring)."""
     report = report_of(mode, workload)
@@ -179,7 +181,7 @@ def test_the_simulated_disk_loses_exactly_what_was_not_synced() -> None:
 
 def caught(
     monkeypatch: pytest.MonkeyPatch,
-    mode: str,
+    mode: DurabilityName,
     workload: tuple[str, ...],
     plant_bug: Callable[[], None],
     *,

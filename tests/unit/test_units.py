@@ -41,6 +41,7 @@ from halodb.memtable import ENTRY_OVERHEAD, Memtable
 from halodb.pager import Pager, new_tree_file
 from halodb.vfs import File, FileSystem
 from halodb.wal import (
+    Entry,
     LogWriter,
     encode_batch,
     encode_entries,
@@ -61,11 +62,15 @@ PART = 3
 BASE = 100
 
 
-def _records() -> list[tuple[int, int, bytes, tuple[int, ...], int, list]]:
-    """(rtype, seq, payload, partitions, flags, entries) of a few varied records."""
-    e1 = [(b"k1", b"v1"), (b"k2", None), (b"", b""), (b"k3", b"x" * 300)]
-    e2: list = []
-    e3 = [(b"\x00\xff", b"\x00" * 5)]
+Record = tuple[int, int, bytes, tuple[int, ...], int, list[Entry]]
+"""(rtype, seq, payload, partitions, flags, entries) of one log record."""
+
+
+def _records() -> list[Record]:
+    """A few varied records."""
+    e1: list[Entry] = [(b"k1", b"v1"), (b"k2", None), (b"", b""), (b"k3", b"x" * 300)]
+    e2: list[Entry] = []
+    e3: list[Entry] = [(b"\x00\xff", b"\x00" * 5)]
     return [
         (fmt.REC_WRITE, BASE + 1, encode_put(b"a", b"alpha"), (), 0, [(b"a", b"alpha")]),
         (fmt.REC_WRITE, BASE + 2, encode_entries(0, e1), (), 0, e1),
@@ -75,7 +80,7 @@ def _records() -> list[tuple[int, int, bytes, tuple[int, ...], int, list]]:
     ]
 
 
-def _log(records: list | None = None) -> tuple[bytes, list[int]]:
+def _log(records: list[Record] | None = None) -> tuple[bytes, list[int]]:
     """A whole log file and the offset where each record ends."""
     data = bytearray(header_bytes(PART, BASE))
     ends = []
@@ -926,7 +931,7 @@ def test_a_leaf_layout_met_twice_is_remembered_and_decodes_the_same(tmp_path: Pa
     for a, b in zip(first, again, strict=True):
         assert isinstance(a, Leaf) and isinstance(b, Leaf)
         assert (a.keys, a.values, a.big) == (b.keys, b.values, b.big)
-    keys = [key for leaf in again for key in leaf.keys]  # type: ignore[union-attr]
+    keys = [key for leaf in again for key in leaf.keys]
     assert keys == [b"@%015d" % i for i in range(2000)]
     tree.pager.close()
 
