@@ -41,6 +41,17 @@ def test_the_import_contracts_hold() -> None:
 # ----------------------------------------------------------------------------- AST rules
 
 
+TESTS = ROOT / "tests"
+
+
+def _tests() -> list[tuple[str, ast.Module]]:
+    """Every module of the tests, by its path relative to ``tests``."""
+    return [
+        (path.relative_to(TESTS).as_posix(), ast.parse(path.read_text(), str(path)))
+        for path in sorted(TESTS.rglob("*.py"))
+    ]
+
+
 def _library() -> list[tuple[str, ast.Module]]:
     """Every module of the library, by its path relative to ``src/halodb``."""
     return [
@@ -140,6 +151,41 @@ def private_reaches(modules: Modules) -> set[tuple[str, str]]:
     return found
 
 
+def _dotted(node: ast.expr) -> str | None:
+    """``a.b.c`` for a chain of names, else ``None``."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return None if base is None else f"{base}.{node.attr}"
+    return None
+
+
+def hook_bypasses(modules: Modules) -> list[str]:
+    """What tests must not do: touch a store's engine (``._m``; ``halodb.testing.engine`` is
+    the named hook) or reach a standard-library module through a HaloDB module (patching
+    ``halodb.x.time`` patches it for all of HaloDB behind the test's back; a test's
+    ``FileSystem`` is the seam)."""
+    found = []
+    for name, tree in modules:
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            dotted = _dotted(node.value)
+            if node.attr == "_m" or (
+                dotted is not None
+                and dotted.split(".")[0] == "halodb"
+                and node.attr in sys.stdlib_module_names
+            ):
+                found.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_tests_use_the_api_and_the_named_hooks() -> None:
+    found = hook_bypasses(_tests())
+    assert found == [], "tests reaching past the API and the hooks:\n" + "\n".join(found)
+
+
 def test_only_vfs_calls_os_file_functions() -> None:
     found = file_calls(_library())
     assert found == [], "file I/O outside vfs:\n" + "\n".join(found)
@@ -163,7 +209,9 @@ def test_each_ast_rule_sees_a_planted_violation() -> None:
         ("wal.py", ast.parse("import os\nos.unlink('x')\nopen('y')\n")),
         ("memtable.py", ast.parse("import struct\nS = struct.Struct('<I')\n")),
         ("bloom.py", ast.parse("def f(other):\n    return other._secret\n")),
+        ("t.py", ast.parse("db._m.parts\nmonkeypatch.setattr(halodb.engine.engine.time, 'x')\n")),
     ]
     assert file_calls(planted) == ["wal.py:2: os.unlink()", "wal.py:3: open()"]
     assert struct_layouts(planted) == {"memtable.py": 1}
-    assert private_reaches(planted) == {("bloom.py", "other._secret")}
+    assert private_reaches(planted) == {("bloom.py", "other._secret"), ("t.py", "db._m")}
+    assert hook_bypasses(planted) == ["t.py:1: db._m", "t.py:2: halodb.engine.engine.time"]
