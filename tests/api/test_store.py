@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 import halodb
-from conftest import SMALL, DurabilityName, DurableImages, abandon, snapshot
 from halodb import errors
 from halodb import format as fmt
 from halodb.vfs import File, FileSystem
+from support.stores import SMALL, DurabilityName, DurableImages, abandon, snapshot
 
 Opener = Callable[..., halodb.Store]
 WAL_HEADER_SIZE = fmt.WAL_HEADER.size

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import halodb
-from conftest import SMALL, DurableImages
 from halodb import testing
 from halodb.hashing import key_hash
 from halodb.keys import encode_key
 from halodb.memtable import MISSING, Memtable
 from halodb.values import DefaultCodec
+from support.stores import SMALL, DurableImages
 
 WRITERS = 4
 SPAN = 400

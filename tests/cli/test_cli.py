@@ -23,10 +23,10 @@ from typer.testing import CliRunner, Result
 
 import halodb
 import halodb.testing
-from conftest import same_value
 from halodb import cli
 from halodb.cli import Shell, app, from_json, literal_text, parse_literal, to_json
 from halodb.cli.commands import data as data_commands
+from support.stores import same_value
 
 runner = CliRunner()
 

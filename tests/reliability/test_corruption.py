@@ -28,12 +28,12 @@ import halodb.engine.engine
 import halodb.partition
 import halodb.testing
 import halodb.wal
-from conftest import batch_apply, plant
 from halodb import format as fmt
 from halodb.btree import BTree
 from halodb.keys import encode_key
 from halodb.pager import Pager
 from halodb.vfs import FileSystem
+from support.stores import batch_apply, plant
 
 STRESS = bool(os.environ.get("HALODB_STRESS"))
 """``nox -s stress``: every byte of tree pages and bloom filters, not a sample."""

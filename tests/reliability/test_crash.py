@@ -29,8 +29,8 @@ import pytest
 
 import halodb
 import halodb.testing
-from conftest import DurabilityName
 from halodb.keys import encode_key
+from support.stores import DurabilityName
 
 CYCLES = int(os.environ.get("HALODB_CRASH_CYCLES", "300"))
 SEED = int(os.environ.get("HALODB_SEED", str(random.SystemRandom().randrange(1 << 32))))

@@ -14,10 +14,10 @@ import pytest
 import halodb
 import halodb.pager
 import halodb.store
-from conftest import DurabilityName
 from halodb import format as fmt
 from halodb import testing
 from halodb.vfs import File, FileSystem
+from support.stores import DurabilityName
 
 
 class _Faulty(FileSystem):

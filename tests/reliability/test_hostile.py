@@ -51,10 +51,10 @@ import mmh3
 import pytest
 
 import halodb
-from conftest import batch_apply
 from halodb import format as fmt
 from halodb.keys import encode_key
 from halodb.vfs import FileSystem
+from support.stores import batch_apply
 
 PAGE = 1024
 LIMIT_AS = 512 << 20

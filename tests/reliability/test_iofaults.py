@@ -60,14 +60,14 @@ import pytest
 
 import halodb
 import halodb.testing
-from conftest import DurabilityName, batch_apply
-from faultfs import KINDS, Fault, FaultFS
 from halodb import format as fmt
 from halodb import testing
 from halodb.hashing import key_hash, route
 from halodb.keys import decode_key, encode_key
 from halodb.vfs import File, FileSystem
 from halodb.wal import frame_put
+from support.faultfs import KINDS, Fault, FaultFS
+from support.stores import DurabilityName, batch_apply
 
 STRESS = bool(os.environ.get("HALODB_STRESS"))
 HASH_SEED = int(os.environ.get("HALODB_IOFAULT_SEED", "1234567")) % 2**32
@@ -258,7 +258,7 @@ def judge(observed: dict[bytes, Any], hist: History, *, everything: bool) -> str
 
 
 def _abandon(db: halodb.Store) -> None:
-    """Drop the store as a crash would (see conftest.abandon): no flush, no close record."""
+    """Drop the store as a crash would (see support.stores.abandon): no flush, no close record."""
     halodb.testing.abandon(db)
 
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import halodb
-from conftest import abandon, batch_apply
+from support.stores import abandon, batch_apply
 
 keys = st.one_of(
     st.text(alphabet="ab\x00é", max_size=3),

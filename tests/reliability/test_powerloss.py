@@ -44,13 +44,12 @@ import halodb.engine.recovery
 import halodb.partition
 import halodb.testing
 import halodb.wal
-from conftest import DurabilityName, plant
 from halodb import format as fmt
 from halodb import testing
 from halodb.pager import Pager
 from halodb.vfs import FileSystem
 from halodb.wal import LogWriter
-from powersim import (
+from support.powersim import (
     BATCH_GAP,
     MODES,
     NESTED,
@@ -64,6 +63,7 @@ from powersim import (
     base,
     workloads,
 )
+from support.stores import DurabilityName, plant
 
 STRESS = os.environ.get("HALODB_STRESS") == "1"
 SEED = int(os.environ.get("HALODB_SEED", "0"))

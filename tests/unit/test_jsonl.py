@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import halodb
-from conftest import same_value
 from halodb import jsonl
 from halodb.cli.literals import literal_text
 from halodb.cli.status import brief
 from halodb.vfs import File, FileSystem
+from support.stores import same_value
 
 ITEMS: dict[Any, Any] = {
     "text": "plain",

@@ -46,11 +46,11 @@ from typing import Any
 
 import halodb
 import halodb.testing
-from conftest import DurabilityName
 from halodb.errors import OperationalError
 from halodb.hashing import key_hash, route
 from halodb.keys import encode_key
 from halodb.vfs import File, FileSystem, Lock
+from support.stores import DurabilityName
 
 SECTOR = 512
 """The unit a disk writes atomically: a torn write keeps whole sectors."""

@@ -1,0 +1,132 @@
+"""Helpers of the store-level tests: small stores that flush, split and overflow early; a file
+system that knows what a power cut would leave; ``plant``, which puts a known bug into the
+engine to show a suite catches it; and exact comparison of values read back."""
+
+from __future__ import annotations
+import __future__
+
+import hashlib
+import inspect
+import math
+import os
+import textwrap
+import threading
+from collections.abc import Callable
+from typing import Any, Literal
+
+import pytest
+
+import halodb
+import halodb.testing
+from halodb.vfs import File, FileSystem
+
+DurabilityName = Literal["full", "normal", "fast"]
+"""A durability mode by name, as ``halodb.open(durability=...)`` takes it."""
+
+
+SMALL: dict[str, Any] = {"memtable_size": 64 * 1024, "page_size": 1024}
+"""Options that make a few hundred kilobytes of data flush, split leaves and grow the tree."""
+
+
+def abandon(db: halodb.Store) -> None:
+    """Drop ``db`` as a crash would: its log is not flushed into the trees.
+
+    ``Engine.close`` skips the flush when the store has recorded an I/O failure, so
+    marking one makes ``close()`` only release the files and the lock. The next open must
+    replay every log. (A real crash, a SIGKILLed child, is too slow for state machines.)
+    """
+    halodb.testing.abandon(db)
+
+
+def snapshot(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The name and a hash of the bytes of every file under ``path``."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, "rb") as handle:
+                out[os.path.relpath(full, path)] = hashlib.sha256(handle.read()).hexdigest()
+    return out
+
+
+class DurableImages(FileSystem):
+    """A file system that knows what a power cut would leave behind.
+
+    It remembers, for every file, the bytes it held at its last fsync (read *before* the fsync,
+    so an image holds only what the fsync covered). :meth:`crash_copy` builds that store: every
+    file as of its last fsync, files never fsynced empty. Images are keyed by inode, not path,
+    so a log fsynced while a flush renames a new log over its name keeps its image to itself.
+    Renames count as durable at once (the engine fsyncs the directory right after each).
+    ``before_sync(path)``, when set, runs before every fsync: a place to take crash copies.
+    """
+
+    def __init__(self) -> None:
+        self.images: dict[int, bytes] = {}
+        self.mutex = threading.Lock()
+        self.before_sync: Callable[[str], None] | None = None
+
+    def open(self, path: str, *, write: bool = False, create: bool = False) -> File:
+        handle = super().open(path, write=write, create=create)
+        return _ImagedFile(self, handle.path, handle.fd)
+
+    def crash_copy(self, directory: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        os.mkdir(target)
+        with self.mutex:
+            for name in os.listdir(directory):
+                data = self.images.get(os.stat(os.path.join(directory, name)).st_ino, b"")
+                with open(os.path.join(target, name), "wb") as out:
+                    out.write(data)
+
+
+class _ImagedFile(File):
+    fs: DurableImages
+
+    def sync(self) -> None:
+        if self.fs.before_sync is not None:
+            self.fs.before_sync(self.path)
+        data = self.read_all()
+        super().sync()
+        with self.fs.mutex:
+            self.fs.images[os.fstat(self.fd).st_ino] = data
+
+
+def plant(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *edits: tuple[str, str]) -> None:
+    """Replace ``owner.name`` by its own source with each ``(old, new)`` edit applied (each
+    ``old`` must occur exactly once, so a change of the engine shows here, not as a pass)."""
+    function = getattr(owner, name)
+    source = textwrap.dedent(inspect.getsource(function))
+    for old, new in edits:
+        assert source.count(old) == 1, f"{name}: {old!r} is not in its source exactly once"
+        source = source.replace(old, new)
+    namespace: dict[str, Any] = {}
+    code = compile(
+        source,
+        f"<planted bug in {name}>",
+        "exec",
+        flags=__future__.annotations.compiler_flag,
+        dont_inherit=True,
+    )
+    exec(code, function.__globals__, namespace)
+    monkeypatch.setattr(owner, name, namespace[name])
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether ``b`` is ``a`` read back exactly: equal, of the same types all the way down, NaN
+    where ``a`` has NaN (which equals nothing)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
+        return math.isnan(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and type(a) is type(b):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def batch_apply(db: halodb.Store, changes: dict[Any, Any]) -> None:
+    """Write ``changes`` in one batch: ``None`` deletes the key, anything else is stored."""
+    with db.batch() as batch:
+        for key, value in changes.items():
+            if value is None:
+                del batch[key]
+            else:
+                batch[key] = value
