@@ -24,7 +24,7 @@ from halodb import format as fmt
 from halodb.btree import TreeReport, limits
 from halodb.engine import process, recovery
 from halodb.engine.commit import LogSync, apply_parts, group, log_parts
-from halodb.engine.directory import Directory, Manifest
+from halodb.engine.directory import Directory
 from halodb.engine.scan import SCAN_CHUNK, Items, chunks, merge
 from halodb.errors import CorruptionError, Error, OperationalError, ProgrammingError
 from halodb.hashing import key_hash, route
@@ -33,7 +33,7 @@ from halodb.options import Durability, Options
 from halodb.partition import Partition
 from halodb.reports import StoreStats
 from halodb.vfs import FileSystem
-from halodb.wal import LogWriter, encode_entries, frame, frame_put
+from halodb.wal import Entry, LogWriter, encode_entries, frame, frame_put
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ class Engine:
         self.page_size = m.page_size
         self.max_key, _ = limits(m.page_size)
         try:
-            self._open_partitions(m)
+            self.parts = recovery.open_partitions(
+                fs, path, m.partitions, m.page_size, m.hash_seed, options
+            )
             self.sequence = itertools.count(self._recover())
             """The store-wide sequence numbers: ``next()`` hands out the next one."""
             if m.version < fmt.FORMAT_VERSION and not self.readonly:
@@ -87,22 +89,6 @@ class Engine:
         process.register(self)
 
     # -- opening -----------------------------------------------------------------------------
-
-    def _open_partitions(self, m: Manifest) -> None:
-        cache_pages = self.options.cache_size // m.page_size // m.partitions
-        for index in range(m.partitions):
-            self.parts.append(
-                Partition(
-                    self.fs,
-                    self.path,
-                    index,
-                    page_size=m.page_size,
-                    seed=m.hash_seed,
-                    cache_pages=cache_pages,
-                    bloom_bits_per_key=self.options.bloom_bits_per_key,
-                    readonly=self.readonly,
-                )
-            )
 
     def _recover(self) -> int:
         """Replay what the logs hold (see :mod:`halodb.engine.recovery`), open the logs for
@@ -324,18 +310,7 @@ class Engine:
                 stack.enter_context(part.lock)
             self._check_writable()
             seq = next(self.sequence)
-            try:
-                logged = log_parts(parts, groups, seq, clear=clear)
-            except OperationalError as exc:
-                self.fail(exc)
-                raise
-            except BaseException as exc:
-                # Interrupted (KeyboardInterrupt, ...) with some parts maybe in their logs: no
-                # later record may follow them, since recovery drops such a batch and cuts its
-                # partitions' logs there (their later writes would go with it).
-                if len(parts) > 1:
-                    self.fail(exc)
-                raise
+            logged = self._log_batch(parts, groups, seq, clear=clear)
             try:
                 if self.full and len(parts) > 1:
                     self.logs.note_batch(logged)
@@ -353,6 +328,24 @@ class Engine:
         if self.full:
             for wal, end in logged:
                 self._sync(wal, end)
+
+    def _log_batch(
+        self, parts: list[Partition], groups: dict[int, list[Entry]], seq: int, *, clear: bool
+    ) -> list[tuple[LogWriter, int]]:
+        """:func:`~halodb.engine.commit.log_parts`, recording a failure that leaves the logs
+        unusable."""
+        try:
+            return log_parts(parts, groups, seq, clear=clear)
+        except OperationalError as exc:
+            self.fail(exc)
+            raise
+        except BaseException as exc:
+            # Interrupted (KeyboardInterrupt, ...) with some parts maybe in their logs: no
+            # later record may follow them, since recovery drops such a batch and cuts its
+            # partitions' logs there (their later writes would go with it).
+            if len(parts) > 1:
+                self.fail(exc)
+            raise
 
     def _sync(self, wal: LogWriter, end: int) -> None:
         """Make ``wal`` durable up to ``end`` (FULL mode, and ``sync()``), with the parts of

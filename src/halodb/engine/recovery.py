@@ -12,11 +12,14 @@ partitions in turn, up to a fixpoint.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 from halodb import format as fmt
 from halodb.errors import CorruptionError
+from halodb.options import Options
 from halodb.partition import Partition
+from halodb.vfs import FileSystem
 from halodb.wal import Record
 
 MAX_VALUE_SIZE = fmt.MAX_VALUE_SIZE
@@ -152,6 +155,35 @@ def _cut(
                 )
         cut[index] = i
     return cut
+
+
+def open_partitions(
+    fs: FileSystem, path: str, partitions: int, page_size: int, seed: int, options: Options
+) -> list[Partition]:
+    """Open every partition of the store in ``path``: its tree and bloom filter loaded, its log
+    read, nothing replayed yet. On failure the partitions opened are closed again."""
+    cache_pages = options.cache_size // page_size // partitions
+    parts: list[Partition] = []
+    try:
+        for index in range(partitions):
+            parts.append(
+                Partition(
+                    fs,
+                    path,
+                    index,
+                    page_size=page_size,
+                    seed=seed,
+                    cache_pages=cache_pages,
+                    bloom_bits_per_key=options.bloom_bits_per_key,
+                    readonly=options.readonly,
+                )
+            )
+    except BaseException:
+        for part in parts:
+            with suppress(Exception):
+                part.close()
+        raise
+    return parts
 
 
 def log_states(parts: Sequence[Partition]) -> list[LogState]:
