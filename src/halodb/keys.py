@@ -442,17 +442,21 @@ def _decode_items(
         elif tag == TAG_FLOAT:
             real, pos = _decode_float(data, pos)
             append(real)
-        elif tag == TAG_TUPLE:
-            if depth >= MAX_DEPTH:
-                raise CorruptionError(
-                    f"key: tuples nested deeper than {MAX_DEPTH} at offset {pos - 1}"
-                )
+        elif tag == TAG_TUPLE and depth < MAX_DEPTH:
             inner, pos = _decode_items(data, pos, depth + 1, nested=True)
             append(inner)
         elif tag == _END and nested:
             return tuple(items), pos
         else:
-            raise CorruptionError(f"key: unknown type tag 0x{tag:02x} at offset {pos - 1}")
+            raise _bad_element(tag, pos - 1)
     if nested:
         raise CorruptionError(f"key: unterminated tuple ending at offset {n}")
     return tuple(items), pos
+
+
+def _bad_element(tag: int, offset: int) -> CorruptionError:
+    """The error for a tuple element ``_decode_items`` cannot decode: the tag at ``offset`` is
+    unknown, or opens a tuple nested deeper than ``MAX_DEPTH``."""
+    if tag == TAG_TUPLE:
+        return CorruptionError(f"key: tuples nested deeper than {MAX_DEPTH} at offset {offset}")
+    return CorruptionError(f"key: unknown type tag 0x{tag:02x} at offset {offset}")
