@@ -116,33 +116,43 @@ class LogContents:
 def _decode_payload(
     payload: bytes, rtype: int, where: str
 ) -> tuple[tuple[int, ...], int, list[Entry]]:
-    pos = 0
-    n = len(payload)
-    partitions: tuple[int, ...] = ()
-    if rtype == fmt.REC_BATCH:
-        if n < fmt.BATCH_HEADER.size:
-            raise CorruptionError(f"{where}: batch record too short")
-        (count,) = fmt.BATCH_HEADER.unpack_from(payload, 0)
-        pos = fmt.BATCH_HEADER.size
-        end = pos + count * fmt.PARTITION_ID.size
-        if count < 2 or end > n:
-            raise CorruptionError(f"{where}: batch record names {count} partitions")
-        partitions = tuple(
-            fmt.PARTITION_ID.unpack_from(payload, pos + i * 2)[0] for i in range(count)
-        )
-        pos = end
+    """A record's payload as (the partitions of its batch, its flags, its entries)."""
+    if rtype == fmt.REC_WRITE:
+        partitions: tuple[int, ...] = ()
+        pos = 0
+    elif rtype == fmt.REC_BATCH:
+        partitions, pos = _decode_batch_header(payload, where)
     elif rtype == fmt.REC_CLOSE:
-        if n:
+        if payload:
             raise CorruptionError(f"{where}: close record with a payload")
         return (), 0, []
-    elif rtype != fmt.REC_WRITE:
+    else:
         raise CorruptionError(f"{where}: unknown record type {rtype}")
-    if pos >= n:
+    if pos >= len(payload):
         raise CorruptionError(f"{where}: record has no flags")
     (flags,) = fmt.WRITE_FLAGS.unpack_from(payload, pos)
-    pos += 1
     if flags & ~fmt.FLAG_CLEAR:
         raise CorruptionError(f"{where}: unknown record flags {flags:#x}")
+    return partitions, flags, _decode_entries(payload, pos + 1, where)
+
+
+def _decode_batch_header(payload: bytes, where: str) -> tuple[tuple[int, ...], int]:
+    """The partitions a batch part names, and the offset of its flags."""
+    n = len(payload)
+    if n < fmt.BATCH_HEADER.size:
+        raise CorruptionError(f"{where}: batch record too short")
+    (count,) = fmt.BATCH_HEADER.unpack_from(payload, 0)
+    pos = fmt.BATCH_HEADER.size
+    end = pos + count * fmt.PARTITION_ID.size
+    if count < 2 or end > n:
+        raise CorruptionError(f"{where}: batch record names {count} partitions")
+    partitions = tuple(fmt.PARTITION_ID.unpack_from(payload, pos + i * 2)[0] for i in range(count))
+    return partitions, end
+
+
+def _decode_entries(payload: bytes, pos: int, where: str) -> list[Entry]:
+    """The entries of a write or batch record, from ``pos`` to the end of its payload."""
+    n = len(payload)
     entries: list[Entry] = []
     append = entries.append
     esize = _ENTRY.size
@@ -166,7 +176,7 @@ def _decode_payload(
             pos = kend
         else:
             raise CorruptionError(f"{where}: unknown entry op {op}")
-    return partitions, flags, entries
+    return entries
 
 
 def read_log(data: bytes, partition: int, where: str) -> LogContents:
@@ -175,21 +185,10 @@ def read_log(data: bytes, partition: int, where: str) -> LogContents:
     A torn tail is reported (``torn``, ``valid_end``), not raised; any other damage raises
     :class:`CorruptionError` naming ``where`` and the offset.
     """
-    hsize = fmt.WAL_HEADER.size
-    if len(data) < hsize:
-        raise CorruptionError(f"{where}: log file is {len(data)} bytes, shorter than its header")
-    magic, version, part, _, base_seq, head_crc = fmt.WAL_HEADER.unpack_from(data)
-    if _crc(data[: hsize - 4]) != head_crc:
-        raise CorruptionError(f"{where}: log header checksum mismatch")
-    if magic != fmt.WAL_MAGIC:
-        raise CorruptionError(f"{where}: not a HaloDB log file")
-    if not 1 <= version <= fmt.FORMAT_VERSION or part != partition:
-        raise CorruptionError(f"{where}: log is version {version} of partition {part}")
-    if base_seq >= fmt.SEQ_LIMIT:
-        raise CorruptionError(f"{where}: log base_seq {base_seq} is impossibly large")
+    base_seq = _read_header(data, partition, where)
     records: list[Record] = []
     n = len(data)
-    pos = hsize
+    pos = fmt.WAL_HEADER.size
     rsize = _REC.size
     last_seq = base_seq
     torn = False
@@ -229,6 +228,23 @@ def read_log(data: bytes, partition: int, where: str) -> LogContents:
             "the log was changed after the store was closed"
         )
     return LogContents(base_seq, records, pos, torn)
+
+
+def _read_header(data: bytes, partition: int, where: str) -> int:
+    """Check the header of ``partition``'s log ``data``; return its ``base_seq``."""
+    hsize = fmt.WAL_HEADER.size
+    if len(data) < hsize:
+        raise CorruptionError(f"{where}: log file is {len(data)} bytes, shorter than its header")
+    magic, version, part, _, base_seq, head_crc = fmt.WAL_HEADER.unpack_from(data)
+    if _crc(data[: hsize - 4]) != head_crc:
+        raise CorruptionError(f"{where}: log header checksum mismatch")
+    if magic != fmt.WAL_MAGIC:
+        raise CorruptionError(f"{where}: not a HaloDB log file")
+    if not 1 <= version <= fmt.FORMAT_VERSION or part != partition:
+        raise CorruptionError(f"{where}: log is version {version} of partition {part}")
+    if base_seq >= fmt.SEQ_LIMIT:
+        raise CorruptionError(f"{where}: log base_seq {base_seq} is impossibly large")
+    return int(base_seq)
 
 
 def _overlaps_a_zeroed_sector(data: bytes, start: int, stop: int) -> bool:
