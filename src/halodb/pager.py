@@ -164,23 +164,10 @@ class Pager:
 
     def _parse_meta(self, page: bytes, slot: int) -> Meta | None:
         """The meta page in ``slot``, or ``None`` if its checksum fails (a torn write)."""
-        if len(page) < fmt.META.size:
+        fields = self._unpack_meta(page, slot)
+        if fields is None:
             return None
-        if page.startswith(fmt.TREE_MAGIC):  # version 2 and later: magic first, crc last
-            size = fmt.META.size
-            *fields, stored = fmt.META.unpack_from(page)
-            if stored != fmt.page_crc(slot, page[: size - 4]):
-                return None
-            magic, version, partition, page_size, *state = fields
-            if version < 2:
-                raise CorruptionError(f"{self.path} meta page {slot}: version {version} layout")
-        else:  # version 1: crc first
-            size = fmt.META_V1.size
-            stored, magic, version, partition, page_size, *state = fmt.META_V1.unpack_from(page)
-            if stored != fmt.page_crc(slot, page[4:size]):
-                return None
-            if version != 1:
-                raise CorruptionError(f"{self.path} meta page {slot}: version {version} layout")
+        magic, version, partition, page_size, *state = fields
         where = f"{self.path} meta page {slot}"
         if magic != fmt.TREE_MAGIC:
             raise CorruptionError(f"{where}: not a HaloDB tree file")
@@ -190,6 +177,36 @@ class Pager:
             raise CorruptionError(f"{where}: page size {page_size}, store says {self.page_size}")
         del state[4]  # the reserved field after the height
         meta = Meta(*state)
+        self._check_meta(meta, where)
+        return meta
+
+    def _unpack_meta(self, page: bytes, slot: int) -> list[Any] | None:
+        """The fields of the meta page in ``slot`` in ``fmt.META`` order, checksum left out,
+        whichever layout it has; ``None`` if its checksum fails."""
+        if len(page) < fmt.META.size:
+            return None
+        if page.startswith(fmt.TREE_MAGIC):  # version 2 and later: magic first, crc last
+            size = fmt.META.size
+            *fields, stored = fmt.META.unpack_from(page)
+            if stored != fmt.page_crc(slot, page[: size - 4]):
+                return None
+            version = fields[1]
+            if version < 2:
+                raise CorruptionError(f"{self.path} meta page {slot}: version {version} layout")
+        else:  # version 1: crc first
+            size = fmt.META_V1.size
+            stored, *fields = fmt.META_V1.unpack_from(page)
+            if stored != fmt.page_crc(slot, page[4:size]):
+                return None
+            version = fields[1]
+            if version != 1:
+                raise CorruptionError(f"{self.path} meta page {slot}: version {version} layout")
+        return fields
+
+    def _check_meta(self, meta: Meta, where: str) -> None:
+        """Raise :class:`CorruptionError` unless ``meta``'s counts and page numbers are
+        possible in this file: its pages in use, root, free list, counters and key count."""
+        page_size = self.page_size
         page_count, root, height = meta.page_count, meta.root, meta.height
         free_head, free_count = meta.free_head, meta.free_count
         file_pages = self.file.size() // self.page_size
@@ -226,7 +243,6 @@ class Pager:
                 f"{where}: {meta.key_count} keys in a tree of height {height} and "
                 f"{page_count} pages"
             )
-        return meta
 
     def most_keys(self) -> int:
         """The most keys the tree file's pages could ever have held as leaf entries (every
