@@ -48,40 +48,61 @@ def parse_literal(text: str, *, value: bool = False) -> object:
 
 
 def _literal(node: ast.expr, value: bool, depth: int) -> object:
+    """What ``node``, ``depth`` deep in a literal, stands for (see :func:`parse_literal`)."""
     if depth > _MAX_LITERAL_DEPTH:
         raise LiteralError(f"nested deeper than {_MAX_LITERAL_DEPTH}")
     if isinstance(node, ast.Constant):
-        v = node.value
-        if type(v) in (str, bytes, int, float) or (value and (v is None or type(v) is bool)):
-            return v
-        raise LiteralError(f"{v!r} is not allowed here")
+        return _constant(node.value, value)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        operand = _literal(node.operand, False, depth + 1)
-        if type(operand) in (int, float):
-            number = cast(int | float, operand)
-            return -number if isinstance(node.op, ast.USub) else number
-    elif isinstance(node, ast.Name) and node.id in ("inf", "nan"):
+        return _signed(node, value, depth)
+    if isinstance(node, ast.Name) and node.id in ("inf", "nan"):
         return float(node.id)
-    elif isinstance(node, ast.Tuple):
+    if isinstance(node, ast.Tuple):
         return tuple(_literal(item, value, depth + 1) for item in node.elts)
-    elif value and isinstance(node, ast.List):
+    if value and isinstance(node, ast.List):
         return [_literal(item, value, depth + 1) for item in node.elts]
-    elif value and isinstance(node, ast.Dict):
-        result: dict[str, object] = {}
-        for key_node, value_node in zip(node.keys, node.values, strict=True):
-            if not (isinstance(key_node, ast.Constant) and type(key_node.value) is str):
-                raise LiteralError("dict keys must be str literals")
-            result[key_node.value] = _literal(value_node, value, depth + 1)
-        return result
-    elif isinstance(node, ast.Set) or (
+    if value and isinstance(node, ast.Dict):
+        return _dict(node, depth)
+    raise _not_a_literal(node, value)
+
+
+def _constant(v: object, value: bool) -> object:
+    """A constant's value, if a key (or with ``value``, a value) may be one."""
+    if type(v) in (str, bytes, int, float) or (value and (v is None or type(v) is bool)):
+        return v
+    raise LiteralError(f"{v!r} is not allowed here")
+
+
+def _signed(node: ast.UnaryOp, value: bool, depth: int) -> int | float:
+    """A number with a sign (``-7``, ``+2.5``, ``-inf``)."""
+    operand = _literal(node.operand, False, depth + 1)
+    if type(operand) in (int, float):
+        number = cast(int | float, operand)
+        return -number if isinstance(node.op, ast.USub) else number
+    raise _not_a_literal(node, value)
+
+
+def _dict(node: ast.Dict, depth: int) -> dict[str, object]:
+    """A dict value: str keys only."""
+    result: dict[str, object] = {}
+    for key_node, value_node in zip(node.keys, node.values, strict=True):
+        if not (isinstance(key_node, ast.Constant) and type(key_node.value) is str):
+            raise LiteralError("dict keys must be str literals")
+        result[key_node.value] = _literal(value_node, True, depth + 1)
+    return result
+
+
+def _not_a_literal(node: ast.expr, value: bool) -> LiteralError:
+    """The error for ``node``, which is not an accepted literal; a set gets a hint."""
+    if isinstance(node, ast.Set) or (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
         and node.func.id in ("set", "frozenset")
     ):
         if value:
-            raise LiteralError("a set is not a storable value; use a list instead, such as [1, 2]")
-        raise LiteralError("a set is not a key; use a tuple instead, such as (1, 2)")
-    raise LiteralError(f"{ast.unparse(node)[:40]!r} is not a literal (nothing is evaluated)")
+            return LiteralError("a set is not a storable value; use a list instead, such as [1, 2]")
+        return LiteralError("a set is not a key; use a tuple instead, such as (1, 2)")
+    return LiteralError(f"{ast.unparse(node)[:40]!r} is not a literal (nothing is evaluated)")
 
 
 def literal_text(obj: object) -> str:

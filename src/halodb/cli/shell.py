@@ -196,16 +196,7 @@ class Shell:
                 sys.stdout.flush()
 
     def _onecmd(self, line: str) -> bool:
-        line = line.strip()
-        if not line or line.startswith("#"):
-            return False
-        first = line.split(None, 1)[0]
-        if first in ("\\q", "\\?"):  # psql's words, which shlex would unescape
-            line = ALIASES[first] + line[len(first) :]
-        try:
-            words = shlex.split(line)
-        except ValueError as exc:
-            return self._fail(EXIT_USAGE, f'bad quoting: {exc} (quote keys and values like "a b")')
+        words = self._words(line)
         if not words:
             return False
         name = ALIASES.get(words[0].lower(), words[0].lower())
@@ -228,6 +219,21 @@ class Shell:
             hint = f"; did you mean '{ALIASES.get(close[0], close[0])}'?" if close else ""
             self._fail(EXIT_USAGE, f"unknown command '{words[0]}'{hint} (type 'help' for the list)")
         return False
+
+    def _words(self, line: str) -> list[str]:
+        """The words of ``line``; none for a blank line, a comment or (reported here) bad
+        quoting."""
+        line = line.strip()
+        if not line or line.startswith("#"):
+            return []
+        first = line.split(None, 1)[0]
+        if first in ("\\q", "\\?"):  # psql's words, which shlex would unescape
+            line = ALIASES[first] + line[len(first) :]
+        try:
+            return shlex.split(line)
+        except ValueError as exc:
+            self._fail(EXIT_USAGE, f'bad quoting: {exc} (quote keys and values like "a b")')
+            return []
 
     def _fail(self, code: int, message: str) -> bool:
         error(message)

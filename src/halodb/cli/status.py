@@ -240,23 +240,8 @@ def guard() -> Iterator[None]:
             raise
         except BrokenPipeError:
             raise PipeClosed from None
-        except CliError as exc:
-            code, message = exc.code, exc.message
-        except KeyboardInterrupt:
-            code, message = EXIT_INTERRUPTED, "interrupted"
-        except halodb.DataError as exc:
-            code, message = EXIT_USAGE, brief(str(exc), 2 * MESSAGE_LIMIT)
-        except halodb.CorruptionError as exc:
-            code = EXIT_STORE
-            message = (
-                f"the store is damaged: {brief(str(exc), 2 * MESSAGE_LIMIT)} (restore it "
-                "from a dump or a backup)"
-            )
-        except halodb.Error as exc:
-            code, message = EXIT_STORE, brief(str(exc), 2 * MESSAGE_LIMIT)
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            code, message = EXIT_STORE, f"{where}{exc.strerror or exc}"
+        except (CliError, KeyboardInterrupt, halodb.Error, OSError) as exc:
+            code, message = _failure(exc)
         except Exception as exc:
             if debugging():
                 raise
@@ -265,12 +250,37 @@ def guard() -> Iterator[None]:
                 f"internal error: {type(exc).__name__}: {exc} (a bug in HaloDB; please "
                 "report it; HALODB_DEBUG=1 shows the traceback)"
             )
-        if code == EXIT_STORE:
-            LOG_LINES.drop()  # what the engine logged about it: this line reports it
-        else:
-            LOG_LINES.print_held()
-        if code == EXIT_INTERRUPTED:
-            report_interrupt(message)
-        else:
-            error(message)
+        _report(code, message)
         raise typer.Exit(code)
+
+
+def _failure(exc: CliError | KeyboardInterrupt | halodb.Error | OSError) -> tuple[int, str]:
+    """The exit status and the one line that report an expected failure."""
+    if isinstance(exc, CliError):
+        return exc.code, exc.message
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted"
+    if isinstance(exc, halodb.DataError):
+        return EXIT_USAGE, brief(str(exc), 2 * MESSAGE_LIMIT)
+    if isinstance(exc, halodb.CorruptionError):
+        return EXIT_STORE, (
+            f"the store is damaged: {brief(str(exc), 2 * MESSAGE_LIMIT)} (restore it "
+            "from a dump or a backup)"
+        )
+    if isinstance(exc, halodb.Error):
+        return EXIT_STORE, brief(str(exc), 2 * MESSAGE_LIMIT)
+    where = f"{exc.filename}: " if exc.filename else ""
+    return EXIT_STORE, f"{where}{exc.strerror or exc}"
+
+
+def _report(code: int, message: str) -> None:
+    """Print the line that reports a failure, and what the engine logged about it unless the
+    line says it all (a store error)."""
+    if code == EXIT_STORE:
+        LOG_LINES.drop()  # what the engine logged about it: this line reports it
+    else:
+        LOG_LINES.print_held()
+    if code == EXIT_INTERRUPTED:
+        report_interrupt(message)
+    else:
+        error(message)
