@@ -991,13 +991,27 @@ def compute_ratios(results: dict[str, dict[str, Result]]) -> dict[str, dict[str,
 def format_report(
     results: dict[str, dict[str, Result]], ratios: dict[str, dict[str, float | None]]
 ) -> str:
+    """The report: a table each of throughput, reopen times and bytes on disk, with a row per
+    engine, then HaloDB's ratio to each peer (if any)."""
     engines = list(results)
     width = max([len(name) for name in engines] + [10])
-    lines: list[str] = []
+    lines = [
+        *_throughput_table(results, width),
+        "",
+        *_duration_table(results, width),
+        "",
+        *_bytes_table(results, width),
+    ]
+    if ratios:
+        lines += ["", *_ratio_table(ratios)]
+    return "\n".join(lines)
 
-    lines.append(f"{'benchmark':<14} {'engine':<{width}} {'ops/s':>13} {'µs/op':>10}")
+
+def _throughput_table(results: dict[str, dict[str, Result]], width: int) -> list[str]:
+    """Ops/s and µs/op of each throughput benchmark, a row per engine."""
+    lines = [f"{'benchmark':<14} {'engine':<{width}} {'ops/s':>13} {'µs/op':>10}"]
     for bench in THROUGHPUT:
-        for i, engine in enumerate(engines):
+        for i, engine in enumerate(results):
             label = bench if i == 0 else ""
             result = results[engine].get(bench, {})
             if "ops_per_sec" in result:
@@ -1009,13 +1023,16 @@ def format_report(
         "(readseq: ops = items scanned; seekrandom: ops = range scans; n/a: engine has no "
         "ordered iteration)"
     )
-    lines.append("")
+    return lines
 
-    lines.append(
+
+def _duration_table(results: dict[str, dict[str, Result]], width: int) -> list[str]:
+    """Total, close and open milliseconds of each reopen benchmark, a row per engine."""
+    lines = [
         f"{'benchmark':<14} {'engine':<{width}} {'total ms':>13} {'close ms':>10} {'open ms':>10}"
-    )
+    ]
     for bench in DURATIONS:
-        for i, engine in enumerate(engines):
+        for i, engine in enumerate(results):
             label = bench if i == 0 else ""
             result = results[engine].get(bench, {})
             if "seconds" in result:
@@ -1026,12 +1043,15 @@ def format_report(
             else:
                 cells = f"{'n/a':>13}"
             lines.append(f"{label:<14} {engine:<{width}} {cells}")
-    lines.append("")
+    return lines
 
-    lines.append(
+
+def _bytes_table(results: dict[str, dict[str, Result]], width: int) -> list[str]:
+    """Bytes on disk, closed and open, and bytes per key, a row per engine."""
+    lines = [
         f"{'benchmark':<14} {'engine':<{width}} {'MiB (du)':>13} {'B/key':>10} {'MiB open':>10}"
-    )
-    for i, engine in enumerate(engines):
+    ]
+    for i, engine in enumerate(results):
         label = "bytes" if i == 0 else ""
         result = results[engine].get("bytes", {})
         if "bytes" in result:
@@ -1042,24 +1062,26 @@ def format_report(
         else:
             cells = f"{'n/a':>13}"
         lines.append(f"{label:<14} {engine:<{width}} {cells}")
+    return lines
 
-    if ratios:
-        peers = list(ratios)
-        col = max([len(p) for p in peers] + [8])
-        lines.append("")
-        lines.append(
-            "HaloDB ratio to each peer, > 1 means HaloDB is better: throughput = halodb ops/s ÷ "
-            "peer ops/s;"
-        )
-        lines.append("reopen and bytes = peer ÷ halodb (time, bytes on disk)")
-        lines.append(f"{'benchmark':<14} " + " ".join(f"{p:>{col}}" for p in peers))
-        for bench in (*THROUGHPUT, *DURATIONS, *SIZES):
-            row = []
-            for peer in peers:
-                value = ratios[peer].get(bench)
-                row.append(f"{'n/a':>{col}}" if value is None else f"{value:>{col - 1}.2f}x")
-            lines.append(f"{bench:<14} " + " ".join(row))
-    return "\n".join(lines)
+
+def _ratio_table(ratios: dict[str, dict[str, float | None]]) -> list[str]:
+    """HaloDB's ratio to each peer on every benchmark, a column per peer."""
+    peers = list(ratios)
+    col = max([len(p) for p in peers] + [8])
+    lines = [
+        "HaloDB ratio to each peer, > 1 means HaloDB is better: throughput = halodb ops/s ÷ "
+        "peer ops/s;",
+        "reopen and bytes = peer ÷ halodb (time, bytes on disk)",
+        f"{'benchmark':<14} " + " ".join(f"{p:>{col}}" for p in peers),
+    ]
+    for bench in (*THROUGHPUT, *DURATIONS, *SIZES):
+        row = []
+        for peer in peers:
+            value = ratios[peer].get(bench)
+            row.append(f"{'n/a':>{col}}" if value is None else f"{value:>{col - 1}.2f}x")
+        lines.append(f"{bench:<14} " + " ".join(row))
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -1112,6 +1134,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark the command line asks for; exit status 1 if an engine failed."""
     args = parse_args(argv)
     workdir: Path = args.workdir or Path(tempfile.gettempdir())
     workdir.mkdir(parents=True, exist_ok=True)
@@ -1132,26 +1155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"python {platform.python_version()} on {platform.platform()}")
     print(MACHINE_NOTE)
 
-    adapters: list[Adapter] = []
-    skipped: dict[str, str] = {}
-    for name in args.engine_names:
-        try:
-            adapters.append(ENGINES[name](args.durability))
-        except EngineUnavailableError as exc:
-            skipped[name] = str(exc)
-            print(f"note: skipping {name}: {exc}")
-
-    print(f"durability pairing for --durability {args.durability}:")
-    for db in adapters:
-        print(f"  {db.name:<11} {db.version():<10} {db.pairing()}")
-    if args.durability == "normal":
-        print(
-            '  like-for-like peer: halodb durability="normal" <-> sqlite3 WAL + '
-            "synchronous=NORMAL (survives a process crash, not power loss)"
-        )
-    elif args.durability == "full":
-        print('  like-for-like peer: halodb durability="full" <-> sqlite3 WAL + synchronous=FULL')
-    print()
+    adapters, skipped = load_engines(args.engine_names, args.durability)
+    print_pairing(adapters, args.durability)
 
     log("generating workload ...")
     wl = make_workload(
@@ -1165,27 +1170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.seed,
     )
 
-    results: dict[str, dict[str, Result]] = {}
-    rounds: dict[str, list[dict[str, Result]]] = {}
-    failed: dict[str, str] = {}
-    for round_no in range(args.rounds):
-        # Odd rounds run the engines in reverse order, so that a slow spell of the shared
-        # machine does not always fall on the same engine.
-        for db in adapters if round_no % 2 == 0 else adapters[::-1]:
-            if db.name in failed:
-                continue
-            log(f"running {db.name} (round {round_no + 1} of {args.rounds}) ...")
-            try:
-                engine_results = run_engine(db, wl, workdir)
-            except Exception as exc:
-                failed[db.name] = f"{type(exc).__name__}: {exc}"
-                log(traceback.format_exc())
-                print(f"FAILED {db.name}: {failed[db.name]}")
-                results.pop(db.name, None)
-                continue
-            rounds.setdefault(db.name, []).append(engine_results)
-            results[db.name] = best_of(rounds[db.name])
-
+    results, rounds, failed = run_rounds(adapters, wl, workdir, args.rounds)
     ratios = compute_ratios(results)
     print()
     if results:
@@ -1224,6 +1209,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps(document, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 1 if failed else 0
+
+
+def load_engines(names: Sequence[str], durability: str) -> tuple[list[Adapter], dict[str, str]]:
+    """An adapter for each engine named that can be imported here, and why the others could
+    not (each also noted on stdout)."""
+    adapters: list[Adapter] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        try:
+            adapters.append(ENGINES[name](durability))
+        except EngineUnavailableError as exc:
+            skipped[name] = str(exc)
+            print(f"note: skipping {name}: {exc}")
+    return adapters, skipped
+
+
+def print_pairing(adapters: Sequence[Adapter], durability: str) -> None:
+    """Print how ``durability`` maps onto each engine's settings, and the like-for-like peer."""
+    print(f"durability pairing for --durability {durability}:")
+    for db in adapters:
+        print(f"  {db.name:<11} {db.version():<10} {db.pairing()}")
+    if durability == "normal":
+        print(
+            '  like-for-like peer: halodb durability="normal" <-> sqlite3 WAL + '
+            "synchronous=NORMAL (survives a process crash, not power loss)"
+        )
+    elif durability == "full":
+        print('  like-for-like peer: halodb durability="full" <-> sqlite3 WAL + synchronous=FULL')
+    print()
+
+
+def run_rounds(
+    adapters: Sequence[Adapter], wl: Workload, workdir: Path, count: int
+) -> tuple[dict[str, dict[str, Result]], dict[str, list[dict[str, Result]]], dict[str, str]]:
+    """Run every engine ``count`` times, interleaved; return each engine's best figures, every
+    round's figures, and the error of each engine that failed (and was not run again)."""
+    results: dict[str, dict[str, Result]] = {}
+    rounds: dict[str, list[dict[str, Result]]] = {}
+    failed: dict[str, str] = {}
+    for round_no in range(count):
+        # Odd rounds run the engines in reverse order, so that a slow spell of the shared
+        # machine does not always fall on the same engine.
+        for db in adapters if round_no % 2 == 0 else adapters[::-1]:
+            if db.name in failed:
+                continue
+            log(f"running {db.name} (round {round_no + 1} of {count}) ...")
+            try:
+                engine_results = run_engine(db, wl, workdir)
+            except Exception as exc:
+                failed[db.name] = f"{type(exc).__name__}: {exc}"
+                log(traceback.format_exc())
+                print(f"FAILED {db.name}: {failed[db.name]}")
+                results.pop(db.name, None)
+                continue
+            rounds.setdefault(db.name, []).append(engine_results)
+            results[db.name] = best_of(rounds[db.name])
+    return results, rounds, failed
 
 
 if __name__ == "__main__":
