@@ -40,8 +40,9 @@ _PUT_TAIL = fmt.PUT_RECORD_TAIL
 
 def header_bytes(partition: int, base_seq: int) -> bytes:
     """The header of a new, empty log whose records will all be newer than ``base_seq``."""
-    head = fmt.WAL_HEADER.pack(fmt.WAL_MAGIC, fmt.FORMAT_VERSION, partition, 0, base_seq, 0)
-    return head[:-4] + _U32.pack(_crc(head[:-4]))
+    return fmt.seal(
+        fmt.WAL_HEADER.pack(fmt.WAL_MAGIC, fmt.FORMAT_VERSION, partition, 0, base_seq, 0)
+    )
 
 
 def frame(rtype: int, seq: int, payload: bytes) -> bytes:
@@ -235,8 +236,8 @@ def _read_header(data: bytes, partition: int, where: str) -> int:
     hsize = fmt.WAL_HEADER.size
     if len(data) < hsize:
         raise CorruptionError(f"{where}: log file is {len(data)} bytes, shorter than its header")
-    magic, version, part, _, base_seq, head_crc = fmt.WAL_HEADER.unpack_from(data)
-    if _crc(data[: hsize - 4]) != head_crc:
+    magic, version, part, _, base_seq, _ = fmt.WAL_HEADER.unpack_from(data)
+    if not fmt.sealed(data, hsize):
         raise CorruptionError(f"{where}: log header checksum mismatch")
     if magic != fmt.WAL_MAGIC:
         raise CorruptionError(f"{where}: not a HaloDB log file")
