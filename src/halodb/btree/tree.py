@@ -1,0 +1,334 @@
+"""One partition's on-disk B+ tree of encoded keys and values, and its reads; knows nothing of
+logs or memtables.
+
+Point lookups are O(height) with a binary search per node; decoded nodes are cached by the
+pager, and the rows of leaves read lately by the tree's row cache (:class:`RowCache`). Because
+every reference to a page carries that page's checksum, a stale or misplaced page is detected on
+read. Writes and the check have modules of their own: :meth:`BTree.apply_columns` makes a
+:class:`TreeWriter` for each flush, :meth:`BTree.check` runs :func:`check_tree`. The owner
+serialises every call; the tree is not thread-safe.
+
+Both caches are bounded in bytes of memory, not in pages or entries (see :mod:`.node` for what a
+node is charged, :mod:`.rows` for a row).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from halodb import format as fmt
+from halodb.btree.check import TreeReport, check_tree
+from halodb.btree.node import (
+    HEADER_SIZE,
+    Internal,
+    Leaf,
+    Overflow,
+    decode,
+    decode_internal,
+    decode_leaf,
+    decode_overflow,
+    limits,
+)
+from halodb.btree.rows import RowCache
+from halodb.btree.writer import TreeWriter
+from halodb.errors import CorruptionError
+from halodb.pager import META_PAGES, Pager
+
+Change = tuple[bytes, bytes | None]
+"""A change to the tree: a key and its new value (``None``: delete)."""
+
+
+class BTree(RowCache):
+    """The B+ tree of one partition, over its :class:`Pager`."""
+
+    def __init__(self, pager: Pager) -> None:
+        super().__init__(pager.cache_budget)  # the same budget as the node cache's
+        self.pager = pager
+        self.page_size = pager.page_size
+        self.max_key, self.max_inline = limits(pager.page_size)
+        self.usable = pager.page_size - HEADER_SIZE
+        self.where = pager.path
+
+    # -- nodes -------------------------------------------------------------------------------
+
+    def _decode(self, page_no: int, page: bytes, level: int) -> Leaf | Internal:
+        """The node in ``page`` where level ``level`` belongs, checked (:func:`.node.decode`; the
+        reads call the decoders directly)."""
+        return decode(self.where, page_no, page, level)
+
+    def _node(self, page_no: int, crc: int, level: int) -> Leaf | Internal:
+        """The node in ``page_no`` where level ``level`` belongs, from the cache or the disk.
+
+        A page reached at two levels (or a cycle, a page among its own descendants) is
+        damage: the cache holds nodes by page number only, so a cached node's level is
+        compared with the level it is wanted at, as the decoders do for a page read."""
+        node: Leaf | Internal | None = self.pager.cache.get(page_no)
+        if node is None:
+            return self._load(page_no, crc, level)  # type: ignore[no-any-return]
+        if node.level != level:
+            raise self._misplaced(page_no, node.level, level)
+        self.pager.stats.cache_hits += 1
+        return node
+
+    def _misplaced(self, page_no: int, found: int, level: int) -> CorruptionError:
+        return CorruptionError(
+            f"{self.where} page {page_no}: node of level {found} where level {level} belongs "
+            "(a page reached at two levels, or a cycle)"
+        )
+
+    def _load(self, page_no: int, crc: int, level: int) -> Any:
+        pager = self.pager
+        pager.stats.cache_misses += 1
+        page = pager.read_page(page_no, crc, "tree node")
+        node = (  # (decode(), inlined: the path of every cache miss)
+            decode_internal(self.where, page_no, page, level)
+            if level
+            else decode_leaf(self.where, page_no, page)
+        )
+        pager.remember(page_no, node)
+        if isinstance(node, Leaf):
+            self._remember_rows(node.keys, node.values, node.big)
+        return node
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _leaf_for(self, key: bytes) -> Leaf | None:
+        """The leaf whose key range holds ``key``; ``None`` for an empty tree. The hot path:
+        cache lookups are inlined, and cache hits are counted once per descent."""
+        pager = self.pager
+        meta = pager.meta
+        level = meta.height - 1
+        if level < 0:
+            return None
+        page_no, crc = meta.root, meta.root_crc
+        cache = pager.cache
+        misses = pager.stats.cache_misses
+        # A page reached at two levels (or a cycle) is damage. The descent takes exactly
+        # ``height - 1`` steps whatever the pages say, and pays only for the checks that keep
+        # it from going wrong: a cached leaf met above level 0 has no children (the
+        # AttributeError, free until raised), and what is reached at level 0 must be a leaf.
+        # An internal node met at another internal level leads to one of these, to a page read
+        # at the wrong level (the decoders), or to a real leaf; ``check()`` reports it in every
+        # case (``_node``, used everywhere else, compares every level).
+        try:
+            while level:
+                inner = cache.get(page_no)
+                if inner is None:
+                    inner = self._load(page_no, crc, level)
+                i = bisect_right(inner.keys, key)
+                page_no = inner.children[i]
+                crc = inner.crcs[i]
+                level -= 1
+        except AttributeError:
+            if type(cache.get(page_no)) is not Leaf:
+                raise
+            raise self._misplaced(page_no, 0, level) from None
+        leaf = cache.get(page_no)
+        if leaf is None:
+            leaf = self._load(page_no, crc, 0)
+        elif type(leaf) is not Leaf:
+            raise self._misplaced(page_no, leaf.level, 0)
+        pager.stats.cache_hits += meta.height - (pager.stats.cache_misses - misses)
+        return leaf
+
+    def get_cached(self, key: bytes) -> bytes | None:
+        """The value of ``key`` if the row cache holds it, else ``None`` (absent or not cached):
+        the hot path of warm lookups, one hash lookup."""
+        value = self.rows.get(key)
+        if value is None or type(value) is bytes:
+            return value
+        return self.read_overflow(value)  # type: ignore[arg-type]
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of ``key``, or ``None``. O(height * log(fanout))."""
+        leaf = self._leaf_for(key)
+        if leaf is None:
+            return None
+        keys = leaf.keys
+        i = bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            value = leaf.values[i]
+            if key not in self.rows:  # (a leaf just read from disk put all its rows there)
+                self._remember_row(key, value)
+            return value if type(value) is bytes else self.read_overflow(value)  # type: ignore[arg-type]
+        return None
+
+    def contains(self, key: bytes) -> bool:
+        """Whether ``key`` is in the tree, without reading an overflow value."""
+        if key in self.rows:
+            return True
+        leaf = self._leaf_for(key)
+        if leaf is None:
+            return False
+        keys = leaf.keys
+        i = bisect_left(keys, key)
+        return i < len(keys) and keys[i] == key
+
+    # -- overflow chains ---------------------------------------------------------------------
+
+    def chain_pages(self, ref: Overflow) -> int:
+        """How many pages the overflow chain of ``ref`` has; more than the file's pages in use
+        is damage (a hostile length must not make a reader follow a looping chain for long)."""
+        pages = -(-ref.length // self.usable)
+        if pages > self.pager.next_page - META_PAGES:
+            raise CorruptionError(
+                f"{self.where}: overflow value of {ref.length} bytes at page {ref.page} needs "
+                f"{pages} pages, the file has {self.pager.next_page - META_PAGES}"
+            )
+        return pages
+
+    def read_overflow(self, ref: Overflow) -> bytes:
+        """The whole value behind an overflow reference, every page verified."""
+        chunk = self.usable
+        expected_pages = self.chain_pages(ref)
+        parts = []
+        seen: set[int] = set()
+        page_no, crc = ref.page, ref.crc
+        for i in range(expected_pages):
+            if page_no in seen:
+                raise CorruptionError(f"{self.where} page {page_no}: overflow chain loops")
+            seen.add(page_no)
+            page = self.pager.read_page(page_no, crc, "overflow")
+            _, ptype, _, n, nxt, nxt_crc = decode_overflow(page)
+            last = i == expected_pages - 1
+            if ptype != fmt.PAGE_OVERFLOW or n > chunk or (last and nxt) or (not last and not nxt):
+                raise CorruptionError(f"{self.where} page {page_no}: broken overflow chain")
+            parts.append(page[HEADER_SIZE : HEADER_SIZE + n])
+            page_no, crc = nxt, nxt_crc
+        value = b"".join(parts)
+        if len(value) != ref.length:
+            raise CorruptionError(
+                f"{self.where}: overflow value is {len(value)} bytes, not {ref.length}"
+            )
+        return value
+
+    def _release_overflow(self, ref: Overflow) -> None:
+        """Release the pages of an overflow chain (in a flush: its value was replaced)."""
+        page_no, crc = ref.page, ref.crc
+        seen: set[int] = set()
+        for _ in range(self.chain_pages(ref)):
+            if page_no in seen:
+                raise CorruptionError(f"{self.where} page {page_no}: overflow chain loops")
+            seen.add(page_no)
+            page = self.pager.read_page(page_no, crc, "overflow")
+            _, ptype, _, _, nxt, nxt_crc = decode_overflow(page)
+            if ptype != fmt.PAGE_OVERFLOW:
+                raise CorruptionError(f"{self.where} page {page_no}: broken overflow chain")
+            self.pager.release(page_no)
+            page_no, crc = nxt, nxt_crc
+
+    # -- ordered reads -----------------------------------------------------------------------
+
+    def _leaves(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[Leaf]:
+        """The leaves that may hold keys in ``[lo, hi)``, in order (reversed: backwards).
+
+        Each leaf's keys must follow the previous leaf's: a subtree reached twice (which
+        could otherwise make the walk visit a page an exponential number of times) is damage,
+        met at its second visit."""
+        meta = self.pager.meta
+        if not meta.height:
+            return
+        node = self._node
+        stack: list[tuple[Internal, int, int]] = []
+        top = node(meta.root, meta.root_crc, meta.height - 1)
+        if isinstance(top, Leaf):
+            yield top
+            return
+
+        def start(inner: Internal) -> int:
+            if reverse:
+                return len(inner.keys) if hi is None else bisect_left(inner.keys, hi)
+            return 0 if lo is None else bisect_right(inner.keys, lo)
+
+        stack.append((top, start(top), meta.height - 1))
+        step = -1 if reverse else 1
+        edge: bytes | None = None  # the last key yielded so far (reversed: the first)
+        while stack:
+            inner, i, level = stack.pop()
+            if not 0 <= i < len(inner.children):
+                continue
+            stack.append((inner, i + step, level))
+            child = node(inner.children[i], inner.crcs[i], level - 1)
+            if level == 1:
+                assert isinstance(child, Leaf)  # _node checked its level
+                keys = child.keys
+                if edge is not None and (keys[-1] >= edge if reverse else keys[0] <= edge):
+                    raise CorruptionError(
+                        f"{self.where} page {inner.children[i]}: leaf keys out of order with "
+                        "the previous leaf's"
+                    )
+                edge = keys[0] if reverse else keys[-1]
+                yield child
+            else:
+                assert isinstance(child, Internal)  # _node checked its level
+                stack.append((child, start(child), level - 1))
+
+    def iterate(
+        self, lo: bytes | None, hi: bytes | None, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """``(key, value)`` for keys in ``[lo, hi)``, ascending (or descending), lazily."""
+        for items in self.iterate_leaves(lo, hi, reverse=reverse):
+            yield from items
+
+    def iterate_leaves(
+        self, lo: bytes | None, hi: bytes | None, *, reverse: bool = False
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
+        """:meth:`iterate` a leaf at a time: one list of ``(key, value)`` per leaf, lazily."""
+        for leaf in self._leaves(lo, hi, reverse):
+            keys = leaf.keys
+            a = 0 if lo is None else bisect_left(keys, lo)
+            b = len(keys) if hi is None else bisect_left(keys, hi)
+            values = leaf.values
+            if not leaf.big:
+                if reverse:
+                    yield list(zip(reversed(keys[a:b]), reversed(values[a:b]), strict=True))  # type: ignore[arg-type]
+                else:
+                    yield list(zip(keys[a:b], values[a:b], strict=True))  # type: ignore[arg-type]
+            else:
+                read = self.read_overflow
+                yield [
+                    (keys[i], value if type(value := values[i]) is bytes else read(value))  # type: ignore[arg-type]
+                    for i in (range(b - 1, a - 1, -1) if reverse else range(a, b))
+                ]
+            if (reverse and a > 0) or (not reverse and b < len(keys)):
+                return
+
+    def iter_keys(self) -> Iterator[bytes]:
+        """Every key, ascending (values are not read)."""
+        for keys in self.iter_key_runs():
+            yield from keys
+
+    def iter_key_runs(self) -> Iterator[Sequence[bytes]]:
+        """Every key, ascending, a leaf's keys at a time (values are not read)."""
+        for leaf in self._leaves(None, None, False):
+            yield leaf.keys
+
+    # -- writes and the check ----------------------------------------------------------------
+
+    def apply(self, changes: Sequence[Change], *, clear: bool, flushed_seq: int) -> int:
+        """Merge sorted ``changes`` (``None``: delete) into the tree and commit durably.
+
+        With ``clear`` the old contents are dropped first. Returns the new key count.
+        Fsyncs (through :meth:`Pager.commit`).
+        """
+        return self.apply_columns(
+            [k for k, _ in changes], [v for _, v in changes], clear=clear, flushed_seq=flushed_seq
+        )
+
+    def apply_columns(
+        self, keys: list[bytes], values: list[bytes | None], *, clear: bool, flushed_seq: int
+    ) -> int:
+        """:meth:`apply` with the changes as two parallel lists (sorted, unique keys), by a
+        :class:`TreeWriter` of its own (see :meth:`TreeWriter.apply`: all or nothing)."""
+        return TreeWriter(self, keys, values).apply(clear=clear, flushed_seq=flushed_seq)
+
+    def check(self) -> TreeReport:
+        """Verify every page from disk: checksums, levels, key order and bounds, the key count,
+        and that every page is exactly one of meta, tree, overflow, free list or free; and that
+        the row cache agrees with the tree.
+
+        Raises :class:`CorruptionError` naming the page; returns the tree's shape.
+        """
+        return check_tree(self)
