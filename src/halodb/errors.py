@@ -19,6 +19,8 @@ cross process boundaries unchanged. Messages say what failed, where, and a hint.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "CorruptionError",
     "DataError",
@@ -80,3 +82,27 @@ class CorruptionError(DatabaseError):
 
     The single message argument says what was damaged and where (file, offset).
     """
+
+
+MESSAGE_LIMIT = 200
+"""Characters of an exception's text a one-line message repeats (see :func:`brief`)."""
+_SUBSCRIPTS = re.compile(r"(?:\[[^\]\n]*\]){6,}")
+_SUBSCRIPT = re.compile(r"\[[^\]\n]*\]")
+
+
+def brief(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """An exception's text cut for a one-line message (the command's errors, ``jsonl``'s): a
+    long path into a nested value (``value[0][0][0]...``, one subscript a level) is shortened
+    to its first two and last subscripts and its depth, and whatever is still longer than
+    ``limit`` is cut.
+
+    >>> brief("value" + "[0]" * 101 + ": nested deeper than 100")
+    'value[0][0]…[0] (101 levels): nested deeper than 100'
+    """
+
+    def shorten(match: re.Match[str]) -> str:
+        parts = _SUBSCRIPT.findall(match.group())
+        return f"{''.join(parts[:2])}…{parts[-1]} ({len(parts)} levels)"
+
+    text = _SUBSCRIPTS.sub(shorten, text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -36,7 +36,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, TextIO, cast
 
-from halodb.errors import DataError, OperationalError
+from halodb.errors import DataError, OperationalError, brief
 from halodb.keys import Key, KeyLike, encode_key
 from halodb.vfs import FileSystem
 
@@ -143,7 +143,7 @@ def record(key: Key, value: object = _NO_VALUE) -> str:
             line["value"] = to_json(value)
         except (TypeError, RecursionError) as exc:
             raise DataError(
-                f"cannot write the value of {_key_text(key)} as JSON: {_brief(str(exc))} (JSON "
+                f"cannot write the value of {_key_text(key)} as JSON: {brief(str(exc))} (JSON "
                 "Lines hold bytes, str, numbers, booleans, None, tuples, lists and dicts)"
             ) from None
     text = json.dumps(line, ensure_ascii=False, allow_nan=False)
@@ -167,7 +167,7 @@ def parse_record(raw: bytes, where: str) -> tuple[Key, object]:
         key, value = from_json(obj["key"]), from_json(obj["value"])
         encode_key(key)
     except (ValueError, TypeError, RecursionError, binascii.Error, DataError) as exc:
-        raise DataError(f"{where}: {_brief(str(exc))}") from None
+        raise DataError(f"{where}: {brief(str(exc))}") from None
     return cast(Key, key), value
 
 
@@ -351,7 +351,7 @@ def load(
                 pending[key] = value
             except (TypeError, DataError) as exc:
                 report.bad_line = lineno
-                raise DataError(f"{where}: {_brief(str(exc))}") from None
+                raise DataError(f"{where}: {brief(str(exc))}") from None
             pending_records += 1
             if batch_size and pending_records >= batch_size:
                 commit()
@@ -364,39 +364,23 @@ def load(
 
 
 # ----------------------------------------------------------------------------- messages
-# The same as the halodb command's own (halodb.cli.status.brief, halodb.cli.literals.
-# literal_text), which sit above this module; tests/unit/test_jsonl.py proves they agree.
+# A key's literal is the halodb command's own (halodb.cli.literals.literal_text, which sits
+# above this module); tests/unit/test_jsonl.py proves they agree.
 
-_MESSAGE_LIMIT = 200
 _ECHO_LIMIT = 60
-_SUBSCRIPTS = re.compile(r"(?:\[[^\]\n]*\]){6,}")
-_SUBSCRIPT = re.compile(r"\[[^\]\n]*\]")
 
 
-def _brief(text: str, limit: int = _MESSAGE_LIMIT) -> str:
-    """An exception's text cut for a one-line message: a long path into a nested value
-    (``value[0][0]...``) shortened to its first two and last subscripts and its depth, and
-    whatever is still longer than ``limit`` cut."""
-
-    def shorten(match: re.Match[str]) -> str:
-        parts = _SUBSCRIPT.findall(match.group())
-        return f"{''.join(parts[:2])}…{parts[-1]} ({len(parts)} levels)"
-
-    text = _SUBSCRIPTS.sub(shorten, text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _key_literal(key: object) -> str:
+def key_literal(key: object) -> str:
     """A key as a Python literal (repr, with ints too long for ``repr()`` in hex)."""
     if type(key) is int and not -_BIG_INT < key < _BIG_INT:
         return hex(key)
     if type(key) is tuple:
-        items = [_key_literal(item) for item in key]
+        items = [key_literal(item) for item in key]
         return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
     return repr(key)
 
 
 def _key_text(key: Key) -> str:
     """``key`` as a literal for a message, cut to 60 characters."""
-    text = _key_literal(key)
+    text = key_literal(key)
     return text if len(text) <= _ECHO_LIMIT else text[:_ECHO_LIMIT] + "…"

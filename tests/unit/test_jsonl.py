@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import halodb
 from halodb import jsonl
 from halodb.cli.literals import literal_text
-from halodb.cli.status import brief
+from halodb.errors import brief
 from halodb.vfs import File, FileSystem
 from support.stores import same_value
 
@@ -294,14 +294,20 @@ keys = st.recursive(
 @settings(max_examples=200, deadline=None)
 @given(keys)
 def test_the_message_helpers_agree_with_the_commands_own(key: Any) -> None:
-    """jsonl sits below halodb.cli, so it keeps its own copies of two message helpers; they
-    must say what the command's say."""
-    assert jsonl._key_literal(key) == literal_text(key)
+    """jsonl sits below halodb.cli, so it keeps its own copy of a key's literal; it must say
+    what the command's says."""
+    assert jsonl.key_literal(key) == literal_text(key)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet="ab[]0\n…", max_size=300), st.integers(min_value=2, max_value=400))
-def test_the_message_cut_agrees_with_the_commands_own(text: str, limit: int) -> None:
-    assert jsonl._brief(text, limit) == brief(text, limit)
+def test_a_message_cut_keeps_within_its_limit_and_leaves_short_text_alone(
+    text: str, limit: int
+) -> None:
+    """jsonl's messages and the command's cut exception texts with the one ``errors.brief``."""
+    cut = brief(text, limit)
+    assert len(cut) <= limit
+    if len(text) <= limit and "[" not in text:
+        assert cut == text
     deep = "value" + "[0]" * 101 + ": nested"
-    assert jsonl._brief(deep) == brief(deep)
+    assert brief(deep) == "value[0][0]…[0] (101 levels): nested"

@@ -13,7 +13,8 @@ import ast
 from typing import Final, cast
 
 import halodb
-from halodb.cli.status import ECHO_LIMIT, EXIT_USAGE, CliError, brief, echo
+from halodb.cli.status import ECHO_LIMIT, EXIT_USAGE, CliError, echo
+from halodb.errors import brief
 from halodb.keys import Key, encode_key
 
 _KEY_HINT = (

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterator
 from typing import Final
@@ -32,6 +31,7 @@ from rich.text import Text
 
 import halodb
 from halodb.cli.terminal import PipeClosed, console
+from halodb.errors import MESSAGE_LIMIT, brief
 
 EXIT_OK: Final = 0
 EXIT_NOT_FOUND: Final = 1
@@ -58,10 +58,6 @@ class CliError(Exception):
 
 ECHO_LIMIT: Final = 60
 """Characters of a bad input an error message repeats."""
-MESSAGE_LIMIT: Final = 200
-"""Characters of an exception's text an error message repeats (see :func:`brief`)."""
-_SUBSCRIPTS = re.compile(r"(?:\[[^\]\n]*\]){6,}")
-_SUBSCRIPT = re.compile(r"\[[^\]\n]*\]")
 
 
 def echo(text: str) -> str:
@@ -69,23 +65,6 @@ def echo(text: str) -> str:
     if len(text) <= ECHO_LIMIT:
         return repr(text)
     return f"{text[:ECHO_LIMIT]!r}… ({len(text):,} characters)"
-
-
-def brief(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    """An exception's text cut for a one-line error: a long path into a nested value
-    (``value[0][0][0]...``, one subscript a level) is shortened to its first two and last
-    subscripts and its depth, and whatever is still longer than ``limit`` is cut.
-
-    >>> brief("value" + "[0]" * 101 + ": nested deeper than 100")
-    'value[0][0]…[0] (101 levels): nested deeper than 100'
-    """
-
-    def shorten(match: re.Match[str]) -> str:
-        parts = _SUBSCRIPT.findall(match.group())
-        return f"{''.join(parts[:2])}…{parts[-1]} ({len(parts)} levels)"
-
-    text = _SUBSCRIPTS.sub(shorten, text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def error(message: str) -> None:
