@@ -22,7 +22,7 @@ from halodb.errors import (
 from halodb.keys import Key
 from halodb.opener import codec_name, open
 from halodb.options import Durability, Options
-from halodb.reports import PartitionStats, StoreStats
+from halodb.reports import PartitionStats, StoreStats, TreeReport
 from halodb.store import Batch, Store
 from halodb.values import DefaultCodec, PickleCodec, ValueCodec
 
@@ -48,6 +48,7 @@ __all__ = [
     "ProgrammingError",
     "Store",
     "StoreStats",
+    "TreeReport",
     "ValueCodec",
     "codec_name",
     "open",

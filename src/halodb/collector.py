@@ -30,17 +30,17 @@ class CollectorPause:
     if it is on, and the last to end turns it back on if a pause turned it off (so a
     ``gc.disable()`` by another thread in the meantime is undone; one made before is kept).
 
-    Every change happens under ``_lock``, which a fork waits for: a forked child sees none half
+    Every change happens under ``lock``, which a fork waits for: a forked child sees none half
     made, and gets the collector back (none of its flushes runs). An interrupt (Ctrl-C) cannot
     leave the collector off for good: ``_off`` is set before the collector goes off and reset
-    after it is back on; a pause's token leaves ``_active`` (a weak set) when its pause ends,
+    after it is back on; a pause's token leaves ``active`` (a weak set) when its pause ends,
     and also when its frame is gone, so the end of the next pause repairs one an interrupt cut
     short; and an interrupt while a pause ends makes it start over, then propagates.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._active: weakref.WeakSet[_Token] = weakref.WeakSet()
+        self.lock = threading.Lock()
+        self.active: weakref.WeakSet[_Token] = weakref.WeakSet()
         self._off = False
         """A pause turned the collector off and no pause has turned it back on since."""
         if hasattr(os, "register_at_fork"):
@@ -54,8 +54,8 @@ class CollectorPause:
     def __call__(self) -> Iterator[None]:
         token = _Token()
         try:
-            with self._lock:
-                self._active.add(token)
+            with self.lock:
+                self.active.add(token)
                 if gc.isenabled():
                     self._off = True
                     gc.disable()
@@ -68,9 +68,9 @@ class CollectorPause:
         interrupted: BaseException | None = None
         while True:
             try:
-                with self._lock:
-                    self._active.discard(token)
-                    if not self._active and self._off:
+                with self.lock:
+                    self.active.discard(token)
+                    if not self.active and self._off:
                         gc.enable()
                         self._off = False
                 break
@@ -80,14 +80,14 @@ class CollectorPause:
             raise interrupted
 
     def _before_fork(self) -> None:
-        self._lock.acquire()
+        self.lock.acquire()
 
     def _after_fork_in_parent(self) -> None:
-        self._lock.release()
+        self.lock.release()
 
     def _after_fork_in_child(self) -> None:
-        self._lock.release()  # (the forking thread took it, and goes on in the child)
-        self._active.clear()
+        self.lock.release()  # (the forking thread took it, and goes on in the child)
+        self.active.clear()
         if self._off:
             gc.enable()
             self._off = False

@@ -5,7 +5,7 @@ engine's internals, so that tools never do.
 The public API reports a tree's shape (:meth:`Store.check` returns a :class:`TreeReport` per
 partition) but not its nodes. :func:`tree_top` reads them: the partition's tree
 (``Engine.parts[i].tree``, a ``BTree``: ``pager.meta`` gives the root and height,
-``_node(page, crc, level)`` a decoded node, through the node cache as a lookup would), under the
+``node(page, crc, level)`` a decoded node, through the node cache as a lookup would), under the
 partition's lock. Change this module when those internals change.
 
 >>> import halodb, tempfile
@@ -21,9 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from halodb.btree import Internal, TreeReport
+from halodb.btree import Internal
 from halodb.errors import ProgrammingError
 from halodb.keys import Key, decode_key
+from halodb.reports import TreeReport
 
 if TYPE_CHECKING:
     from halodb.store import Store
@@ -77,7 +78,7 @@ def tree_top(store: Store, partition: int, depth: int, *, fanout: int = FANOUT) 
             return None
 
         def visit(page: int, crc: int, level: int, remaining: int) -> NodeView:
-            node = tree._node(page, crc, level)
+            node = tree.node(page, crc, level)
             keys = node.keys
             first, last = (decode_key(keys[0]), decode_key(keys[-1])) if keys else (None, None)
             view = NodeView(page=page, leaf=level == 0, size=len(keys), first=first, last=last)

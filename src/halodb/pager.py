@@ -144,7 +144,7 @@ class Pager:
         """Bytes of memory the cached nodes take: the sum of their ``cost``."""
         self.stats = PagerStats()
         try:
-            self.meta = self._read_meta()
+            self.meta = self.read_meta()
             self.free: list[int] = []
             """Pages free to use in the transaction being built."""
             self.freelist_pages: list[int] = []
@@ -251,7 +251,7 @@ class Pager:
         per_leaf = min((self.page_size - _HEADER.size) // MIN_ENTRY, 0xFFFF)
         return (self.meta.page_count - META_PAGES) * per_leaf
 
-    def _read_meta(self) -> Meta:
+    def read_meta(self) -> Meta:
         first = self.file.read_at(0, self.page_size)
         second = self.file.read_at(self.page_size, self.page_size)
         metas = [m for m in (self._parse_meta(first, 0), self._parse_meta(second, 1)) if m]
@@ -349,7 +349,7 @@ class Pager:
             with suppress(OperationalError):
                 self.file.sync()  # whichever meta page the OS holds now is the one on disk
             try:
-                self.meta = self._read_meta()
+                self.meta = self.read_meta()
                 self.freelist_pages = []
                 self._load_free_list()
                 return

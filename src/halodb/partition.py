@@ -25,13 +25,13 @@ from itertools import repeat
 
 from halodb import format as fmt
 from halodb.bloom import BloomFilter, read_filter
-from halodb.btree import BTree, TreeReport
+from halodb.btree import BTree
 from halodb.collector import collector_paused
 from halodb.errors import CorruptionError
 from halodb.hashing import key_hash
 from halodb.memtable import MISSING, Memtable
 from halodb.pager import Pager, new_tree_file
-from halodb.reports import PartitionStats
+from halodb.reports import PartitionStats, TreeReport
 from halodb.vfs import FileSystem
 from halodb.wal import Entry, LogContents, LogWriter, Record, frame, header_bytes, read_log
 

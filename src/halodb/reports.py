@@ -1,9 +1,11 @@
-"""What a store reports about itself: plain, frozen records of counters and sizes, returned by
+"""What a store reports about itself: plain records of counters and sizes, returned by
 ``Store.stats()`` and ``Store.check()``; knows nothing of how they are gathered."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from halodb import format as fmt
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +67,23 @@ class PartitionStats:
     row_cache_bytes: int
     """Bytes of memory the row cache takes (its keys and values as objects, and its dict);
     within the same budget as ``cache_bytes``."""
+
+
+@dataclass(slots=True)
+class TreeReport:
+    """What a tree's check found: the tree's shape and page accounting."""
+
+    height: int = 0
+    nodes_per_level: list[int] = field(default_factory=list)
+    """Node count per level, the root's level first."""
+    bytes_used_per_level: list[int] = field(default_factory=list)
+    keys: int = 0
+    overflow_pages: int = 0
+    free_pages: int = 0
+    page_count: int = 0
+
+    def fill_factor(self, page_size: int) -> float:
+        """Average fraction of a node page in use, over all nodes."""
+        nodes = sum(self.nodes_per_level)
+        usable = page_size - fmt.PAGE_HEADER.size
+        return sum(self.bytes_used_per_level) / (nodes * usable) if nodes else 0.0

@@ -31,12 +31,11 @@ from types import TracebackType
 from typing import Any, NoReturn
 
 from halodb import format as fmt
-from halodb.btree import TreeReport
 from halodb.engine.engine import Engine
 from halodb.errors import DataError, ProgrammingError
 from halodb.keys import TAG_BYTES as KEY_TAG_BYTES
 from halodb.keys import Key, KeyLike, decode_key, encode_key, prefix_range
-from halodb.reports import StoreStats
+from halodb.reports import StoreStats, TreeReport
 from halodb.values import TAG_BYTES as VALUE_TAG_BYTES
 from halodb.values import DefaultCodec, ValueCodec
 

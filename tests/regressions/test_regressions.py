@@ -12,7 +12,8 @@ import halodb.testing
 import halodb.vfs
 from halodb import format as fmt
 from halodb import testing
-from halodb.btree import ROW_OVERHEAD, TreeReport
+from halodb.btree import ROW_OVERHEAD
+from halodb.reports import TreeReport
 
 
 def _flip(path: Path, offset: int) -> None:

@@ -246,7 +246,7 @@ def test_an_interrupted_commit_the_disk_cannot_settle_stops_all_writes(tmp_path:
         raise halodb.OperationalError("injected: the meta pages cannot be read back")
 
     pager.commit = commit  # type: ignore[method-assign]
-    pager._read_meta = unreadable  # type: ignore[method-assign]
+    pager.read_meta = unreadable  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
         db.flush()
     assert pager.unsettled

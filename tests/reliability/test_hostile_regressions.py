@@ -102,7 +102,7 @@ def test_a_cached_leaf_where_an_internal_node_belongs_is_damage(tmp_path: Path) 
     meta = tree.pager.meta
     assert meta.height == 2
     keys = _keys(300)
-    leaf = tree._leaf_for(keys[0])
+    leaf = tree.leaf_for(keys[0])
     assert isinstance(leaf, Leaf)
     tree.pager.cache[meta.root] = leaf  # as if the root's page had been reached as a leaf
     with pytest.raises(halodb.CorruptionError, match="level 0 where level 1 belongs"):
@@ -118,9 +118,9 @@ def test_a_cached_internal_node_where_a_leaf_belongs_is_damage(tmp_path: Path) -
     tree = _open(_tree_file(tmp_path))
     meta = tree.pager.meta
     keys = _keys(300)
-    root = tree._node(meta.root, meta.root_crc, 1)
+    root = tree.node(meta.root, meta.root_crc, 1)
     assert isinstance(root, Internal) and root.level == 1
-    tree._leaf_for(keys[-1])
+    tree.leaf_for(keys[-1])
     tree.pager.cache[root.children[-1]] = root  # a cycle: the root is its own last child
     with pytest.raises(halodb.CorruptionError, match="level 1 where level 0 belongs"):
         tree.get(keys[-1])
@@ -222,7 +222,7 @@ def test_releasing_a_looping_overflow_chain_is_found_at_once(
     _looping_overflow(1 << 31, 1 << 24)(store, template)
     tree = BTree(Pager(FS, str(store / "p000.tree"), 0, PAGE, 64, True))
     refs = [
-        v for leaf in tree._leaves(None, None, False) for v in leaf.values if type(v) is Overflow
+        v for leaf in tree.leaves(None, None, False) for v in leaf.values if type(v) is Overflow
     ]
     assert len(refs) == 1
     ref = refs[0]
@@ -231,7 +231,7 @@ def test_releasing_a_looping_overflow_chain_is_found_at_once(
     def release() -> tuple[str, str]:
         tree.pager.begin()
         try:
-            tree._release_overflow(ref)
+            tree.release_overflow(ref)
         except halodb.CorruptionError as exc:
             return "detected", str(exc)
         finally:
@@ -246,7 +246,7 @@ def test_releasing_a_looping_overflow_chain_is_found_at_once(
 
 def test_an_overflow_value_longer_than_the_file_is_refused_before_reading(tmp_path: Path) -> None:
     tree = _open(_tree_file(tmp_path, big=True))
-    leaf = tree._leaf_for(BIG)
+    leaf = tree.leaf_for(BIG)
     assert leaf is not None
     ref = leaf.values[leaf.keys.index(BIG)]
     assert type(ref) is Overflow and tree.read_overflow(ref) == b"B" * 5000
@@ -256,7 +256,7 @@ def test_an_overflow_value_longer_than_the_file_is_refused_before_reading(tmp_pa
         tree.read_overflow(too_long)
     tree.pager.begin()
     with pytest.raises(halodb.CorruptionError, match="needs"):
-        tree._release_overflow(too_long)
+        tree.release_overflow(too_long)
     tree.pager.abort()
     tree.pager.close()
 

@@ -903,7 +903,7 @@ def _leaf_pages(tree: BTree) -> list[tuple[int, bytes]]:
         if level == 0:
             out.append((page_no, page))
             return
-        node = tree._decode(page_no, page, level)
+        node = tree.decode_page(page_no, page, level)
         assert isinstance(node, Internal)
         for child, child_crc in zip(node.children, node.crcs, strict=True):
             walk(child, child_crc, level - 1)
@@ -921,13 +921,13 @@ def _fixed_tree(tmp_path: Path, count: int = 2000) -> BTree:
 
 
 def test_a_leaf_layout_met_twice_is_remembered_and_decodes_the_same(tmp_path: Path) -> None:
-    btree_module._LAYOUTS.clear()
+    btree_module.LAYOUTS.clear()
     tree = _fixed_tree(tmp_path)
     pages = _leaf_pages(tree)
     assert len(pages) > 10
-    first = [tree._decode(n, page, 0) for n, page in pages]  # the slicing loop, then Structs
-    assert any(layout is not None for layout in btree_module._LAYOUTS.values())
-    again = [tree._decode(n, page, 0) for n, page in pages]  # every layout remembered now
+    first = [tree.decode_page(n, page, 0) for n, page in pages]  # the slicing loop, then Structs
+    assert any(layout is not None for layout in btree_module.LAYOUTS.values())
+    again = [tree.decode_page(n, page, 0) for n, page in pages]  # every layout remembered now
     for a, b in zip(first, again, strict=True):
         assert isinstance(a, Leaf) and isinstance(b, Leaf)
         assert (a.keys, a.values, a.big) == (b.keys, b.values, b.big)
@@ -937,30 +937,30 @@ def test_a_leaf_layout_met_twice_is_remembered_and_decodes_the_same(tmp_path: Pa
 
 
 def test_damage_in_a_leaf_of_a_remembered_layout_is_still_found(tmp_path: Path) -> None:
-    btree_module._LAYOUTS.clear()
+    btree_module.LAYOUTS.clear()
     tree = _fixed_tree(tmp_path)
     page_no, page = _leaf_pages(tree)[1]
     for _ in range(2):
-        tree._decode(page_no, page, 0)
+        tree.decode_page(page_no, page, 0)
     _, _, _, n, _, _ = fmt.PAGE_HEADER.unpack_from(page)
     head = fmt.PAGE_HEADER.size
-    assert btree_module._LAYOUTS[page[head + n : head + 5 * n]] is not None
+    assert btree_module.LAYOUTS[page[head + n : head + 5 * n]] is not None
     kbase = head + 5 * n
     swapped = page[:kbase] + page[kbase + 16 : kbase + 32] + page[kbase : kbase + 16]
     swapped += page[kbase + 32 :]  # the first two keys (16 bytes each) in the wrong order
     with pytest.raises(CorruptionError, match="keys out of order"):
-        tree._decode(page_no, swapped, 0)
+        tree.decode_page(page_no, swapped, 0)
     flags = bytearray(page)
     flags[head] = 7
     with pytest.raises(CorruptionError, match="unknown value flag 7"):
-        tree._decode(page_no, bytes(flags), 0)
+        tree.decode_page(page_no, bytes(flags), 0)
     with pytest.raises(CorruptionError, match="malformed node"):
-        tree._decode(page_no, page[: kbase + 100], 0)  # shorter than the layout
+        tree.decode_page(page_no, page[: kbase + 100], 0)  # shorter than the layout
     tree.pager.close()
 
 
 def test_leaves_of_varied_sizes_keep_the_layout_cache_bounded(tmp_path: Path) -> None:
-    btree_module._LAYOUTS.clear()
+    btree_module.LAYOUTS.clear()
     tree = _tree(tmp_path)
     rng = random.Random(5)
     changes = sorted(
@@ -970,8 +970,8 @@ def test_leaves_of_varied_sizes_keep_the_layout_cache_bounded(tmp_path: Path) ->
     pages = _leaf_pages(tree)
     assert len(pages) > btree_module.LAYOUTS_MAX
     for n, page in pages:
-        tree._decode(n, page, 0)
-    assert 0 < len(btree_module._LAYOUTS) <= btree_module.LAYOUTS_MAX
+        tree.decode_page(n, page, 0)
+    assert 0 < len(btree_module.LAYOUTS) <= btree_module.LAYOUTS_MAX
     tree.pager.close()
 
 
@@ -1081,7 +1081,7 @@ def test_an_interrupt_at_any_line_of_a_pause_never_leaves_the_collector_off(
         hit.update(fired)
         db[f"after{number}"] = number
         db.flush()  # the next flush ends any pause the interrupt cut short
-        assert gc.isenabled() and not pause._active, plan
+        assert gc.isenabled() and not pause.active, plan
     # Every line ran and was interrupted but the first ones (decorator, def) and the handler.
     missed = {(code, n) for code in (start, end) for n in lines[code]} - hit
     allowed = {start.co_firstlineno, end.co_firstlineno, *range(handler, max(lines[end]) + 1)}
@@ -1111,7 +1111,7 @@ def test_a_fork_waits_for_a_pause_changing_hands_in_another_thread() -> None:
     holding = threading.Event()
 
     def mid_change() -> None:
-        with pause._lock:
+        with pause.lock:
             holding.set()
             time.sleep(0.3)
 
@@ -1121,7 +1121,7 @@ def test_a_fork_waits_for_a_pause_changing_hands_in_another_thread() -> None:
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        os._exit(0 if gc.isenabled() and not pause._active else 1)
+        os._exit(0 if gc.isenabled() and not pause.active else 1)
     waited = time.monotonic() - started
     other.join()
     _, status = os.waitpid(pid, 0)

@@ -6,7 +6,7 @@ A module per part, each importing only those below it (an import-linter contract
     tree     BTree: lookups, lazy ordered iteration a leaf at a time, overflow chains; the entry
              points of a flush (apply_columns) and of the check
     writer   TreeWriter, one per flush: the copy-on-write merge of a sorted batch of changes
-    check    the check of every page from disk, and its TreeReport
+    check    the check of every page from disk (its TreeReport is in halodb.reports)
     rows     RowCache, the row cache (a base class of BTree)
     node     each node's page encoder beside its decoder, and what a decoded node costs
 
@@ -15,11 +15,10 @@ A module per part, each importing only those below it (an import-linter contract
 engine and tests use.
 """
 
-from halodb.btree.check import TreeReport
 from halodb.btree.node import (
-    _LAYOUTS,
     BYTES_OBJECT,
     DICT_ENTRY,
+    LAYOUTS,
     LAYOUTS_BYTES,
     LAYOUTS_MAX,
     OVERFLOW_OBJECT,
@@ -36,17 +35,16 @@ from halodb.btree.tree import BTree, Change
 __all__ = [
     "BYTES_OBJECT",
     "DICT_ENTRY",
+    "LAYOUTS",
     "LAYOUTS_BYTES",
     "LAYOUTS_MAX",
     "OVERFLOW_OBJECT",
     "ROW_OVERHEAD",
-    "_LAYOUTS",
     "BTree",
     "Change",
     "Internal",
     "Leaf",
     "Overflow",
-    "TreeReport",
     "internal_cost",
     "leaf_cost",
     "limits",

@@ -9,33 +9,13 @@ the tree.
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from halodb import format as fmt
-from halodb.btree.node import HEADER_SIZE, Leaf, Overflow, decode, decode_overflow
+from halodb.btree.node import Leaf, Overflow, decode, decode_overflow
 from halodb.errors import CorruptionError, InternalError
 from halodb.pager import META_PAGES, Pager
-
-
-@dataclass(slots=True)
-class TreeReport:
-    """What a tree's check found: the tree's shape and page accounting."""
-
-    height: int = 0
-    nodes_per_level: list[int] = field(default_factory=list)
-    """Node count per level, the root's level first."""
-    bytes_used_per_level: list[int] = field(default_factory=list)
-    keys: int = 0
-    overflow_pages: int = 0
-    free_pages: int = 0
-    page_count: int = 0
-
-    def fill_factor(self, page_size: int) -> float:
-        """Average fraction of a node page in use, over all nodes."""
-        nodes = sum(self.nodes_per_level)
-        usable = page_size - HEADER_SIZE
-        return sum(self.bytes_used_per_level) / (nodes * usable) if nodes else 0.0
+from halodb.reports import TreeReport
 
 
 class Tree(Protocol):
@@ -47,7 +27,7 @@ class Tree(Protocol):
     usable: int
     rows: dict[bytes, bytes | Overflow]
 
-    def _leaf_for(self, key: bytes) -> Leaf | None: ...
+    def leaf_for(self, key: bytes) -> Leaf | None: ...
 
     def read_overflow(self, ref: Overflow) -> bytes: ...
 
@@ -158,7 +138,7 @@ class _Check:
         """Every row of the row cache is in the tree, with the same value."""
         tree = self.tree
         for key, value in list(tree.rows.items()):
-            leaf = tree._leaf_for(key)
+            leaf = tree.leaf_for(key)
             i = -1 if leaf is None else bisect_left(leaf.keys, key)
             if (
                 leaf is None

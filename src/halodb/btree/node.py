@@ -82,7 +82,7 @@ class Internal:
         self.crcs = crcs
         self.level = level
         """The node's level (at least 1): a cached node reached where another level belongs
-        (a page referred to from two levels, or a cycle) is damage, see ``BTree._node``."""
+        (a page referred to from two levels, or a cycle) is damage, see ``BTree.node``."""
         self.cost = cost
         """Bytes of memory the node takes in the node cache (:func:`internal_cost`)."""
 
@@ -191,13 +191,13 @@ def decode(where: str, page_no: int, page: bytes, level: int) -> Leaf | Internal
 # -- leaves ----------------------------------------------------------------------------------
 
 LAYOUTS_MAX = 512
-"""How many leaf layouts ``_LAYOUTS`` holds before it starts again."""
+"""How many leaf layouts ``LAYOUTS`` holds before it starts again."""
 LAYOUTS_BYTES = 4 << 20
-"""How many bytes of memory ``_LAYOUTS`` may take before it starts again: a ``Struct`` for a
+"""How many bytes of memory ``LAYOUTS`` may take before it starts again: a ``Struct`` for a
 leaf of ``n`` entries takes about ``64 * n`` bytes, so 512 of them for leaves of small entries
 (or large pages) could take tens of megabytes. For the whole process, outside ``cache_size``."""
 
-_LAYOUTS: dict[bytes, struct.Struct | None] = {}
+LAYOUTS: dict[bytes, struct.Struct | None] = {}
 """Leaf layouts met lately: a leaf's raw offset arrays -> a ``Struct`` that cuts every key and
 value of such a leaf in one call (``None``: met once; a layout met twice gets its ``Struct``, so
 leaves of variable sizes, whose layouts rarely repeat, do not pay for building one). Shared by
@@ -214,8 +214,8 @@ class _Tally:
 
 
 _LAYOUTS_HELD = _Tally()
-"""Bytes of memory ``_LAYOUTS`` takes (its keys, entries and ``Struct`` objects). Updated
-without a lock, as ``_LAYOUTS`` is: threads decoding in different partitions at once may
+"""Bytes of memory ``LAYOUTS`` takes (its keys, entries and ``Struct`` objects). Updated
+without a lock, as ``LAYOUTS`` is: threads decoding in different partitions at once may
 miscount a layout, which only moves the next start-again."""
 
 
@@ -253,7 +253,7 @@ def decode_leaf(where: str, page_no: int, page: bytes) -> Leaf:
             raise _damage(where, page_no, f"leaf with impossible count {n}")
         flags = page[_HSIZE : _HSIZE + n]
         offsets = page[_HSIZE + n : _HSIZE + 5 * n]
-        layout = _LAYOUTS.get(offsets)
+        layout = LAYOUTS.get(offsets)
         if layout is not None:  # offsets checked when the layout was made
             pieces = layout.unpack_from(page)
             keys: tuple[bytes, ...] = pieces[:n]
@@ -277,8 +277,8 @@ def _cut_leaf(
 ) -> tuple[tuple[bytes, ...], tuple[bytes | Overflow, ...], int]:
     """A leaf's keys and raw values, and where they end in the page, its offsets
     (``offsets``, the raw arrays) checked. The second time a layout is met, it is remembered
-    in ``_LAYOUTS``: leaves of keys and values of fixed sizes are then cut in one call.
-    ``_LAYOUTS`` starts again when it holds ``LAYOUTS_MAX`` layouts or would take more than
+    in ``LAYOUTS``: leaves of keys and values of fixed sizes are then cut in one call.
+    ``LAYOUTS`` starts again when it holds ``LAYOUTS_MAX`` layouts or would take more than
     ``LAYOUTS_BYTES`` of memory."""
     ends = fmt.u16_array(2 * n).unpack(offsets)
     kends, vends = ends[:n], ends[n:]
@@ -291,7 +291,7 @@ def _cut_leaf(
     keys = tuple(_slices(page, kbase, kends))
     values = tuple(_slices(page, vbase, vends))
     layout: struct.Struct | None = None
-    known = offsets in _LAYOUTS
+    known = offsets in LAYOUTS
     if known:  # seen once before: worth a Struct
         sizes = [*map(sub, kends, (0, *kends)), *map(sub, vends, (0, *vends))]
         layout = struct.Struct(f"<{kbase}x" + "".join(map("{}s".format, sizes)))
@@ -299,10 +299,10 @@ def _cut_leaf(
     else:
         size = BYTES_OBJECT + len(offsets) + DICT_ENTRY
     held = _LAYOUTS_HELD
-    if (not known and len(_LAYOUTS) >= LAYOUTS_MAX) or held.bytes + size > LAYOUTS_BYTES:
-        _LAYOUTS.clear()
+    if (not known and len(LAYOUTS) >= LAYOUTS_MAX) or held.bytes + size > LAYOUTS_BYTES:
+        LAYOUTS.clear()
         held.bytes = 0
-    _LAYOUTS[offsets] = layout
+    LAYOUTS[offsets] = layout
     held.bytes += size
     return keys, values, vbase + vends[-1]
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from halodb import format as fmt
-from halodb.btree.check import TreeReport, check_tree
+from halodb.btree.check import check_tree
 from halodb.btree.node import (
     HEADER_SIZE,
     Internal,
@@ -35,6 +35,7 @@ from halodb.btree.rows import RowCache
 from halodb.btree.writer import TreeWriter
 from halodb.errors import CorruptionError
 from halodb.pager import META_PAGES, Pager
+from halodb.reports import TreeReport
 
 Change = tuple[bytes, bytes | None]
 """A change to the tree: a key and its new value (``None``: delete)."""
@@ -53,12 +54,12 @@ class BTree(RowCache):
 
     # -- nodes -------------------------------------------------------------------------------
 
-    def _decode(self, page_no: int, page: bytes, level: int) -> Leaf | Internal:
+    def decode_page(self, page_no: int, page: bytes, level: int) -> Leaf | Internal:
         """The node in ``page`` where level ``level`` belongs, checked (:func:`.node.decode`; the
         reads call the decoders directly)."""
         return decode(self.where, page_no, page, level)
 
-    def _node(self, page_no: int, crc: int, level: int) -> Leaf | Internal:
+    def node(self, page_no: int, crc: int, level: int) -> Leaf | Internal:
         """The node in ``page_no`` where level ``level`` belongs, from the cache or the disk.
 
         A page reached at two levels (or a cycle, a page among its own descendants) is
@@ -94,7 +95,7 @@ class BTree(RowCache):
 
     # -- reads -------------------------------------------------------------------------------
 
-    def _leaf_for(self, key: bytes) -> Leaf | None:
+    def leaf_for(self, key: bytes) -> Leaf | None:
         """The leaf whose key range holds ``key``; ``None`` for an empty tree. The hot path:
         cache lookups are inlined, and cache hits are counted once per descent."""
         pager = self.pager
@@ -111,7 +112,7 @@ class BTree(RowCache):
         # AttributeError, free until raised), and what is reached at level 0 must be a leaf.
         # An internal node met at another internal level leads to one of these, to a page read
         # at the wrong level (the decoders), or to a real leaf; ``check()`` reports it in every
-        # case (``_node``, used everywhere else, compares every level).
+        # case (``node``, used everywhere else, compares every level).
         try:
             while level:
                 inner = cache.get(page_no)
@@ -143,7 +144,7 @@ class BTree(RowCache):
 
     def get(self, key: bytes) -> bytes | None:
         """The value of ``key``, or ``None``. O(height * log(fanout))."""
-        leaf = self._leaf_for(key)
+        leaf = self.leaf_for(key)
         if leaf is None:
             return None
         keys = leaf.keys
@@ -159,7 +160,7 @@ class BTree(RowCache):
         """Whether ``key`` is in the tree, without reading an overflow value."""
         if key in self.rows:
             return True
-        leaf = self._leaf_for(key)
+        leaf = self.leaf_for(key)
         if leaf is None:
             return False
         keys = leaf.keys
@@ -204,7 +205,7 @@ class BTree(RowCache):
             )
         return value
 
-    def _release_overflow(self, ref: Overflow) -> None:
+    def release_overflow(self, ref: Overflow) -> None:
         """Release the pages of an overflow chain (in a flush: its value was replaced)."""
         page_no, crc = ref.page, ref.crc
         seen: set[int] = set()
@@ -221,7 +222,7 @@ class BTree(RowCache):
 
     # -- ordered reads -----------------------------------------------------------------------
 
-    def _leaves(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[Leaf]:
+    def leaves(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[Leaf]:
         """The leaves that may hold keys in ``[lo, hi)``, in order (reversed: backwards).
 
         Each leaf's keys must follow the previous leaf's: a subtree reached twice (which
@@ -230,7 +231,7 @@ class BTree(RowCache):
         meta = self.pager.meta
         if not meta.height:
             return
-        node = self._node
+        node = self.node
         stack: list[tuple[Internal, int, int]] = []
         top = node(meta.root, meta.root_crc, meta.height - 1)
         if isinstance(top, Leaf):
@@ -252,7 +253,7 @@ class BTree(RowCache):
             stack.append((inner, i + step, level))
             child = node(inner.children[i], inner.crcs[i], level - 1)
             if level == 1:
-                assert isinstance(child, Leaf)  # _node checked its level
+                assert isinstance(child, Leaf)  # node checked its level
                 keys = child.keys
                 if edge is not None and (keys[-1] >= edge if reverse else keys[0] <= edge):
                     raise CorruptionError(
@@ -262,7 +263,7 @@ class BTree(RowCache):
                 edge = keys[0] if reverse else keys[-1]
                 yield child
             else:
-                assert isinstance(child, Internal)  # _node checked its level
+                assert isinstance(child, Internal)  # node checked its level
                 stack.append((child, start(child), level - 1))
 
     def iterate(
@@ -276,7 +277,7 @@ class BTree(RowCache):
         self, lo: bytes | None, hi: bytes | None, *, reverse: bool = False
     ) -> Iterator[list[tuple[bytes, bytes]]]:
         """:meth:`iterate` a leaf at a time: one list of ``(key, value)`` per leaf, lazily."""
-        for leaf in self._leaves(lo, hi, reverse):
+        for leaf in self.leaves(lo, hi, reverse):
             keys = leaf.keys
             a = 0 if lo is None else bisect_left(keys, lo)
             b = len(keys) if hi is None else bisect_left(keys, hi)
@@ -302,7 +303,7 @@ class BTree(RowCache):
 
     def iter_key_runs(self) -> Iterator[Sequence[bytes]]:
         """Every key, ascending, a leaf's keys at a time (values are not read)."""
-        for leaf in self._leaves(None, None, False):
+        for leaf in self.leaves(None, None, False):
             yield leaf.keys
 
     # -- writes and the check ----------------------------------------------------------------

@@ -41,9 +41,9 @@ class Tree(Protocol):
     usable: int
     max_inline: int
 
-    def _node(self, page_no: int, crc: int, level: int) -> Leaf | Internal: ...
+    def node(self, page_no: int, crc: int, level: int) -> Leaf | Internal: ...
 
-    def _release_overflow(self, ref: Overflow) -> None: ...
+    def release_overflow(self, ref: Overflow) -> None: ...
 
     def drop_rows(self, keys: list[bytes]) -> None: ...
 
@@ -112,9 +112,9 @@ class TreeWriter:
         self.pager = tree.pager
         self.usable = tree.usable
         self.max_inline = tree.max_inline
-        self.node = tree._node
+        self.node = tree.node
         """The tree's node fetch, through its node cache (loading a leaf fills its row cache)."""
-        self.release_overflow = tree._release_overflow
+        self.release_overflow = tree.release_overflow
         self.keys = keys
         self.values = values
         self.count = 0

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, suppress
 
 from halodb import format as fmt
-from halodb.btree import TreeReport, limits
+from halodb.btree import limits
 from halodb.engine import process, recovery
 from halodb.engine.commit import LogSync, apply_parts, group, log_parts
 from halodb.engine.directory import Directory
@@ -31,7 +31,7 @@ from halodb.hashing import key_hash, route
 from halodb.memtable import MISSING
 from halodb.options import Durability, Options
 from halodb.partition import Partition
-from halodb.reports import StoreStats
+from halodb.reports import StoreStats, TreeReport
 from halodb.vfs import FileSystem
 from halodb.wal import Entry, LogWriter, encode_entries, frame, frame_put
 
