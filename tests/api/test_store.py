@@ -22,7 +22,8 @@ import halodb
 from halodb import errors
 from halodb import format as fmt
 from halodb.vfs import File, FileSystem
-from support.stores import SMALL, DurabilityName, DurableImages, abandon, snapshot
+from support.faultfs import FaultFS
+from support.stores import SMALL, DurabilityName, abandon, snapshot
 
 Opener = Callable[..., halodb.Store]
 WAL_HEADER_SIZE = fmt.WAL_HEADER.size
@@ -1041,8 +1042,8 @@ def test_batch_stays_atomic_through_a_power_cut_while_flushing(
     """flush() and close() merge partition after partition. Under "normal" and "fast" a power
     cut may lose a batch that was never synced, but never half of it: crash copies taken before
     every fsync they make must each hold all of the batch or none of it."""
-    fs = DurableImages()
     path = tmp_path / "db"
+    fs = FaultFS(path)
     db = halodb.open(path, filesystem=fs, partitions=2, durability=mode, **SMALL)
     db["before"] = 0
     db.flush()
@@ -1053,7 +1054,7 @@ def test_batch_stays_atomic_through_a_power_cut_while_flushing(
 
     def power_cut(_: str) -> None:
         crashes.append(tmp_path / f"crash{len(crashes)}")
-        fs.crash_copy(path, crashes[-1])
+        fs.crash_copy(crashes[-1])
 
     fs.before_sync = power_cut
     if how == "flush":
@@ -1239,8 +1240,8 @@ def test_sync_puts_every_record_in_the_log_file(
 def test_sync_is_a_barrier_against_power_loss(tmp_path: Path, mode: DurabilityName) -> None:
     """Every write acknowledged before sync() survives a power cut right after it (and under
     "full", every acknowledged write survives one at any moment)."""
-    fs = DurableImages()
     path = tmp_path / "db"
+    fs = FaultFS(path)
     db = halodb.open(path, filesystem=fs, durability=mode, **SMALL)
     model: dict[Any, Any] = {}
     rng = random.Random(mode)
@@ -1256,11 +1257,11 @@ def test_sync_is_a_barrier_against_power_loss(tmp_path: Path, mode: DurabilityNa
         else:
             db[k] = model[k] = "x" * rng.choice([1, 100, 400])
         if mode == "full" and i % 300 == 299:
-            fs.crash_copy(path, tmp_path / f"full{i}")
+            fs.crash_copy(tmp_path / f"full{i}")
             with halodb.open(tmp_path / f"full{i}") as crashed:
                 assert dict(crashed.items()) == model, i
     db.sync()
-    fs.crash_copy(path, tmp_path / "crashed")
+    fs.crash_copy(tmp_path / "crashed")
     with halodb.open(tmp_path / "crashed") as crashed:
         assert dict(crashed.items()) == model
         crashed.check()

@@ -22,7 +22,8 @@ from halodb.hashing import key_hash
 from halodb.keys import encode_key
 from halodb.memtable import MISSING, Memtable
 from halodb.values import DefaultCodec
-from support.stores import SMALL, DurableImages
+from support.faultfs import FaultFS
+from support.stores import SMALL
 
 WRITERS = 4
 SPAN = 400
@@ -175,8 +176,8 @@ def test_writers_and_readers_run_concurrently(tmp_path: Path) -> None:
 def test_full_durability_with_eight_threads_group_commit(tmp_path: Path) -> None:
     """Under "full", a write has been fsynced when it returns, even while other threads share
     the fsync (group commit) and logs are being replaced by flushes."""
-    fs = DurableImages()
     path = str(tmp_path / "db")
+    fs = FaultFS(path, real_fsync=True)  # real fsyncs take time: threads do share them
     db = halodb.open(path, durability="full", filesystem=fs, **SMALL)
     errors: list[BaseException] = []
     per_thread = 150
@@ -202,7 +203,7 @@ def test_full_durability_with_eight_threads_group_commit(tmp_path: Path) -> None
     assert len(expected) == 8 * per_thread + 8 * (per_thread // 10)
 
     # A power cut now: only what was fsynced survives, and that must be every write.
-    fs.crash_copy(path, str(tmp_path / "crashed"))
+    fs.crash_copy(tmp_path / "crashed")
     with halodb.open(tmp_path / "crashed") as crashed:
         assert dict(crashed.items()) == expected
         crashed.check()

@@ -1,5 +1,10 @@
 """A file system that fails the k-th system call of one kind, and knows what a power cut leaves.
 
+This is the tests' one model of what a power cut leaves at the granularity of whole files: a
+file as of its last fsync, a name as of the last fsync of its directory. (:mod:`powersim` is the
+finer tool: it cuts at the granularity of sectors and pending writes, for every crash point of a
+workload.)
+
 :class:`FaultFS` is a :class:`halodb.vfs.FileSystem` for the I/O fault loops of
 ``test_iofaults.py`` (in the manner of SQLite's ``ioerr`` tests). Armed with a :class:`Fault`,
 it counts the calls of one kind of operation (``KINDS``) and makes the k-th one fail, either

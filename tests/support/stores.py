@@ -1,6 +1,6 @@
-"""Helpers of the store-level tests: small stores that flush, split and overflow early; a file
-system that knows what a power cut would leave; ``plant``, which puts a known bug into the
-engine to show a suite catches it; and exact comparison of values read back."""
+"""Helpers of the store-level tests: small stores that flush, split and overflow early;
+``plant``, which puts a known bug into the engine to show a suite catches it; and exact
+comparison of values read back. (What a power cut leaves: :mod:`faultfs`.)"""
 
 from __future__ import annotations
 import __future__
@@ -10,15 +10,12 @@ import inspect
 import math
 import os
 import textwrap
-import threading
-from collections.abc import Callable
 from typing import Any, Literal
 
 import pytest
 
 import halodb
 import halodb.testing
-from halodb.vfs import File, FileSystem
 
 DurabilityName = Literal["full", "normal", "fast"]
 """A durability mode by name, as ``halodb.open(durability=...)`` takes it."""
@@ -47,47 +44,6 @@ def snapshot(path: str | os.PathLike[str]) -> dict[str, str]:
             with open(full, "rb") as handle:
                 out[os.path.relpath(full, path)] = hashlib.sha256(handle.read()).hexdigest()
     return out
-
-
-class DurableImages(FileSystem):
-    """A file system that knows what a power cut would leave behind.
-
-    It remembers, for every file, the bytes it held at its last fsync (read *before* the fsync,
-    so an image holds only what the fsync covered). :meth:`crash_copy` builds that store: every
-    file as of its last fsync, files never fsynced empty. Images are keyed by inode, not path,
-    so a log fsynced while a flush renames a new log over its name keeps its image to itself.
-    Renames count as durable at once (the engine fsyncs the directory right after each).
-    ``before_sync(path)``, when set, runs before every fsync: a place to take crash copies.
-    """
-
-    def __init__(self) -> None:
-        self.images: dict[int, bytes] = {}
-        self.mutex = threading.Lock()
-        self.before_sync: Callable[[str], None] | None = None
-
-    def open(self, path: str, *, write: bool = False, create: bool = False) -> File:
-        handle = super().open(path, write=write, create=create)
-        return _ImagedFile(self, handle.path, handle.fd)
-
-    def crash_copy(self, directory: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
-        os.mkdir(target)
-        with self.mutex:
-            for name in os.listdir(directory):
-                data = self.images.get(os.stat(os.path.join(directory, name)).st_ino, b"")
-                with open(os.path.join(target, name), "wb") as out:
-                    out.write(data)
-
-
-class _ImagedFile(File):
-    fs: DurableImages
-
-    def sync(self) -> None:
-        if self.fs.before_sync is not None:
-            self.fs.before_sync(self.path)
-        data = self.read_all()
-        super().sync()
-        with self.fs.mutex:
-            self.fs.images[os.fstat(self.fd).st_ino] = data
 
 
 def plant(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *edits: tuple[str, str]) -> None:
