@@ -1,6 +1,7 @@
 """Helpers of the store-level tests: small stores that flush, split and overflow early;
 ``plant``, which puts a known bug into the engine to show a suite catches it; and exact
-comparison of values read back. (What a power cut leaves: :mod:`faultfs`.)"""
+comparison of values read back; a pager over a new tree file for the unit tests. (What a power
+cut leaves: :mod:`faultfs`.)"""
 
 from __future__ import annotations
 import __future__
@@ -10,12 +11,15 @@ import inspect
 import math
 import os
 import textwrap
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 
 import halodb
 import halodb.testing
+from halodb.pager import Pager, new_tree_file
+from halodb.vfs import FileSystem
 
 DurabilityName = Literal["full", "normal", "fast"]
 """A durability mode by name, as ``halodb.open(durability=...)`` takes it."""
@@ -86,3 +90,14 @@ def batch_apply(db: halodb.Store, changes: dict[Any, Any]) -> None:
                 del batch[key]
             else:
                 batch[key] = value
+
+
+def new_pager(
+    tmp_path: Path, *, partition: int = 0, cache_pages: int = 64, page_size: int = 1024
+) -> Pager:
+    """A pager over a new (or the existing) tree file of ``partition`` in ``tmp_path``, for
+    the unit tests of the pager and the tree."""
+    path = tmp_path / f"p{partition:03d}.tree"
+    if not path.exists():
+        FileSystem().write_new(str(path), new_tree_file(partition, page_size))
+    return Pager(FileSystem(), str(path), partition, page_size, cache_pages, False)

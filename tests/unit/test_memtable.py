@@ -1,0 +1,90 @@
+"""The memtable through its own API: order, ranges, columns, size accounting."""
+
+from __future__ import annotations
+
+import random
+
+from halodb.memtable import ENTRY_OVERHEAD, Memtable
+from halodb.vfs import FileSystem
+
+PAGE = 1024
+FS = FileSystem()
+
+
+def test_memtable_ordering_and_ranges() -> None:
+    rng = random.Random(3)
+    mem = Memtable()
+    model: dict[bytes, bytes | None] = {}
+    for _ in range(3000):
+        key = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 6)))
+        value = None if rng.random() < 0.2 else b"v" * rng.randrange(5)
+        mem.put(key, value)
+        model[key] = value
+        if rng.random() < 0.01:  # ordered reads in between take pending keys in
+            assert list(mem.keys(None, None, reverse=False)) == sorted(model)
+    keys = sorted(model)
+    assert len(mem) == len(model)
+    assert list(mem.keys(None, None, reverse=False)) == keys
+    assert list(mem.keys(None, None, reverse=True)) == keys[::-1]
+    assert mem.items() == [(k, model[k]) for k in keys]
+    for _ in range(200):
+        lo, hi = (bytes(rng.randrange(256) for _ in range(rng.randrange(0, 4))) for _ in "ab")
+        want = [k for k in keys if lo <= k < hi]
+        assert list(mem.keys(lo, hi, reverse=False)) == want
+        assert list(mem.keys(lo, hi, reverse=True)) == want[::-1]
+        assert list(mem.keys(lo, None, reverse=False)) == [k for k in keys if k >= lo]
+        assert list(mem.keys(None, hi, reverse=True)) == [k for k in keys if k < hi][::-1]
+
+
+def test_memtable_columns_with_and_without_ordered_reads_between() -> None:
+    """``columns`` sorts the pending keys alone when no ordered read took any in, and merges
+    them with the ordered ones otherwise; either way every key once, in order, with its value."""
+    rng = random.Random(5)
+    for reads in (False, True):
+        mem = Memtable()
+        model: dict[bytes, bytes | None] = {}
+        for round_ in range(3):
+            for _ in range(1500):
+                key = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 4)))
+                value = None if rng.random() < 0.2 else b"v" * rng.randrange(4)
+                mem.put(key, value)
+                model[key] = value
+                if reads and rng.random() < 0.01:
+                    next(mem.keys(None, None, reverse=False), None)
+            assert bool(mem.order) == reads
+            keys = sorted(model)
+            assert mem.columns() == (keys, [model[k] for k in keys]), (reads, round_)
+        mem.clear()
+        mem.put(b"b", b"2")
+        mem.put(b"a", None)
+        assert mem.columns() == ([b"a", b"b"], [None, b"2"])
+
+
+def test_memtable_size_accounting_and_tombstones() -> None:
+    mem = Memtable()
+
+    def expected(model: dict[bytes, bytes | None]) -> int:
+        return sum(len(k) + ENTRY_OVERHEAD + len(v or b"") for k, v in model.items())
+
+    rng = random.Random(4)
+    model: dict[bytes, bytes | None] = {}
+    for _ in range(2000):
+        key = b"k%d" % rng.randrange(300)
+        value = None if rng.random() < 0.3 else b"x" * rng.randrange(100)
+        mem.put(key, value)
+        model[key] = value
+        assert mem.size == expected(model)
+    # tombstones are kept, in order, as None
+    tomb = [k for k, v in sorted(model.items()) if v is None]
+    assert tomb and [k for k, v in mem.items() if v is None] == tomb
+    assert all(mem.data[k] is None for k in tomb)
+    assert set(mem.keys(None, None, reverse=False)) == set(model)
+    mem.clear()
+    assert (len(mem), mem.size, mem.items(), list(mem.keys(None, None, reverse=False))) == (
+        0,
+        0,
+        [],
+        [],
+    )
+    mem.put(b"again", b"1")
+    assert mem.items() == [(b"again", b"1")] and mem.size == 5 + ENTRY_OVERHEAD + 1
