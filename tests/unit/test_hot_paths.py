@@ -8,6 +8,7 @@
   ``check()`` call it.
 - ``BloomFilter.add``, ``add_all`` and ``might_contain`` unroll the default five of
   :func:`halodb.hashing.probes`; ``Partition.peek`` inlines the first.
+- ``Engine.put`` inlines ``Engine._write_locked`` (the write of ``setdefault`` and ``del``).
 - The manifest, a log's header and a bloom filter's header are sealed by
   :func:`halodb.format.seal` and checked by :func:`halodb.format.sealed`."""
 
@@ -30,6 +31,7 @@ from halodb.keys import encode_key
 from halodb.wal import header_bytes
 
 MISSING = object()
+
 
 scalars = st.one_of(
     st.binary(max_size=600),
@@ -185,3 +187,31 @@ def test_every_sealed_header_checks_out(
             flipped = bytearray(head)
             flipped[bit // 8] ^= 1 << (bit % 8)
             assert not fmt.sealed(flipped, size)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    pairs=st.dictionaries(st.binary(max_size=30), st.binary(max_size=300), max_size=30),
+    doomed=st.lists(st.integers(min_value=0), max_size=10),
+)
+def test_the_inlined_put_writes_what_the_general_write_does(
+    tmp_path_factory: Any, pairs: dict[bytes, bytes], doomed: list[int]
+) -> None:
+    """``Engine.put`` inlines ``_write_locked``, which ``setdefault`` (``put_if_absent``) and
+    ``del`` go through: the same writes give the same log bytes, whichever path made them."""
+    path: Path = tmp_path_factory.mktemp("s")
+    keys = list(pairs)
+    deletes = [keys[i % len(keys)] for i in doomed] if keys else []
+    logs = []
+    for name, write in (("inlined", "put"), ("general", "setdefault")):
+        with halodb.open(path / name, partitions=1, hash_seed=1) as db:
+            for key, value in pairs.items():
+                if write == "put":
+                    db[key] = value
+                else:
+                    db.setdefault(key, value)
+            for key in dict.fromkeys(deletes):
+                del db[key]
+            logs.append((path / name / "p000.wal").read_bytes())
+            assert dict(db.items()) == {k: v for k, v in pairs.items() if k not in deletes}
+    assert logs[0] == logs[1]
