@@ -101,7 +101,8 @@ def open(
         value_codec: A codec *instance* with ``name``, ``encode(value) -> bytes`` and
             ``decode(bytes)``; ``None`` is the safe default codec (bytes, str and JSON values).
             Its name is recorded at creation and must match at every later open.
-        filesystem: The file-system seam (tests inject faults through it).
+        filesystem: The file-system seam, a :class:`halodb.vfs.FileSystem` (a test's subclass
+            injects faults, or fixes the clock new stores are stamped with).
 
     Every option is validated before anything touches the disk, and a failed open leaves no
     new file or directory behind and no lock held.

@@ -9,7 +9,7 @@ cache.
 saves the bloom filter, and only then replaces the log by an empty one: the log is never cut
 before the tree holding its records is durable.
 
-Every method except ``__init__`` and ``peek`` expects the caller (the partition manager) to hold
+Every method except ``__init__`` and ``peek`` expects the caller (the engine) to hold
 ``lock``; ``peek`` is the lock-free first try of a get (see there).
 The partition keeps an exact count of its live keys, so the store's ``len()`` never scans.
 """
@@ -30,20 +30,12 @@ from halodb.collector import collector_paused
 from halodb.errors import CorruptionError
 from halodb.hashing import key_hash
 from halodb.memtable import MISSING, Memtable
-from halodb.pager import Pager, new_tree_file
+from halodb.pager import Pager
 from halodb.reports import PartitionStats, TreeReport
 from halodb.vfs import FileSystem
 from halodb.wal import Entry, LogContents, LogWriter, Record, frame, header_bytes, read_log
 
 log = logging.getLogger(__name__)
-
-
-def create_files(fs: FileSystem, directory: str, index: int, page_size: int) -> None:
-    """Create one partition's empty tree and log (each written atomically and durably)."""
-    fs.write_new(
-        os.path.join(directory, fmt.partition_file(index, "tree")), new_tree_file(index, page_size)
-    )
-    fs.write_new(os.path.join(directory, fmt.partition_file(index, "wal")), header_bytes(index, 0))
 
 
 class Partition:
@@ -81,7 +73,7 @@ class Partition:
         """The tree's contents are logically gone (a clear not yet flushed)."""
         self.log: LogWriter | None = None
         self.batch_seen = False
-        """The memtable holds part of a batch that spans partitions (see the manager's flush)."""
+        """The memtable holds part of a batch that spans partitions (see ``Engine.flush_part``)."""
         self.epoch = 0
         """Odd while a batch is being applied to the memtable, one entry at a time; changed by
         each batch. A reader without the lock (:meth:`peek`) trusts what it read only if the
@@ -152,7 +144,7 @@ class Partition:
         return bloom
 
     def replay(self, records: Sequence[Record]) -> None:
-        """Apply recovered log records (already approved by the manager) to the memtable."""
+        """Apply recovered log records (already approved by recovery) to the memtable."""
         started = time.perf_counter()
         for record in records:
             self.apply(

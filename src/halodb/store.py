@@ -1,7 +1,8 @@
-"""The public API: :func:`open`, :class:`Store` (a ``MutableMapping``) and :class:`Batch`.
+"""The public API's :class:`Store` (a ``MutableMapping``) and :class:`Batch` (``open()`` is in
+:mod:`halodb.opener`).
 
 This layer turns Python keys and values into bytes (order-preserving key encoding, a safe value
-codec) and speaks the dict protocol; the partition manager below it knows only bytes.
+codec) and speaks the dict protocol; the engine below it knows only bytes.
 
 Iteration semantics: every iterator (``iter(db)``, ``keys()``, ``values()``, ``items()``,
 ``range()``) is lazy and reads each partition in chunks, each under that partition's lock: 32

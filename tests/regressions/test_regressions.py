@@ -141,7 +141,7 @@ def test_a_store_that_lost_its_manifest_is_not_recreated_over_its_data(tmp_path:
 def test_an_interrupted_creation_is_completed(tmp_path: Path) -> None:
     """What a creation leaves before its manifest lands (lock, empty partition files, a temp
     file) is finished on the next open."""
-    from halodb.partition import create_files
+    from halodb.engine.directory import create_files
     from halodb.vfs import FileSystem
 
     path = tmp_path / "s"

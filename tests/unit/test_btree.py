@@ -20,6 +20,7 @@ from halodb.btree import (
     Leaf,
     limits,
 )
+from halodb.btree.node import decode
 from halodb.errors import CorruptionError
 from halodb.vfs import FileSystem
 from support.stores import new_pager
@@ -235,7 +236,7 @@ def _leaf_pages(tree: BTree) -> list[tuple[int, bytes]]:
         if level == 0:
             out.append((page_no, page))
             return
-        node = tree.decode_page(page_no, page, level)
+        node = decode(tree.where, page_no, page, level)
         assert isinstance(node, Internal)
         for child, child_crc in zip(node.children, node.crcs, strict=True):
             walk(child, child_crc, level - 1)
@@ -257,9 +258,9 @@ def test_a_leaf_layout_met_twice_is_remembered_and_decodes_the_same(tmp_path: Pa
     tree = _fixed_tree(tmp_path)
     pages = _leaf_pages(tree)
     assert len(pages) > 10
-    first = [tree.decode_page(n, page, 0) for n, page in pages]  # the slicing loop, then Structs
+    first = [decode(tree.where, n, page, 0) for n, page in pages]  # the slicing loop, then Structs
     assert any(layout is not None for layout in btree_module.LAYOUTS.values())
-    again = [tree.decode_page(n, page, 0) for n, page in pages]  # every layout remembered now
+    again = [decode(tree.where, n, page, 0) for n, page in pages]  # every layout remembered now
     for a, b in zip(first, again, strict=True):
         assert isinstance(a, Leaf) and isinstance(b, Leaf)
         assert (a.keys, a.values, a.big) == (b.keys, b.values, b.big)
@@ -273,7 +274,7 @@ def test_damage_in_a_leaf_of_a_remembered_layout_is_still_found(tmp_path: Path) 
     tree = _fixed_tree(tmp_path)
     page_no, page = _leaf_pages(tree)[1]
     for _ in range(2):
-        tree.decode_page(page_no, page, 0)
+        decode(tree.where, page_no, page, 0)
     _, _, _, n, _, _ = fmt.PAGE_HEADER.unpack_from(page)
     head = fmt.PAGE_HEADER.size
     assert btree_module.LAYOUTS[page[head + n : head + 5 * n]] is not None
@@ -281,13 +282,13 @@ def test_damage_in_a_leaf_of_a_remembered_layout_is_still_found(tmp_path: Path) 
     swapped = page[:kbase] + page[kbase + 16 : kbase + 32] + page[kbase : kbase + 16]
     swapped += page[kbase + 32 :]  # the first two keys (16 bytes each) in the wrong order
     with pytest.raises(CorruptionError, match="keys out of order"):
-        tree.decode_page(page_no, swapped, 0)
+        decode(tree.where, page_no, swapped, 0)
     flags = bytearray(page)
     flags[head] = 7
     with pytest.raises(CorruptionError, match="unknown value flag 7"):
-        tree.decode_page(page_no, bytes(flags), 0)
+        decode(tree.where, page_no, bytes(flags), 0)
     with pytest.raises(CorruptionError, match="malformed node"):
-        tree.decode_page(page_no, page[: kbase + 100], 0)  # shorter than the layout
+        decode(tree.where, page_no, page[: kbase + 100], 0)  # shorter than the layout
     tree.pager.close()
 
 
@@ -302,6 +303,6 @@ def test_leaves_of_varied_sizes_keep_the_layout_cache_bounded(tmp_path: Path) ->
     pages = _leaf_pages(tree)
     assert len(pages) > btree_module.LAYOUTS_MAX
     for n, page in pages:
-        tree.decode_page(n, page, 0)
+        decode(tree.where, n, page, 0)
     assert 0 < len(btree_module.LAYOUTS) <= btree_module.LAYOUTS_MAX
     tree.pager.close()

@@ -6,8 +6,8 @@
   value, both paths must give the same answers.
 - ``Engine.get`` and ``Engine.put`` inline :func:`halodb.hashing.route`; batches and
   ``check()`` call it.
-- ``BloomFilter.add``, ``add_all`` and ``might_contain`` unroll the default five of
-  :func:`halodb.hashing.probes`; ``Partition.peek`` inlines the first.
+- ``BloomFilter.add``, ``add_all`` and ``might_contain`` inline :func:`halodb.hashing.probes`
+  (the default five unrolled); ``Partition.peek`` inlines the first.
 - ``Engine.put`` inlines ``Engine._write_locked`` (the write of ``setdefault`` and ``del``).
 - The manifest, a log's header and a bloom filter's header are sealed by
   :func:`halodb.format.seal` and checked by :func:`halodb.format.sealed`."""
@@ -110,28 +110,34 @@ hashes = st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
 
 
 @settings(max_examples=300, deadline=None)
-@given(h=hashes, words=st.integers(min_value=16, max_value=64), others=st.lists(hashes, max_size=5))
-def test_the_unrolled_probes_agree_with_probes(
-    h: tuple[int, int], words: int, others: list[tuple[int, int]]
+@given(
+    h=hashes,
+    words=st.integers(min_value=16, max_value=64),
+    others=st.lists(hashes, max_size=5),
+    k=st.one_of(st.just(5), st.integers(min_value=1, max_value=16)),
+)
+def test_the_inlined_probes_agree_with_probes(
+    h: tuple[int, int], words: int, others: list[tuple[int, int]], k: int
 ) -> None:
-    """The default filter (five probes) sets, and tests, exactly the bits ``probes`` names."""
+    """A filter of ``k`` probes (five, the default, unrolled; any other count looped) sets,
+    and tests, exactly the bits ``probes`` names."""
     nbits = words * 64
-    expected = set(probes(h, nbits, 5))
-    one = BloomFilter(nbits, 5, 100)
-    assert one.add(h) is False or len(expected) < 5  # a fresh filter held none of them
+    expected = set(probes(h, nbits, k))
+    one = BloomFilter(nbits, k, 100)
+    assert one.add(h) is False or len(expected) < k  # a fresh filter held none of them
     assert set(one.bits.search(1)) == expected
-    every = BloomFilter(nbits, 5, 100)
+    every = BloomFilter(nbits, k, 100)
     every.add_all([h])
     assert every.bits == one.bits
     assert one.might_contain(h)
     for bit in expected:  # missing any one of its bits, the key is absent
-        holed = BloomFilter(nbits, 5, 100, one.bits.copy())
+        holed = BloomFilter(nbits, k, 100, one.bits.copy())
         holed.bits[bit] = 0
         assert not holed.might_contain(h)
-    many = BloomFilter(nbits, 5, 100)
+    many = BloomFilter(nbits, k, 100)
     many.add_all(others)
     for other in others:
-        assert set(probes(other, nbits, 5)) <= set(many.bits.search(1))
+        assert set(probes(other, nbits, k)) <= set(many.bits.search(1))
     assert many.might_contain(h) == all(many.bits[i] for i in expected)
 
 

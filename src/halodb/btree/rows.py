@@ -1,5 +1,6 @@
 """A B+ tree's row cache: key -> value of rows read lately, within a budget in bytes of memory;
-it must not know pages, nodes or how the tree is read or written.
+it knows of ``node`` only the ``Overflow`` reference and the objects' sizes, and nothing of
+pages or of how the tree is read or written.
 
 Each row is charged its key and value objects (``ROW_OVERHEAD`` and the lengths), and the dict's
 table as it is (``dict.__sizeof__``). Past the budget, the older half of the rows is dropped.

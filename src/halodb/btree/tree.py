@@ -25,7 +25,6 @@ from halodb.btree.node import (
     Internal,
     Leaf,
     Overflow,
-    decode,
     decode_internal,
     decode_leaf,
     decode_overflow,
@@ -53,11 +52,6 @@ class BTree(RowCache):
         self.where = pager.path
 
     # -- nodes -------------------------------------------------------------------------------
-
-    def decode_page(self, page_no: int, page: bytes, level: int) -> Leaf | Internal:
-        """The node in ``page`` where level ``level`` belongs, checked (:func:`.node.decode`; the
-        reads call the decoders directly)."""
-        return decode(self.where, page_no, page, level)
 
     def node(self, page_no: int, crc: int, level: int) -> Leaf | Internal:
         """The node in ``page_no`` where level ``level`` belongs, from the cache or the disk.

@@ -25,7 +25,6 @@ from halodb.options import (
     Options,
 )
 from halodb.pager import new_tree_file
-from halodb.partition import create_files
 from halodb.vfs import FileSystem, Lock
 from halodb.wal import header_bytes
 
@@ -137,6 +136,14 @@ def check_settings(m: Manifest, options: Options, codec: str, path: str) -> None
             f"{path}: store was created with value codec {m.codec!r}, "
             f"opened with {codec!r}; open it with the same codec"
         )
+
+
+def create_files(fs: FileSystem, directory: str, index: int, page_size: int) -> None:
+    """Create one partition's empty tree and log (each written atomically and durably)."""
+    fs.write_new(
+        os.path.join(directory, fmt.partition_file(index, "tree")), new_tree_file(index, page_size)
+    )
+    fs.write_new(os.path.join(directory, fmt.partition_file(index, "wal")), header_bytes(index, 0))
 
 
 def partition_file_kind(name: str) -> tuple[int, str] | None:

@@ -67,10 +67,10 @@ class Engine:
         anyway, which bounds recovery time."""
         self.parts: list[Partition] = []
         self.manifest = m = self.directory.open(options, codec)
-        self.seed = m.hash_seed
-        self.page_size = m.page_size
-        self.max_key, _ = limits(m.page_size)
         try:
+            self.seed = m.hash_seed
+            self.page_size = m.page_size
+            self.max_key, _ = limits(m.page_size)
             self.parts = recovery.open_partitions(
                 fs, path, m.partitions, m.page_size, m.hash_seed, options
             )
@@ -500,7 +500,7 @@ class Engine:
                             self.flush_part(part)
                             clean_seq = next(self.sequence)
                     except BaseException as exc:
-                        # A failure was recorded by _flush_part; an interrupt (KeyboardInterrupt,
+                        # A failure was recorded by flush_part; an interrupt (KeyboardInterrupt,
                         # ...) left everything as it was: either way the rest close without
                         # flushing, and the logs still hold every write.
                         error = error or exc

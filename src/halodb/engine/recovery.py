@@ -1,6 +1,9 @@
-"""Recovery: which logged records a store applies on open. :func:`plan` is a pure function of
-what the partitions' logs and trees hold; :func:`replay` carries a plan out. Knows nothing of
-files or of the lock (see design.md, "Recovery").
+"""Recovery: opening a store's partitions and deciding which logged records apply. Knows
+nothing of the directory, the manifest or the lock (see design.md, "Recovery").
+
+:func:`open_partitions` opens every partition (its tree, bloom filter and log read);
+:func:`plan` is a pure function of what the logs and trees hold, which knows nothing of files;
+:func:`replay` carries a plan out through the partitions.
 
 A batch part is kept only if every partition its batch names has its part in its log or holds
 the batch in its tree. A dropped part cuts its partition's log there: the records after it are
@@ -56,9 +59,12 @@ class Plan:
 
 
 def plan(logs: Sequence[LogState], max_key: int) -> Plan:
-    """Decide which records apply (see the module docstring). Raises :class:`CorruptionError`
-    for records no store writes (impossible sizes, sequence numbers or partitions) and for a
-    batch that a tree holds but its siblings' logs cannot complete."""
+    """Decide which records apply (see the module docstring); ``logs[i]`` is partition ``i``'s.
+    Raises :class:`CorruptionError` for records no store writes (impossible sizes, sequence
+    numbers or partitions) and for a batch that a tree holds but its siblings' logs cannot
+    complete."""
+    if any(state.index != i for i, state in enumerate(logs)):
+        raise ValueError("plan() takes every partition's log, in partition order")
     newest, pending, holders = _pending(logs, max_key)
     cut = _cut(logs, pending, holders)
     return Plan(
