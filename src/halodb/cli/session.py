@@ -241,12 +241,14 @@ class Session:
         *,
         typed: bool,
         reverse: bool = False,
+        limit: int | None = None,
     ) -> Iterator[Key]:
-        """The keys of a range of the open store ``db``, read without decoding any value."""
+        """The keys of a range of the open store ``db`` (at most ``limit``), read without
+        decoding any value."""
         lo, hi, pre = bounds(prefix, start, stop, typed=typed)
         if db is None:
             return iter(())
-        return db.range_keys(lo, hi, reverse=reverse, prefix=pre)
+        return db.range_keys(lo, hi, reverse=reverse, prefix=pre, limit=limit)
 
     def close(self) -> None:
         """Discard an open batch and close the store (which flushes it)."""

@@ -25,7 +25,7 @@ from halodb.btree import limits
 from halodb.engine import process, recovery
 from halodb.engine.commit import LogSync, apply_parts, group, log_parts
 from halodb.engine.directory import Directory
-from halodb.engine.scan import SCAN_CHUNK, Items, chunks, merge
+from halodb.engine.scan import SCAN_CHUNK, Items, chunks, first_chunk, merge, take
 from halodb.errors import CorruptionError, Error, OperationalError, ProgrammingError
 from halodb.hashing import key_hash, route
 from halodb.memtable import MISSING
@@ -192,23 +192,30 @@ class Engine:
             return sum(p.count for p in self.parts)
 
     def scan_batches(
-        self, lo: bytes | None, hi: bytes | None, *, reverse: bool = False, chunk: int = SCAN_CHUNK
+        self,
+        lo: bytes | None,
+        hi: bytes | None,
+        *,
+        reverse: bool = False,
+        chunk: int = SCAN_CHUNK,
+        limit: int | None = None,
     ) -> Iterator[Items]:
         """Live ``(key, value)`` in ``[lo, hi)`` across partitions, in key order, lazily, a list
         at a time (each list in order and after the one before, so a caller can process a whole
-        list in one go).
+        list in one go); at most ``limit`` of them, and no partition reads more than that.
 
         A write made after a partition's chunk was read shows up only if its key lies ahead of
         where that chunk ended (see :mod:`halodb.engine.scan`).
         """
         self._guard()
         self.check_open()
+        first = first_chunk(limit, len(self.parts))
         sources = [
-            chunks(p, lo, hi, reverse, chunk, self._guard, self.check_open) for p in self.parts
+            chunks(p, lo, hi, reverse, chunk, self._guard, self.check_open, first, limit)
+            for p in self.parts
         ]
-        if len(sources) == 1:
-            return sources[0]
-        return merge(sources, reverse)
+        stream = sources[0] if len(sources) == 1 else merge(sources, reverse)
+        return stream if limit is None else take(stream, limit)
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -24,13 +24,17 @@ def chunks(
     chunk: int,
     guard: Callable[[], None],
     check_open: Callable[[], None],
+    first: int = FIRST_CHUNK,
+    most: int | None = None,
 ) -> Iterator[Items]:
-    """Live items of ``part`` in ``[lo, hi)``, in order, a chunk at a time; each chunk read
-    under the partition's lock and resumed after the last key returned, so keys come strictly
-    in order and never twice. ``guard`` runs before each lock is taken, ``check_open`` with it
-    held (both raise if the store was closed meanwhile)."""
-    limit = min(chunk, FIRST_CHUNK)
-    while True:
+    """Live items of ``part`` in ``[lo, hi)``, in order, at most ``most`` of them (``None``:
+    all), in chunks of ``first`` items, then twice as many each time up to ``chunk``. Each
+    chunk is read under the partition's lock and resumed after the last key returned, so keys
+    come strictly in order and never twice. ``guard`` runs before each lock is taken,
+    ``check_open`` with it held (both raise if the store was closed meanwhile)."""
+    left = -1 if most is None else most
+    limit = min(chunk, first) if most is None else max(1, min(chunk, first, most))
+    while left:
         guard()
         with part.lock:
             check_open()
@@ -39,11 +43,32 @@ def chunks(
             yield items
         if len(items) < limit:
             return
-        limit = min(limit * 2, chunk)
+        left -= len(items)
+        limit = min(limit * 2, chunk) if left < 0 else min(limit * 2, chunk, left)
         if reverse:
             hi = items[-1][0]
         else:
             lo = items[-1][0] + b"\x00"
+
+
+def first_chunk(limit: int | None, partitions: int) -> int:
+    """The first chunk each of ``partitions`` reads for a scan of at most ``limit`` items:
+    FIRST_CHUNK, or a quarter more than a partition's share of a larger limit (hashing spreads
+    keys evenly), so that one round of the merge usually yields them all."""
+    if limit is None:
+        return FIRST_CHUNK
+    return min(limit, max(FIRST_CHUNK, -(-5 * limit // (4 * partitions))))
+
+
+def take(batches: Iterator[Items], most: int) -> Iterator[Items]:
+    """The first ``most`` items of ``batches``, lists as they come (the last one cut)."""
+    for items in batches:
+        if len(items) >= most:
+            if most:
+                yield items[:most]
+            return
+        most -= len(items)
+        yield items
 
 
 def merge(sources: list[Iterator[Items]], reverse: bool) -> Iterator[Items]:

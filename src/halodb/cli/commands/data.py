@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from itertools import islice
 from typing import Annotated, Any
 
 import typer
@@ -181,11 +180,12 @@ def _scan(
     *,
     typed: bool,
     reverse: bool = False,
+    limit: int | None = None,
 ) -> Iterator[tuple[Key, Any]]:
     lo, hi, pre = bounds(prefix, start, stop, typed=typed)
     if db is None:
         return iter(())
-    return db.range(lo, hi, reverse=reverse, prefix=pre)
+    return db.range(lo, hi, reverse=reverse, prefix=pre, limit=limit)
 
 
 @command("list", panel="Data")
@@ -220,12 +220,10 @@ def list_(
         with s.store(write=False, values=not keys_only) as db:
             items: Iterator[tuple[Key, Any]]
             if keys_only:
-                keys = s.keys(db, prefix, start, stop, typed=typed, reverse=reverse)
+                keys = s.keys(db, prefix, start, stop, typed=typed, reverse=reverse, limit=limit)
                 items = ((key, MISSING) for key in keys)
             else:
-                items = _scan(db, prefix, start, stop, typed=typed, reverse=reverse)
-            if limit is not None:
-                items = islice(items, limit)
+                items = _scan(db, prefix, start, stop, typed=typed, reverse=reverse, limit=limit)
             pager = s.pager()
             shown = 0
             try:
