@@ -35,6 +35,7 @@ from halodb import format as fmt
 from halodb.engine.engine import Engine
 from halodb.errors import DataError, ProgrammingError
 from halodb.keys import TAG_BYTES as KEY_TAG_BYTES
+from halodb.keys import TAG_STR as KEY_TAG_STR
 from halodb.keys import Key, KeyLike, decode_key, encode_key, prefix_range
 from halodb.reports import StoreStats, TreeReport
 from halodb.values import TAG_BYTES as VALUE_TAG_BYTES
@@ -338,7 +339,7 @@ class Store(MutableMapping[Key, Any]):
         batches = self._scan("range_keys", start, stop, reverse, prefix, limit)
         if batches is None:
             return iter(())
-        return (key for items in batches for key in [decode_key(key) for key, _ in items])
+        return (key for items in batches for key in _decode_keys(items))
 
     def _scan(
         self,
@@ -368,8 +369,35 @@ class Store(MutableMapping[Key, Any]):
         return self._m.scan_batches(lo, hi, reverse=reverse, limit=limit)
 
     def _decoded(self, batches: Iterator[list[tuple[bytes, bytes]]]) -> Iterator[tuple[Key, Any]]:
+        """Each list of encoded pairs decoded in one pass. The lists are in key order, so when
+        the first and last keys of one are bytes, or both str, every key between is too (the
+        type tag is a key's first byte): those lists decode with ``decode_key``'s and the
+        ``halo1`` codec's bytes and str cases inlined, without a call per key. (A key that is
+        not UTF-8 falls back to ``decode_key``, which names the damage.)"""
         decode = self._decode_value
+        halo1 = self._halo1
+        vb = _VALUE_BYTES
         for items in batches:
+            if not items:
+                continue
+            tag = items[0][0][0]
+            if halo1 and tag == items[-1][0][0] == KEY_TAG_BYTES:
+                yield from [(k[1:], v[1:] if v[:1] == vb else decode(v)) for k, v in items]
+                continue
+            if halo1 and tag == items[-1][0][0] == KEY_TAG_STR:
+                try:
+                    out = [
+                        (
+                            k[1:].decode("utf-8", "surrogatepass"),
+                            v[1:] if v[:1] == vb else decode(v),
+                        )
+                        for k, v in items
+                    ]
+                except UnicodeDecodeError:
+                    pass
+                else:
+                    yield from out
+                    continue
             yield from [(decode_key(key), decode(value)) for key, value in items]
 
     def first(self) -> tuple[Key, Any] | None:
@@ -551,6 +579,20 @@ class Batch:
             self.commit()
         else:
             self.discard()
+
+
+def _decode_keys(items: list[tuple[bytes, bytes]]) -> list[Key]:
+    """The keys of a list of encoded pairs in key order, as :meth:`Store._decoded` decodes
+    them (bytes and str runs in one pass)."""
+    tag = items[0][0][0]
+    if tag == items[-1][0][0] == KEY_TAG_BYTES:
+        return [k[1:] for k, _ in items]
+    if tag == items[-1][0][0] == KEY_TAG_STR:
+        try:
+            return [k[1:].decode("utf-8", "surrogatepass") for k, _ in items]
+        except UnicodeDecodeError:
+            pass
+    return [decode_key(key) for key, _ in items]
 
 
 def _close_dropped(manager: Engine) -> None:

@@ -8,6 +8,8 @@
   ``check()`` call it.
 - ``BloomFilter.add``, ``add_all`` and ``might_contain`` inline :func:`halodb.hashing.probes`
   (the default five unrolled); ``Partition.peek`` inlines the first.
+- ``Store`` decodes a scanned list whose keys are all bytes, or all str, with ``decode_key``'s
+  and the default codec's cases inlined (``items()``, ``range()``, ``range_keys()``).
 - ``Engine.put`` inlines ``Engine._write_locked`` (the write of ``setdefault`` and ``del``).
 - The manifest, a log's header and a bloom filter's header are sealed by
   :func:`halodb.format.seal` and checked by :func:`halodb.format.sealed`."""
@@ -27,8 +29,9 @@ from halodb import testing
 from halodb.bloom import BloomFilter
 from halodb.engine.directory import Manifest, manifest_bytes, parse_manifest
 from halodb.hashing import key_hash, probes, route
-from halodb.keys import encode_key
+from halodb.keys import decode_key, encode_key
 from halodb.wal import header_bytes
+from support.stores import same_value
 
 MISSING = object()
 
@@ -221,3 +224,36 @@ def test_the_inlined_put_writes_what_the_general_write_does(
             logs.append((path / name / "p000.wal").read_bytes())
             assert dict(db.items()) == {k: v for k, v in pairs.items() if k not in deletes}
     assert logs[0] == logs[1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    pairs=st.one_of(
+        st.dictionaries(st.binary(max_size=30), values, max_size=40),
+        st.dictionaries(
+            st.text(st.characters(exclude_categories=()), max_size=30), values, max_size=40
+        ),
+        st.dictionaries(keys, values, max_size=40),
+    ),
+    reverse=st.booleans(),
+)
+def test_the_inlined_scan_decoding_agrees_with_decode_key(
+    tmp_path_factory: Any, pairs: dict[Any, Any], reverse: bool
+) -> None:
+    """Whatever the keys (all bytes, all str, or mixed, so that lists take either path), a scan
+    gives every pair as written, in key order."""
+    path: Path = tmp_path_factory.mktemp("s")
+    storable = {}
+    with halodb.open(path / "s", partitions=2) as db:
+        for key, value in pairs.items():
+            try:
+                db[key] = value
+            except halodb.DataError:
+                continue
+            storable[encode_key(key)] = value
+        order = sorted(storable, reverse=reverse)
+        expected_keys = [decode_key(encoded) for encoded in order]
+        got = list(db.range(reverse=reverse))
+        assert [key for key, _ in got] == expected_keys
+        assert all(same_value(storable[encode_key(k)], v) for k, v in got)
+        assert list(db.range_keys(reverse=reverse)) == expected_keys
