@@ -28,11 +28,13 @@ import gc
 import importlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import random
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,11 +66,18 @@ THROUGHPUT = (
     "seekrandom",
     "deleterandom",
 )
+# Benchmarks reported as a put-latency histogram (lower is better; p99 is the headline).
+LATENCIES = ("fill_latency",)
+LATENCY_KEYS = ("p50_us", "p99_us", "p999_us", "max_us")
 # Benchmarks reported as a duration (lower is better).
-DURATIONS = ("reopen", "reopen_flushed")
+DURATIONS = ("reopen", "reopen_flushed", "crash_reopen", "reopen_readonly")
 # Benchmarks reported as a size (lower is better).
-SIZES = ("bytes",)
+SIZES = ("bytes", "bytes_deleted", "bytes_compacted")
 ORDERED_ONLY = frozenset({"readseq", "seekrandom"})
+# Phases that cost about one more fill each; on by default, --no-<name> skips one.
+OPTIONAL_PHASES = ("latency", "crash", "compact")
+# The first argument that makes this script the crash phase's child (see crash_child).
+CRASH_CHILD = "--crash-child"
 
 DESCRIPTIONS = {
     "fillrandom": "one put per operation, random key order, fresh store",
@@ -78,9 +87,14 @@ DESCRIPTIONS = {
     "readseq": "full ordered scan, ops = items",
     "seekrandom": "range scans of --scan-length items from random start keys, ops = scans",
     "deleterandom": "deletes of half the keys, random order",
+    "fill_latency": "the latency of each put of a fill like fillrandom's, fresh store",
     "reopen": "close + open after fillrandom without an explicit flush",
     "reopen_flushed": "close + open right after the engine's flush (if it has one)",
+    "crash_reopen": "open after SIGKILL of a child process that did the fill, no close",
+    "reopen_readonly": "read-only open of the cleanly closed fillbatch store",
     "bytes": "bytes on disk (du) after fillrandom, store closed",
+    "bytes_deleted": "bytes on disk after deleting 90% of the fillbatch store's keys",
+    "bytes_compacted": "bytes on disk after those deletes and the engine's compaction",
 }
 
 
@@ -102,13 +116,15 @@ class Adapter(ABC):
 
     ``open`` may be called again after ``close`` on the same directory (reopen).  ``get``
     returns None for an absent key.  ``scan`` and ``range`` are only called when ``ordered``
-    is true; ``flush`` only when ``has_flush`` is true.
+    is true; ``flush`` only when ``has_flush`` is true; ``open_readonly`` only when
+    ``has_readonly`` is true.
     """
 
     name = ""
     module = ""  # distribution name for the version report
     ordered = True
     has_flush = False
+    has_readonly = False
 
     def __init__(self, durability: str) -> None:
         self.durability = durability
@@ -140,6 +156,18 @@ class Adapter(ABC):
 
     def flush(self) -> None:
         raise NotImplementedError(f"{self.name} has no flush")
+
+    def open_readonly(self, path: Path) -> None:
+        """Open the store at ``path`` read-only; ``get`` and ``close`` must work after it."""
+        raise NotImplementedError(f"{self.name} has no read-only open")
+
+    def compact(self) -> bool:
+        """Run the engine's compaction to the end; False if it has none."""
+        return False
+
+    def replayed_records(self) -> int | None:
+        """Log records the last open replayed, if the engine can tell (None if not)."""
+        return None
 
     @abstractmethod
     def close(self) -> None: ...
@@ -184,6 +212,7 @@ class _HaloStore(Protocol):
     ) -> Iterable[tuple[Any, Any]]: ...
     def items(self) -> Iterable[tuple[Any, Any]]: ...
     def flush(self) -> None: ...
+    def stats(self) -> Any: ...
     def close(self) -> None: ...
 
 
@@ -192,6 +221,7 @@ class HaloDBAdapter(Adapter):
 
     name = "halodb"
     has_flush = True
+    has_readonly = True
 
     def __init__(self, durability: str) -> None:
         super().__init__(durability)
@@ -236,6 +266,21 @@ class HaloDBAdapter(Adapter):
     def flush(self) -> None:
         self._store().flush()
 
+    def open_readonly(self, path: Path) -> None:
+        db: _HaloStore = self._halodb.open(str(path), readonly=True)
+        self._db = db
+
+    def compact(self) -> bool:
+        store = self._store()
+        if not hasattr(store, "compact"):  # not in HaloDB's API yet
+            return False
+        store.compact()
+        return True
+
+    def replayed_records(self) -> int | None:
+        # Right after an open, the memtables hold exactly the log records it replayed.
+        return sum(int(part.memtable_entries) for part in self._store().stats().partitions)
+
     def close(self) -> None:
         self._store().close()
         self._db = None
@@ -249,6 +294,7 @@ class SQLiteAdapter(Adapter):
 
     name = "sqlite3"
     has_flush = True
+    has_readonly = True
     SYNCHRONOUS: ClassVar[dict[str, str]] = {"full": "FULL", "normal": "NORMAL", "fast": "OFF"}
     PUT = "INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)"
     GET = "SELECT v FROM kv WHERE k = ?"
@@ -306,6 +352,18 @@ class SQLiteAdapter(Adapter):
     def flush(self) -> None:
         self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    def open_readonly(self, path: Path) -> None:
+        uri = (path / "kv.sqlite3").absolute().as_uri() + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        # connect() reads nothing; a first query opens the file and reads the schema.
+        conn.execute("SELECT 1 FROM kv LIMIT 1").fetchall()
+        self._conn = conn
+        self._cur = conn.cursor()
+
+    def compact(self) -> bool:
+        self._connection().execute("VACUUM")
+        return True
+
     def close(self) -> None:
         self._connection().close()
         self._conn = self._cur = None
@@ -321,6 +379,7 @@ class LMDBAdapter(Adapter):
     """py-lmdb: one write transaction per put, one read transaction per get, writemap off."""
 
     name = "lmdb"
+    has_readonly = True
     MAP_SIZE = 1 << 36  # address space only: without writemap the file grows as used
 
     def __init__(self, durability: str) -> None:
@@ -333,6 +392,9 @@ class LMDBAdapter(Adapter):
         self._env = self._lmdb.open(
             str(path), map_size=self.MAP_SIZE, sync=sync, metasync=sync, writemap=False
         )
+
+    def open_readonly(self, path: Path) -> None:
+        self._env = self._lmdb.open(str(path), readonly=True)
 
     def put(self, key: bytes, value: bytes) -> None:
         with self._env.begin(write=True) as txn:
@@ -408,6 +470,10 @@ class PlyvelAdapter(Adapter):
     def range(self, start: bytes, count: int) -> list[Item]:
         with self._db.iterator(start=start) as it:
             return list(islice(it, count))
+
+    def compact(self) -> bool:
+        self._db.compact_range()
+        return True
 
     def close(self) -> None:
         self._db.close()
@@ -577,6 +643,7 @@ class SemiDBMAdapter(Adapter):
 
     name = "semidbm"
     ordered = False
+    has_readonly = True
 
     def __init__(self, durability: str) -> None:
         super().__init__(durability)
@@ -586,6 +653,13 @@ class SemiDBMAdapter(Adapter):
 
     def open(self, path: Path) -> None:
         self._db = self._semidbm.open(str(path), "c")
+
+    def open_readonly(self, path: Path) -> None:
+        self._db = self._semidbm.open(str(path), "r")
+
+    def compact(self) -> bool:
+        self._db.compact()
+        return True
 
     def put(self, key: bytes, value: bytes) -> None:
         self._db[key] = value
@@ -650,6 +724,21 @@ class Workload:
     scan_length: int
     delete_keys: list[bytes]  # half the keys, random order
     check_keys: list[bytes]  # a small sample for value checks outside the timings
+    purge_keys: list[bytes]  # 90% of the keys, random order (the delete-then-compact phase)
+    survivors: list[Item]  # the pairs purge_keys leaves, in fill order
+    key_size: int
+    value_size: int
+    seed: int  # make_pairs(random.Random(seed), ...) gives ``pairs`` again (crash child)
+
+
+def make_pairs(rng: random.Random, num: int, key_size: int, value_size: int) -> dict[bytes, bytes]:
+    """``num`` distinct random keys, each with a random value, in fill order."""
+    expected: dict[bytes, bytes] = {}
+    while len(expected) < num:
+        key = rng.randbytes(key_size)
+        if key not in expected:
+            expected[key] = rng.randbytes(value_size)
+    return expected
 
 
 def make_workload(
@@ -663,11 +752,7 @@ def make_workload(
     seed: int,
 ) -> Workload:
     rng = random.Random(seed)
-    expected: dict[bytes, bytes] = {}
-    while len(expected) < num:
-        key = rng.randbytes(key_size)
-        if key not in expected:
-            expected[key] = rng.randbytes(value_size)
+    expected = make_pairs(rng, num, key_size, value_size)
     pairs = list(expected.items())
     keys = [key for key, _ in pairs]
 
@@ -679,6 +764,13 @@ def make_workload(
         if key not in expected:
             missing.append(key)
 
+    seek_starts = [rng.randbytes(key_size) for _ in range(scans)]
+    delete_keys = rng.sample(keys, num // 2)
+    check_keys = rng.sample(keys, min(num, 200))
+    # Drawn last, so that every earlier key, value and order is what it always was.
+    purge_keys = rng.sample(keys, num * 9 // 10)
+    purged = set(purge_keys)
+
     return Workload(
         pairs=pairs,
         batches=[pairs[i : i + batch_size] for i in range(0, num, batch_size)],
@@ -686,10 +778,15 @@ def make_workload(
         sorted_keys=sorted(keys),
         read_keys=read_keys,
         missing_keys=missing,
-        seek_starts=[rng.randbytes(key_size) for _ in range(scans)],
+        seek_starts=seek_starts,
         scan_length=scan_length,
-        delete_keys=rng.sample(keys, num // 2),
-        check_keys=rng.sample(keys, min(num, 200)),
+        delete_keys=delete_keys,
+        check_keys=check_keys,
+        purge_keys=purge_keys,
+        survivors=[pair for pair in pairs if pair[0] not in purged],
+        key_size=key_size,
+        value_size=value_size,
+        seed=seed,
     )
 
 
@@ -812,6 +909,176 @@ def bench_deleterandom(db: Adapter, wl: Workload) -> Result:
     return _throughput(len(keys), seconds)
 
 
+def bench_fill_latency(db: Adapter, wl: Workload, path: Path) -> Result:
+    """The fillrandom puts into a fresh store, each timed on its own.  A separate phase: the
+    two clock reads per put cost HaloDB's fillrandom about 7% of its throughput."""
+    path.mkdir()
+    db.open(path)
+    db.is_open = True
+    put = db.put
+    pairs = wl.pairs
+    clock = time.perf_counter_ns
+    latencies: list[int] = []
+    append = latencies.append
+    gc.collect()
+    for key, value in pairs:
+        start = clock()
+        put(key, value)
+        append(clock() - start)
+    check_values(db, wl, "after fill_latency")
+    db.close()
+    db.is_open = False
+    return latency_summary(latencies)
+
+
+def latency_summary(latencies_ns: list[int]) -> Result:
+    """p50, p99, p99.9 (nearest rank), max and mean of ``latencies_ns``, in µs."""
+    ordered = sorted(latencies_ns)
+    count = len(ordered)
+
+    def rank(fraction: float) -> float:
+        return ordered[max(0, math.ceil(fraction * count) - 1)] / 1e3
+
+    return {
+        "puts": count,
+        "p50_us": rank(0.50),
+        "p99_us": rank(0.99),
+        "p999_us": rank(0.999),
+        "max_us": ordered[-1] / 1e3,
+        "mean_us": sum(ordered) / count / 1e3,
+    }
+
+
+def crash_child(spec: dict[str, Any]) -> int:
+    """The crash phase's child: fill a fresh store like fillrandom, say so on stdout, then
+    wait to be killed without closing it.  ``spec`` names the engine and the workload."""
+    db = ENGINES[spec["engine"]](spec["durability"])
+    rng = random.Random(spec["seed"])
+    pairs = list(make_pairs(rng, spec["num"], spec["key_size"], spec["value_size"]).items())
+    db.open(Path(spec["path"]))
+    put = db.put
+    for key, value in pairs:
+        put(key, value)
+    print(f"filled {len(pairs)} {pairs[-1][0].hex()}", flush=True)
+    sys.stdin.read()  # the parent kills us; if it died instead, leave without closing
+    os._exit(3)
+
+
+def bench_crash_reopen(db: Adapter, wl: Workload, path: Path) -> Result:
+    """Fill a fresh store in a child process, SIGKILL it once every put is acknowledged (no
+    close, no flush), then time the open here: the replay of whatever was not flushed."""
+    path.mkdir()
+    spec = {
+        "engine": db.name,
+        "durability": db.durability,
+        "path": str(path),
+        "num": len(wl.pairs),
+        "key_size": wl.key_size,
+        "value_size": wl.value_size,
+        "seed": wl.seed,
+    }
+    # The child imports the same modules (HaloDB's tree included) as this process.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    command = [sys.executable, os.path.abspath(__file__), CRASH_CHILD, json.dumps(spec)]
+    pipe = subprocess.PIPE
+    with subprocess.Popen(command, stdin=pipe, stdout=pipe, stderr=pipe, env=env) as child:
+        assert child.stdout is not None
+        line = child.stdout.readline().decode()
+        child.kill()  # SIGKILL on POSIX
+        _, err = child.communicate()
+    if line.split() != ["filled", str(len(wl.pairs)), wl.pairs[-1][0].hex()]:
+        tail = err.decode(errors="replace")[-2000:]
+        raise RuntimeError(f"the crash phase's child did not fill the store: {line!r}\n{tail}")
+    on_disk, _ = disk_usage(path)
+    gc.collect()
+    start = time.perf_counter()
+    db.open(path)
+    open_s = time.perf_counter() - start
+    db.is_open = True
+    records = db.replayed_records()
+    if db.durability != "fast":  # "fast" may lose acknowledged writes to a crash
+        check_values(db, wl, "after crash_reopen")
+    db.close()
+    db.is_open = False
+    return {
+        "seconds": open_s,
+        "open_seconds": open_s,
+        "records": records,
+        "records_per_sec": records / open_s if records is not None and open_s > 0 else None,
+        "bytes_at_kill": on_disk,
+    }
+
+
+def bench_reopen_readonly(db: Adapter, wl: Workload, path: Path) -> Result:
+    """Time a read-only open of the cleanly closed store at ``path``."""
+    if not db.has_readonly:
+        return {"skipped": "n/a: no read-only open"}
+    gc.collect()
+    start = time.perf_counter()
+    db.open_readonly(path)
+    open_s = time.perf_counter() - start
+    db.is_open = True
+    check_values(db, wl, "after read-only open")
+    db.close()
+    db.is_open = False
+    return {"seconds": open_s, "open_seconds": open_s}
+
+
+def bench_delete_compact(db: Adapter, wl: Workload, path: Path, fresh: Path) -> dict[str, Result]:
+    """Delete 90% of the keys of the full, closed store at ``path``; its bytes on disk after
+    the deletes and after the engine's compaction (if any), each against a fresh store
+    ``fresh`` loaded with only the survivors."""
+    db.open(path)
+    db.is_open = True
+    delete = db.delete
+    gc.collect()
+    start = time.perf_counter()
+    for key in wl.purge_keys:
+        delete(key)
+    delete_s = time.perf_counter() - start
+    db.close()
+    db.is_open = False
+    deleted_bytes, _ = disk_usage(path)
+
+    db.open(path)
+    db.is_open = True
+    gc.collect()
+    start = time.perf_counter()
+    compacted = db.compact()
+    compact_s = time.perf_counter() - start
+    purged = set(wl.purge_keys)
+    for key in wl.check_keys:
+        if db.get(key) != (None if key in purged else wl.expected[key]):
+            raise VerificationError(f"after the 90% deletes, key {key.hex()} reads wrong")
+    db.close()
+    db.is_open = False
+    compacted_bytes, _ = disk_usage(path)
+
+    fresh.mkdir()
+    db.open(fresh)
+    db.is_open = True
+    put_batch = db.put_batch
+    step = len(wl.batches[0]) if wl.batches else 1
+    for i in range(0, len(wl.survivors), step):
+        put_batch(wl.survivors[i : i + step])
+    db.close()
+    db.is_open = False
+    fresh_bytes, _ = disk_usage(fresh)
+
+    def size(on_disk: int, **extra: Any) -> Result:
+        vs_fresh = on_disk / fresh_bytes if fresh_bytes else None
+        return {"bytes": on_disk, "fresh_bytes": fresh_bytes, "vs_fresh": vs_fresh, **extra}
+
+    survivors = len(wl.survivors)
+    deleted = size(deleted_bytes, deletes=len(purged), survivors=survivors, delete_seconds=delete_s)
+    if not compacted:
+        return {"bytes_deleted": deleted, "bytes_compacted": {"skipped": "n/a: no compaction"}}
+    return {
+        "bytes_deleted": deleted,
+        "bytes_compacted": size(compacted_bytes, compact_seconds=compact_s),
+    }
+
+
 def reopen(db: Adapter, path: Path) -> tuple[Result, int, int]:
     """Close and reopen ``db``; returns timings and the closed store's du/apparent bytes."""
     gc.collect()
@@ -855,8 +1122,11 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_engine(db: Adapter, wl: Workload, workdir: Path) -> dict[str, Result]:
-    """Run every phase on ``db`` in fresh directories under ``workdir``; removed after."""
+def run_engine(
+    db: Adapter, wl: Workload, workdir: Path, phases: Iterable[str] = OPTIONAL_PHASES
+) -> dict[str, Result]:
+    """Run every phase on ``db`` in fresh directories under ``workdir``; removed after.
+    ``phases`` are the optional phases to run (see OPTIONAL_PHASES)."""
     results: dict[str, Result] = {}
     base = Path(tempfile.mkdtemp(prefix=f"db_bench-{db.name}-", dir=workdir))
 
@@ -869,6 +1139,10 @@ def run_engine(db: Adapter, wl: Workload, workdir: Path) -> dict[str, Result]:
             )
         elif "seconds" in result:
             log(f"  [{db.name}] {name:<14} {result['seconds'] * 1e3:10.1f} ms")
+        elif "p99_us" in result:
+            log(f"  [{db.name}] {name:<14} p99 {result['p99_us']:.1f} µs")
+        elif "bytes" in result:
+            log(f"  [{db.name}] {name:<14} {result['bytes'] / 2**20:10.2f} MiB")
 
     def not_ordered(name: str) -> None:
         results[name] = {"skipped": "n/a: no ordered iteration"}
@@ -927,6 +1201,10 @@ def run_engine(db: Adapter, wl: Workload, workdir: Path) -> dict[str, Result]:
         db.close()
         db.is_open = False
         results["fillbatch"]["bytes_closed"] = disk_usage(path)[0]
+
+        # The new phases: the closed fillbatch store, then fresh stores of their own.
+        record("reopen_readonly", bench_reopen_readonly(db, wl, path))
+        run_optional_phases(db, wl, base, frozenset(phases), record)
     finally:
         if db.is_open:
             with contextlib.suppress(Exception):
@@ -936,9 +1214,35 @@ def run_engine(db: Adapter, wl: Workload, workdir: Path) -> dict[str, Result]:
     return results
 
 
+def run_optional_phases(
+    db: Adapter,
+    wl: Workload,
+    base: Path,
+    phases: frozenset[str],
+    record: Callable[[str, Result], None],
+) -> None:
+    """The phases that each cost about one more fill; a skipped one is recorded as such."""
+    if "compact" in phases:
+        sizes = bench_delete_compact(db, wl, base / "fillbatch", base / "survivors")
+        for name, result in sizes.items():
+            record(name, result)
+    else:
+        record("bytes_deleted", {"skipped": "n/a: --no-compact"})
+        record("bytes_compacted", {"skipped": "n/a: --no-compact"})
+    if "latency" in phases:
+        record("fill_latency", bench_fill_latency(db, wl, base / "latency"))
+    else:
+        record("fill_latency", {"skipped": "n/a: --no-latency"})
+    if "crash" in phases:
+        record("crash_reopen", bench_crash_reopen(db, wl, base / "crash"))
+    else:
+        record("crash_reopen", {"skipped": "n/a: --no-crash"})
+
+
 def best_of(runs: list[dict[str, Result]]) -> dict[str, Result]:
-    """Each figure's best over several rounds: the most ops/s, the least time. (The noise of a
-    shared machine only ever slows a run down.) Sizes on disk are the same in every round."""
+    """Each figure's best over several rounds: the most ops/s, the least time, and each
+    latency percentile's least on its own. (The noise of a shared machine only ever slows a
+    run down.) Sizes on disk are the same in every round."""
     best: dict[str, Result] = {}
     for name, first in runs[0].items():
         candidates = [run[name] for run in runs if name in run]
@@ -946,6 +1250,9 @@ def best_of(runs: list[dict[str, Result]]) -> dict[str, Result]:
             best[name] = max(candidates, key=lambda r: float(r["ops_per_sec"]))
         elif "seconds" in first:
             best[name] = min(candidates, key=lambda r: float(r["seconds"]))
+        elif "p99_us" in first:
+            lowest = {key: min(float(r[key]) for r in candidates) for key in LATENCY_KEYS}
+            best[name] = {**min(candidates, key=lambda r: float(r["p99_us"])), **lowest}
         else:
             best[name] = first
     return best
@@ -959,8 +1266,8 @@ def best_of(runs: list[dict[str, Result]]) -> dict[str, Result]:
 def ratio(subject: Result | None, peer: Result | None, bench: str) -> float | None:
     """HaloDB's advantage over ``peer`` on ``bench``: > 1 means HaloDB is better.
 
-    Throughput: halodb ops/s ÷ peer ops/s.  Reopen: peer seconds ÷ halodb seconds.  Bytes on
-    disk: peer bytes ÷ halodb bytes.
+    Throughput: halodb ops/s ÷ peer ops/s.  Put latency: peer p99 ÷ halodb p99.  Reopen: peer
+    seconds ÷ halodb seconds.  Bytes on disk: peer bytes ÷ halodb bytes.
     """
     if not subject or not peer:
         return None
@@ -968,7 +1275,7 @@ def ratio(subject: Result | None, peer: Result | None, bench: str) -> float | No
         if "ops_per_sec" not in subject or "ops_per_sec" not in peer:
             return None
         return float(subject["ops_per_sec"]) / float(peer["ops_per_sec"])
-    key = "seconds" if bench in DURATIONS else "bytes"
+    key = "p99_us" if bench in LATENCIES else "seconds" if bench in DURATIONS else "bytes"
     if key not in subject or key not in peer or not subject[key]:
         return None
     return float(peer[key]) / float(subject[key])
@@ -981,7 +1288,7 @@ def compute_ratios(results: dict[str, dict[str, Result]]) -> dict[str, dict[str,
     return {
         peer: {
             bench: ratio(subject.get(bench), results[peer].get(bench), bench)
-            for bench in (*THROUGHPUT, *DURATIONS, *SIZES)
+            for bench in (*THROUGHPUT, *LATENCIES, *DURATIONS, *SIZES)
         }
         for peer in results
         if peer != SUBJECT
@@ -991,16 +1298,21 @@ def compute_ratios(results: dict[str, dict[str, Result]]) -> dict[str, dict[str,
 def format_report(
     results: dict[str, dict[str, Result]], ratios: dict[str, dict[str, float | None]]
 ) -> str:
-    """The report: a table each of throughput, reopen times and bytes on disk, with a row per
-    engine, then HaloDB's ratio to each peer (if any)."""
+    """The report: a table each of throughput, put latency, reopen times, bytes on disk and
+    the delete-then-compact sizes, with a row per engine, then HaloDB's ratio to each peer (if
+    any)."""
     engines = list(results)
     width = max([len(name) for name in engines] + [10])
     lines = [
         *_throughput_table(results, width),
         "",
+        *_latency_table(results, width),
+        "",
         *_duration_table(results, width),
         "",
         *_bytes_table(results, width),
+        "",
+        *_compact_table(results, width),
     ]
     if ratios:
         lines += ["", *_ratio_table(ratios)]
@@ -1026,23 +1338,71 @@ def _throughput_table(results: dict[str, dict[str, Result]], width: int) -> list
     return lines
 
 
-def _duration_table(results: dict[str, dict[str, Result]], width: int) -> list[str]:
-    """Total, close and open milliseconds of each reopen benchmark, a row per engine."""
+def _cell(value: Any, spec: str, width: int, scale: float = 1.0) -> str:
+    """``value`` times ``scale`` formatted by ``spec`` in ``width`` columns; n/a if None."""
+    return f"{'n/a':>{width}}" if value is None else f"{value * scale:>{width}{spec}}"
+
+
+def _latency_table(results: dict[str, dict[str, Result]], width: int) -> list[str]:
+    """Put-latency percentiles of each latency benchmark, a row per engine."""
     lines = [
-        f"{'benchmark':<14} {'engine':<{width}} {'total ms':>13} {'close ms':>10} {'open ms':>10}"
+        f"{'benchmark':<14} {'engine':<{width}} {'p50 µs':>13} {'p99 µs':>10} "
+        f"{'p99.9 µs':>10} {'max ms':>10}"
     ]
-    for bench in DURATIONS:
-        for i, engine in enumerate(results):
-            label = bench if i == 0 else ""
-            result = results[engine].get(bench, {})
-            if "seconds" in result:
-                cells = (
-                    f"{result['seconds'] * 1e3:>13.1f} {result['close_seconds'] * 1e3:>10.1f} "
-                    f"{result['open_seconds'] * 1e3:>10.1f}"
-                )
-            else:
-                cells = f"{'n/a':>13}"
-            lines.append(f"{label:<14} {engine:<{width}} {cells}")
+
+    def cells(result: Result) -> str:
+        if "p99_us" not in result:
+            return f"{result.get('skipped', 'n/a'):>13}"
+        return (
+            f"{result['p50_us']:>13.1f} {result['p99_us']:>10.1f} "
+            f"{result['p999_us']:>10.1f} {result['max_us'] / 1e3:>10.2f}"
+        )
+
+    return lines + _rows(results, LATENCIES, 14, width, cells)
+
+
+def _rows(
+    results: dict[str, dict[str, Result]],
+    benches: Sequence[str],
+    label_width: int,
+    width: int,
+    cells: Callable[[Result], str],
+) -> list[str]:
+    """A row per benchmark and engine: the benchmark's name on its first row, then ``cells``."""
+    return [
+        f"{bench if i == 0 else '':<{label_width}} {engine:<{width}} "
+        f"{cells(results[engine].get(bench, {}))}"
+        for bench in benches
+        for i, engine in enumerate(results)
+    ]
+
+
+def _duration_table(results: dict[str, dict[str, Result]], width: int) -> list[str]:
+    """Total, close and open milliseconds of each reopen benchmark, and the log records the
+    open replayed (where the engine tells), a row per engine."""
+    lines = [
+        f"{'benchmark':<15} {'engine':<{width}} {'total ms':>12} {'close ms':>10} "
+        f"{'open ms':>10} {'records':>10} {'records/s':>12}"
+    ]
+
+    def cells(result: Result) -> str:
+        if "seconds" not in result:
+            return f"{result.get('skipped', 'n/a'):>12}"
+        return " ".join(
+            (
+                _cell(result["seconds"], ".1f", 12, 1e3),
+                _cell(result.get("close_seconds"), ".1f", 10, 1e3),
+                _cell(result["open_seconds"], ".1f", 10, 1e3),
+                _cell(result.get("records"), ",.0f", 10),
+                _cell(result.get("records_per_sec"), ",.0f", 12),
+            )
+        )
+
+    lines += _rows(results, DURATIONS, 15, width, cells)
+    lines.append(
+        "(crash_reopen: open after SIGKILL, close n/a; records: log records replayed, n/a "
+        "where the engine cannot tell)"
+    )
     return lines
 
 
@@ -1065,6 +1425,34 @@ def _bytes_table(results: dict[str, dict[str, Result]], width: int) -> list[str]
     return lines
 
 
+def _compact_table(results: dict[str, dict[str, Result]], width: int) -> list[str]:
+    """Bytes on disk after deleting 90% of the keys and after compacting, each against a fresh
+    store of the survivors, a row per engine."""
+    lines = [
+        "delete 90% of the keys, then compact; ÷ fresh = bytes ÷ a fresh store of the survivors",
+        f"{'engine':<{width}} {'MiB deleted':>11} {'÷ fresh':>8} {'MiB compact':>11} "
+        f"{'÷ fresh':>8} {'compact ms':>10} {'MiB fresh':>10}",
+    ]
+    for engine, figures in results.items():
+        deleted = figures.get("bytes_deleted", {})
+        compacted = figures.get("bytes_compacted", {})
+        if "bytes" not in deleted:
+            lines.append(f"{engine:<{width}} {deleted.get('skipped', 'n/a'):>11}")
+            continue
+        if "bytes" in compacted:
+            after = (
+                f"{compacted['bytes'] / 2**20:>11.2f} {compacted['vs_fresh']:>7.2f}x "
+                f"{compacted['compact_seconds'] * 1e3:>10.1f}"
+            )
+        else:
+            after = f"{compacted.get('skipped', 'n/a'):>31}"
+        lines.append(
+            f"{engine:<{width}} {deleted['bytes'] / 2**20:>11.2f} {deleted['vs_fresh']:>7.2f}x "
+            f"{after} {deleted['fresh_bytes'] / 2**20:>10.2f}"
+        )
+    return lines
+
+
 def _ratio_table(ratios: dict[str, dict[str, float | None]]) -> list[str]:
     """HaloDB's ratio to each peer on every benchmark, a column per peer."""
     peers = list(ratios)
@@ -1072,15 +1460,15 @@ def _ratio_table(ratios: dict[str, dict[str, float | None]]) -> list[str]:
     lines = [
         "HaloDB ratio to each peer, > 1 means HaloDB is better: throughput = halodb ops/s ÷ "
         "peer ops/s;",
-        "reopen and bytes = peer ÷ halodb (time, bytes on disk)",
-        f"{'benchmark':<14} " + " ".join(f"{p:>{col}}" for p in peers),
+        "latency, reopen and bytes = peer ÷ halodb (put p99, time, bytes on disk)",
+        f"{'benchmark':<15} " + " ".join(f"{p:>{col}}" for p in peers),
     ]
-    for bench in (*THROUGHPUT, *DURATIONS, *SIZES):
+    for bench in (*THROUGHPUT, *LATENCIES, *DURATIONS, *SIZES):
         row = []
         for peer in peers:
             value = ratios[peer].get(bench)
             row.append(f"{'n/a':>{col}}" if value is None else f"{value:>{col - 1}.2f}x")
-        lines.append(f"{bench:<14} " + " ".join(row))
+        lines.append(f"{bench:<15} " + " ".join(row))
     return lines
 
 
@@ -1116,6 +1504,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument(
+        "--no-latency", action="store_true", help="skip fill_latency (one more fill)"
+    )
+    parser.add_argument(
+        "--no-crash", action="store_true", help="skip crash_reopen (one more fill, in a child)"
+    )
+    parser.add_argument(
+        "--no-compact",
+        action="store_true",
+        help="skip the delete-then-compact phase (90%% deletes, compaction, a survivors store)",
+    )
+    parser.add_argument(
         "--workdir", type=Path, default=None, help="where the temporary stores go (system temp)"
     )
     args = parser.parse_args(argv)
@@ -1130,11 +1529,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
     args.engine_names = names
+    args.phases = [name for name in OPTIONAL_PHASES if not getattr(args, f"no_{name}")]
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark the command line asks for; exit status 1 if an engine failed."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [CRASH_CHILD]:
+        return crash_child(json.loads(argv[1]))
     args = parse_args(argv)
     workdir: Path = args.workdir or Path(tempfile.gettempdir())
     workdir.mkdir(parents=True, exist_ok=True)
@@ -1150,6 +1553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": args.seed,
         "durability": args.durability,
         "rounds": args.rounds,
+        "phases": ",".join(args.phases) or "none",
     }
     print("db_bench: " + " ".join(f"{k}={v}" for k, v in config.items()))
     print(f"python {platform.python_version()} on {platform.platform()}")
@@ -1170,7 +1574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.seed,
     )
 
-    results, rounds, failed = run_rounds(adapters, wl, workdir, args.rounds)
+    results, rounds, failed = run_rounds(adapters, wl, workdir, args.rounds, args.phases)
     ratios = compute_ratios(results)
     print()
     if results:
@@ -1189,6 +1593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "descriptions": DESCRIPTIONS,
             "ratio_definition": {
                 "throughput": "halodb ops/s / peer ops/s",
+                "latency": "peer put p99 / halodb put p99",
                 "reopen": "peer seconds / halodb seconds",
                 "bytes": "peer bytes / halodb bytes",
                 "meaning": "> 1 means HaloDB is better",
@@ -1241,7 +1646,11 @@ def print_pairing(adapters: Sequence[Adapter], durability: str) -> None:
 
 
 def run_rounds(
-    adapters: Sequence[Adapter], wl: Workload, workdir: Path, count: int
+    adapters: Sequence[Adapter],
+    wl: Workload,
+    workdir: Path,
+    count: int,
+    phases: Sequence[str] = OPTIONAL_PHASES,
 ) -> tuple[dict[str, dict[str, Result]], dict[str, list[dict[str, Result]]], dict[str, str]]:
     """Run every engine ``count`` times, interleaved; return each engine's best figures, every
     round's figures, and the error of each engine that failed (and was not run again)."""
@@ -1256,7 +1665,7 @@ def run_rounds(
                 continue
             log(f"running {db.name} (round {round_no + 1} of {count}) ...")
             try:
-                engine_results = run_engine(db, wl, workdir)
+                engine_results = run_engine(db, wl, workdir, phases)
             except Exception as exc:
                 failed[db.name] = f"{type(exc).__name__}: {exc}"
                 log(traceback.format_exc())
