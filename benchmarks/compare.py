@@ -54,9 +54,11 @@ Results = dict[str, dict[str, Result]]  # engine -> benchmark -> figures
 
 # A benchmark's headline figure in db_bench's JSON, and whether more of it is better.  The
 # first key a result has is its figure: throughput results also carry "seconds".
-FIGURES = (("ops_per_sec", True), ("seconds", False), ("bytes", False))
-TIMED = frozenset({"ops_per_sec", "seconds"})  # best over rounds; a size is the same each round
-UNITS = {"ops_per_sec": "ops/s", "seconds": "ms", "bytes": "MiB"}
+# A put-latency histogram's headline is its p99.
+FIGURES = (("ops_per_sec", True), ("seconds", False), ("p99_us", False), ("bytes", False))
+# Best over rounds; a size is the same each round.
+TIMED = frozenset({"ops_per_sec", "seconds", "p99_us"})
+UNITS = {"ops_per_sec": "ops/s", "seconds": "ms", "p99_us": "µs p99", "bytes": "MiB"}
 
 # Run in the child as ``python -c BOOTSTRAP REPORT DB_BENCH [db_bench options]``: runs
 # db_bench as ``python DB_BENCH`` would, then writes the file ``halodb`` was imported from to
@@ -261,7 +263,7 @@ def figure_key(result: Result | None) -> str | None:
 
 
 def score(result: Result | None) -> float | None:
-    """The headline figure oriented so that more is better (ops/s; 1/seconds; 1/bytes)."""
+    """The headline figure oriented so that more is better (ops/s; 1/seconds; 1/p99; 1/bytes)."""
     key = figure_key(result)
     if result is None or key is None or float(result[key]) <= 0:
         return None
@@ -273,7 +275,8 @@ def quotient(better: Result | None, worse: Result | None) -> float | None:
     """How many times better ``better`` is than ``worse``: > 1 means better.
 
     HaloDB's ratio to a peer is ``quotient(halodb, peer)``, which is db_bench's definition
-    (halodb ops/s ÷ peer ops/s; peer seconds ÷ halodb seconds; peer bytes ÷ halodb bytes).
+    (halodb ops/s ÷ peer ops/s; peer seconds ÷ halodb seconds; peer put p99 ÷ halodb put p99;
+    peer bytes ÷ halodb bytes).
     """
     top, bottom = score(better), score(worse)
     return None if top is None or bottom is None else top / bottom
@@ -387,6 +390,8 @@ def show_figure(result: Result | None, width: int) -> str:
         return f"{value * 1e3:>{width},.1f}"
     if key == "bytes":
         return f"{value / 2**20:>{width},.2f}"
+    if key == "p99_us":
+        return f"{value:>{width},.1f}"
     return f"{value:>{width},.0f}"
 
 
@@ -395,7 +400,8 @@ def format_table(peer: str, rows: list[Row], rounds: int) -> str:
     width = max(len(peer_delta), 8)
     lines = [
         f"HaloDB vs {peer}, best of {rounds} round(s) per side",
-        f"ratio = HaloDB ÷ {peer} (ops/s) or {peer} ÷ HaloDB (ms, MiB): > 1 means HaloDB is better",
+        f"ratio = HaloDB ÷ {peer} (ops/s) or {peer} ÷ HaloDB (ms, µs p99, MiB): > 1 means HaloDB "
+        "is better",
         "Δ = after ÷ before - 1 (of a ratio, or of an engine's figure): + means after is better",
         f"{'benchmark':<14}  {'before':>8} {'after':>8} {'ratio Δ':>8}  {'halodb before':>13} "
         f"{'halodb after':>13} {'halodb Δ':>9}  {peer_delta:>{width}}  unit",
@@ -479,10 +485,10 @@ def build_document(
         "platform": platform.platform(),
         "orders": orders,
         "definition": {
-            "ratio": "halodb ops/s / peer ops/s; peer seconds / halodb seconds; peer bytes / "
-            "halodb bytes: > 1 means HaloDB is better",
+            "ratio": "halodb ops/s / peer ops/s; peer seconds / halodb seconds; peer put p99 / "
+            "halodb put p99; peer bytes / halodb bytes: > 1 means HaloDB is better",
             "change": "after / before - 1, oriented so that + means after is better",
-            "best": "over the rounds, the most ops/s and the least seconds",
+            "best": "over the rounds, the most ops/s, the least seconds and the least put p99",
         },
         "sides": {
             name: {
