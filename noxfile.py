@@ -13,7 +13,7 @@ def lint(session: nox.Session) -> None:
     """ruff, mypy --strict and the import-layer contract."""
     session.install("-e", ".[dev]")
     session.run("ruff", "check", "src", "tests", "benchmarks", "examples", "docs")
-    session.run("mypy", "--strict", "src/halodb", "tests")
+    session.run("mypy", "--strict", "src/halodb", "tests", "benchmarks")
     session.run("lint-imports")
 
 

@@ -27,6 +27,7 @@ import contextlib
 import gc
 import importlib
 import importlib.metadata
+import inspect
 import json
 import math
 import os
@@ -208,7 +209,7 @@ class _HaloStore(Protocol):
     def get(self, key: bytes, /) -> Any: ...
     def batch(self) -> AbstractContextManager[_HaloBatch]: ...
     def range(
-        self, start: bytes | None = ..., stop: bytes | None = ...
+        self, start: bytes | None = ..., stop: bytes | None = ..., *, limit: int | None = ...
     ) -> Iterable[tuple[Any, Any]]: ...
     def items(self) -> Iterable[tuple[Any, Any]]: ...
     def flush(self) -> None: ...
@@ -233,9 +234,12 @@ class HaloDBAdapter(Adapter):
             raise EngineUnavailableError("halodb has no open() yet")
         self._halodb = halodb
         self._db: _HaloStore | None = None
+        self._limit = "limit" in inspect.signature(halodb.Store.range).parameters
+        """``range(limit=)`` exists (older HaloDBs, compared by compare.py, cut with islice)."""
 
     def open(self, path: Path) -> None:
-        db: _HaloStore = self._halodb.open(str(path), durability=self.durability)
+        durability: Any = self.durability  # one of HaloDB's names, checked by open()
+        db: _HaloStore = self._halodb.open(str(path), durability=durability)
         self._db = db
 
     def _store(self) -> _HaloStore:
@@ -261,7 +265,10 @@ class HaloDBAdapter(Adapter):
         return iter(self._store().items())
 
     def range(self, start: bytes, count: int) -> list[Item]:
-        return list(islice(self._store().range(start=start), count))
+        store = self._store()
+        if self._limit:  # pushed down to every partition (HaloDB since range(limit=))
+            return list(store.range(start=start, limit=count))
+        return list(islice(store.range(start=start), count))
 
     def flush(self) -> None:
         self._store().flush()

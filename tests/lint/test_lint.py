@@ -30,8 +30,8 @@ def test_the_code_is_formatted() -> None:
     _run(sys.executable, "-m", "ruff", "format", "--check", *LINTED)
 
 
-def test_mypy_strict_finds_nothing_in_the_library_and_the_tests() -> None:
-    _run(sys.executable, "-m", "mypy", "--strict", "src/halodb", "tests")
+def test_mypy_strict_finds_nothing_in_the_library_the_tests_and_the_benchmarks() -> None:
+    _run(sys.executable, "-m", "mypy", "--strict", "src/halodb", "tests", "benchmarks")
 
 
 def test_the_import_contracts_hold() -> None:
