@@ -295,16 +295,25 @@ class Partition:
             self.cleared = True
             self.count = 0
         seed = self.seed
-        memtable = self.memtable
+        put = self.memtable.put
+        bloom = self.bloom
+        cleared = self.cleared
+        tree = self.tree
         for key, value in entries:
             h = key_hash(key, seed)
-            existed = self.contains(key, h)
-            memtable.put(key, value)
+            old = put(key, value)
+            # Whether the key was live before: the memtable's answer, else the tree's (asked
+            # only if the bloom filter may hold it; contains(), inlined as put() does).
             if value is not None:
-                self.bloom.add(h)
-                self.count += not existed
+                seen = bloom.add(h)
+                if old is MISSING:
+                    self.count += not (seen and not cleared and tree.contains(key))
+                else:
+                    self.count += old is None
+            elif old is MISSING:
+                self.count -= not cleared and bloom.might_contain(h) and tree.contains(key)
             else:
-                self.count -= existed
+                self.count -= old is not None
         self.last_seq = seq
 
     def flush(self, *, force: bool = False) -> None:
