@@ -14,7 +14,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Any, Final
 
 import typer
 
@@ -23,7 +23,6 @@ from halodb.cli.literals import bounds
 from halodb.cli.render import plural
 from halodb.cli.status import EXIT_STORE, EXIT_USAGE, CliError, error, guard, warn
 from halodb.cli.terminal import Pager, ask_on_stderr, console
-from halodb.keys import Key
 
 DEFAULT_PATH: Final = "./halodb-data"
 DEFAULT_CODEC: Final = "halo1"
@@ -232,7 +231,7 @@ class Session:
             warn(f"{self.db.path}: another process is reading the store; this shell is read-only")
         self.codec = codec
 
-    def keys(
+    def scan(
         self,
         db: halodb.Store | None,
         prefix: str | None,
@@ -242,13 +241,15 @@ class Session:
         typed: bool,
         reverse: bool = False,
         limit: int | None = None,
-    ) -> Iterator[Key]:
-        """The keys of a range of the open store ``db`` (at most ``limit``), read without
-        decoding any value."""
+        keys_only: bool = False,
+    ) -> Iterator[Any]:
+        """A range of the open store ``db`` (at most ``limit``) as ``(key, value)`` pairs, or
+        with ``keys_only`` as keys read without decoding any value."""
         lo, hi, pre = bounds(prefix, start, stop, typed=typed)
         if db is None:
             return iter(())
-        return db.range_keys(lo, hi, reverse=reverse, prefix=pre, limit=limit)
+        read = db.range_keys if keys_only else db.range
+        return read(lo, hi, reverse=reverse, prefix=pre, limit=limit)
 
     def close(self) -> None:
         """Discard an open batch and close the store (which flushes it)."""

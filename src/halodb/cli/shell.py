@@ -361,6 +361,6 @@ class Shell:
 
     def _keys(self, db: halodb.Store, prefix: str) -> Callable[[bool], Iterator[Key]]:
         """``keys(reverse)``: the str-prefix range of ``db`` that Tab completes."""
-        return lambda reverse: self.session.keys(
-            db, prefix, None, None, typed=False, reverse=reverse
+        return lambda reverse: self.session.scan(
+            db, prefix, None, None, typed=False, reverse=reverse, keys_only=True
         )

@@ -10,8 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-import halodb
-from halodb.cli.literals import bounds, key_text, literal_text, parse_key, parse_value
+from halodb.cli.literals import key_text, literal_text, parse_key, parse_value
 from halodb.cli.render import MISSING, json_line, plain_json, plural, show_key, show_value
 from halodb.cli.session import session_of
 from halodb.cli.status import EXIT_NOT_FOUND, EXIT_USAGE, CliError
@@ -172,22 +171,6 @@ def delete(
             s.info("OK")
 
 
-def _scan(
-    db: halodb.Store | None,
-    prefix: str | None,
-    start: str | None,
-    stop: str | None,
-    *,
-    typed: bool,
-    reverse: bool = False,
-    limit: int | None = None,
-) -> Iterator[tuple[Key, Any]]:
-    lo, hi, pre = bounds(prefix, start, stop, typed=typed)
-    if db is None:
-        return iter(())
-    return db.range(lo, hi, reverse=reverse, prefix=pre, limit=limit)
-
-
 @command("list", panel="Data")
 def list_(
     ctx: typer.Context,
@@ -218,12 +201,19 @@ def list_(
     s = session_of(ctx, path, codec)
     with s.guard():
         with s.store(write=False, values=not keys_only) as db:
-            items: Iterator[tuple[Key, Any]]
-            if keys_only:
-                keys = s.keys(db, prefix, start, stop, typed=typed, reverse=reverse, limit=limit)
-                items = ((key, MISSING) for key in keys)
-            else:
-                items = _scan(db, prefix, start, stop, typed=typed, reverse=reverse, limit=limit)
+            found = s.scan(
+                db,
+                prefix,
+                start,
+                stop,
+                typed=typed,
+                reverse=reverse,
+                limit=limit,
+                keys_only=keys_only,
+            )
+            items: Iterator[tuple[Key, Any]] = (
+                ((key, MISSING) for key in found) if keys_only else found
+            )
             pager = s.pager()
             shown = 0
             try:
@@ -266,7 +256,7 @@ def count(
         if db is not None and prefix is None and start is None and stop is None:
             n = len(db)
         else:
-            n = sum(1 for _ in s.keys(db, prefix, start, stop, typed=typed))
+            n = sum(1 for _ in s.scan(db, prefix, start, stop, typed=typed, keys_only=True))
         s.out(json.dumps({"keys": n}) if as_json else str(n))
 
 
