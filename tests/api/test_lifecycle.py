@@ -11,6 +11,8 @@ import pytest
 
 import halodb
 from halodb import testing
+from halodb.engine.directory import read_manifest
+from halodb.vfs import FileSystem
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
@@ -141,3 +143,16 @@ def test_a_forked_child_never_waits_for_a_lock_the_parent_held(tmp_path: Path) -
             part.lock.release()
     assert os.waitstatus_to_exitcode(status) == 0
     db.close()
+
+
+class _FixedClock(FileSystem):
+    def time_ns(self) -> int:
+        return 1_234_567_890_123_456_789
+
+
+def test_a_new_store_is_stamped_by_its_file_systems_clock(tmp_path: Path) -> None:
+    """The manifest's creation time comes from ``FileSystem.time_ns()``, the seam a test fixes
+    to get the same bytes every run; later opens never rewrite it."""
+    halodb.open(tmp_path / "s", filesystem=_FixedClock()).close()
+    halodb.open(tmp_path / "s").close()
+    assert read_manifest(str(tmp_path / "s")).created_ns == 1_234_567_890_123_456_789

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import halodb
+import halodb.testing
 
 
 @pytest.fixture(scope="module", params=[1, 4])
@@ -87,3 +88,23 @@ def test_a_closed_store_refuses_even_an_empty_limit(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(halodb.ProgrammingError, match="closed"):
         db.range(limit=0)
+
+
+@pytest.mark.parametrize("limit", [1, 10, 100, 1000])
+def test_no_partition_reads_more_than_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """The limit is pushed down: every partition's chunks together ask for at most ``limit``
+    pairs, however many it holds."""
+    with halodb.open(tmp_path / "s", partitions=4) as db:
+        db.update({f"k{i:05d}": i for i in range(6000)})
+        asked: dict[int, int] = {}
+        for part in halodb.testing.engine(db).parts:
+
+            def counting(*args: Any, part: Any = part, scan: Any = part.scan) -> Any:
+                asked[part.index] = asked.get(part.index, 0) + args[3]
+                return scan(*args)
+
+            monkeypatch.setattr(part, "scan", counting)
+        assert len(list(db.range(limit=limit))) == limit
+        assert asked and max(asked.values()) <= limit

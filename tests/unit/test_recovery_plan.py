@@ -125,3 +125,10 @@ def test_whatever_it_keeps_is_a_prefix_of_each_log_with_every_batch_whole(
                 assert index in kept[record.seq]
                 assert set(record.partitions) == kept[record.seq]
     assert decided.dropped == sum(len(r) for r in logs) - sum(len(r) for r in decided.replay)
+
+
+def test_logs_out_of_partition_order_are_refused() -> None:
+    """``plan`` reads ``logs[i]`` as partition ``i``'s: a caller's mix-up is refused, never
+    planned on."""
+    with pytest.raises(ValueError, match="partition order"):
+        plan([state(1, []), state(0, [])], MAX_KEY)
