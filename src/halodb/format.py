@@ -12,7 +12,7 @@ import struct
 import zlib
 from typing import Final
 
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 """The format version this code writes; it reads every version from 1 up to it.
 
 - 1: the first format.
@@ -21,6 +21,10 @@ FORMAT_VERSION: Final = 2
   changed: logs, bloom filters, node pages and the manifest are as in version 1. A version-1
   store opened for writing has its manifest rewritten as version 2 (an older HaloDB then
   refuses it cleanly); its version-1 meta pages are replaced as transactions commit.
+- 3: a partition may have a second log, ``pNNN.wal2``, while a frozen memtable is merged in the
+  background (which log is older is told by ``base_seq``). No layout changed; an older HaloDB
+  would not read the second log, so a store opened for writing has its manifest rewritten as
+  version 3 and an older HaloDB refuses it.
 """
 
 # ---------------------------------------------------------------------------------------------

@@ -86,12 +86,25 @@ class Memtable:
         order = self._sorted()
         return list(zip(order, map(self.data.__getitem__, order), strict=True))
 
-    def columns(self) -> tuple[list[bytes], list[bytes | None]]:
-        """Every key in order, and the values (or ``None``) in the same order."""
-        # With no ordered read since the last clear (a flush of pure writes), ``pending`` holds
-        # every key: one sort, without building the SortedList only to copy it out.
-        keys = sorted(self.pending) if not self.order else list(self._sorted())
-        return keys, list(map(self.data.__getitem__, keys))
+    def columns(self, step: int | None = None) -> tuple[list[bytes], list[bytes | None]]:
+        """Every key in order, and the values (or ``None``) in the same order.
+
+        Reads ``data`` alone, never the order kept for scans: once the memtable is frozen (no
+        longer written) this is safe beside readers that scan it under their lock. With
+        ``step``, the keys are sorted ``step`` at a time, then merged: each call holds Python's
+        interpreter lock, so other threads wait at most that long for it.
+        """
+        data = self.data
+        keys = list(data)
+        if step is None or len(keys) <= step:
+            keys.sort()
+        else:
+            runs = [sorted(keys[i : i + step]) for i in range(0, len(keys), step)]
+            keys = []
+            for run in runs:
+                keys += run
+            keys.sort()  # (the sort finds the sorted runs and merges them)
+        return keys, list(map(data.__getitem__, keys))
 
     def clear(self) -> None:
         """Forget every entry."""

@@ -70,6 +70,7 @@ def open(
     bloom_bits_per_key: int = DEFAULTS.bloom_bits_per_key,
     fast_buffer_size: int = DEFAULTS.fast_buffer_size,
     hash_seed: int | None = None,
+    background: bool = True,
     value_codec: ValueCodec | None = None,
     filesystem: FileSystem | None = None,
 ) -> Store:
@@ -98,6 +99,11 @@ def open(
         hash_seed: The seed (0 to 2**32 - 1) of the hash that routes keys to partitions, fixed
             at creation; ``None`` means what the store has (a random seed for a new store).
             For tests and reproducible layouts: which keys share a partition depends on it.
+        background: Merge full memtables into the trees in a background thread, one per
+            store (the default), so that a write never waits for a merge (only, counted as a
+            stall in :meth:`Store.stats`, when a second memtable of a partition fills while
+            the first is still merging); ``False`` runs no thread: the write that fills a
+            memtable merges it.
         value_codec: A codec *instance* with ``name``, ``encode(value) -> bytes`` and
             ``decode(bytes)``; ``None`` is the safe default codec (bytes, str and JSON values).
             Its name is recorded at creation and must match at every later open.
@@ -126,6 +132,7 @@ def open(
         bloom_bits_per_key=bloom_bits_per_key,
         fast_buffer_size=fast_buffer_size,
         hash_seed=hash_seed,
+        background=background,
     )
     codec = _check_codec(DefaultCodec() if value_codec is None else value_codec)
     manager = Engine(directory, opts, codec.name, filesystem)

@@ -61,6 +61,9 @@ class Options:
     """Log buffer per partition in ``"fast"`` mode."""
     readonly: bool = False
     """Never change a byte on disk."""
+    background: bool = True
+    """Merge full memtables into the trees in a background thread (one per store), so that a
+    write never waits for a merge; ``False``: the write that fills a memtable merges it."""
     create: bool = True
     """Create the store if the directory has none."""
     hash_seed: int | None = None
@@ -103,6 +106,7 @@ def validate_options(
     fast_buffer_size: object = DEFAULTS.fast_buffer_size,
     readonly: object = False,
     create: object = True,
+    background: object = True,
     hash_seed: object = None,
 ) -> Options:
     """Return :class:`Options` from user-supplied values, or raise :class:`InterfaceError`."""
@@ -116,10 +120,11 @@ def validate_options(
             ) from None
     if not isinstance(durability, Durability):
         raise InterfaceError(f"option durability must be a str or Durability, not {durability!r}")
-    for name, flag in (("readonly", readonly), ("create", create)):
+    for name, flag in (("readonly", readonly), ("create", create), ("background", background)):
         if not isinstance(flag, bool):
             raise InterfaceError(f"option {name} must be a bool, not {type(flag).__name__}")
     assert isinstance(readonly, bool) and isinstance(create, bool)
+    assert isinstance(background, bool)
     return Options(
         partitions=None
         if partitions is None
@@ -132,5 +137,6 @@ def validate_options(
         fast_buffer_size=_int_option("fast_buffer_size", fast_buffer_size, 4 * KiB, 256 * MiB),
         readonly=readonly,
         create=create and not readonly,
+        background=background,
         hash_seed=None if hash_seed is None else _int_option("hash_seed", hash_seed, 0, 2**32 - 1),
     )

@@ -15,7 +15,8 @@ number, within a budget in bytes of memory: each node says what it costs (its ``
 estimate made by the layer above when it decodes the page, since a decoded node takes several
 times its page's size). Past the budget the oldest nodes go until half of it is left (a hit costs
 one dict lookup and no bookkeeping, which matters more in Python than the better hit rate of
-LRU). Not thread-safe: its owner serialises calls.
+LRU). Not thread-safe, but for this: while one thread builds a transaction, others may read the
+committed tree (its pages are not touched, and the cache stays right; see ``Partition.merge``).
 """
 
 from __future__ import annotations
@@ -406,8 +407,10 @@ class Pager:
                 break
             dropped += node.cost
             count += 1
-        self.cache = dict(islice(cache.items(), count, None))
-        self.cache_bytes -= dropped
+        self.cache = kept = dict(islice(cache.items(), count, None))
+        # Recounted rather than counted down: a merge in the background and a reader under the
+        # partition's lock may both add nodes, and a count could drift (never a node lost).
+        self.cache_bytes = sum(node.cost for node in kept.values())
 
     def _forget_cache(self) -> None:
         self.cache = {}

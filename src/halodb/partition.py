@@ -2,15 +2,21 @@
 
 Write path: a framed record is appended to the log (handed to the OS, or buffered in FAST mode),
 then the memtable takes the entries and the bloom filter the keys. Read path: the memtable; the
-tree's row cache (entries of recently decoded leaves and looked-up keys: a hit is one hash
-lookup); the bloom filter, whose negative answer skips the tree; then the tree, through its node
-cache.
-:meth:`Partition.flush` merges the memtable into the tree (durable through the pager's commit),
-saves the bloom filter, and only then replaces the log by an empty one: the log is never cut
-before the tree holding its records is durable.
+frozen memtable, if any; the tree's row cache (entries of recently decoded leaves and looked-up
+keys: a hit is one hash lookup); the bloom filter, whose negative answer skips the tree; then the
+tree, through its node cache.
 
-Every method except ``__init__`` and ``peek`` expects the caller (the engine) to hold
-``lock``; ``peek`` is the lock-free first try of a get (see there).
+A full memtable is frozen (:meth:`Partition.freeze`): it stops taking writes, a new log file
+takes the new records (``pNNN.wal2`` while the frozen memtable's is ``pNNN.wal``), and a new
+memtable takes the writes. :meth:`Partition.merge` then merges the frozen memtable into the tree
+(durable through the pager's commit), without the partition's lock but for its last step, which
+makes the new tree the one readers see; only then does the frozen log go (the new log is renamed
+``pNNN.wal`` over it): a log is never deleted before the tree holding its records is durable.
+
+Every method except ``__init__``, ``peek`` and ``merge`` expects the caller (the engine) to
+hold ``lock``; ``peek`` is the lock-free first try of a get (see there); ``merge`` takes the
+lock itself for its last step, unless told the caller holds it. One merge runs at a time: its
+caller holds ``merge_lock`` (taken before ``lock``, never after).
 The partition keeps an exact count of its live keys, so the store's ``len()`` never scans.
 """
 
@@ -20,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
 
 from halodb import format as fmt
@@ -36,6 +42,32 @@ from halodb.vfs import FileSystem
 from halodb.wal import Entry, LogContents, LogWriter, Record, frame, header_bytes, read_log
 
 log = logging.getLogger(__name__)
+
+
+SORT_STEP = 1 << 14
+"""Keys a merge without the lock sorts in one call (see ``Memtable.columns``)."""
+
+
+def _overlay(
+    upper: dict[bytes, bytes | None],
+    upper_keys: Iterator[bytes],
+    lower: dict[bytes, bytes | None],
+    lower_keys: Iterator[bytes],
+    reverse: bool,
+) -> Iterator[tuple[bytes, bytes | None]]:
+    """Merge two ordered key streams into ``(key, value)``; a key in both takes ``upper``'s."""
+    a = next(upper_keys, None)
+    b = next(lower_keys, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and (a >= b if reverse else a <= b)):
+            assert a is not None
+            if a == b:
+                b = next(lower_keys, None)
+            yield a, upper[a]
+            a = next(upper_keys, None)
+        else:
+            yield b, lower[b]
+            b = next(lower_keys, None)
 
 
 class Partition:
@@ -60,20 +92,57 @@ class Partition:
         self.readonly = readonly
         self.bloom_bits_per_key = bloom_bits_per_key
         self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        """Notified when a merge ends (a writer stalled behind it waits on it)."""
+        self.merge_lock = threading.Lock()
         self.tree_path = os.path.join(directory, fmt.partition_file(index, "tree"))
-        self.wal_path = os.path.join(directory, fmt.partition_file(index, "wal"))
+        self.log_paths = (
+            os.path.join(directory, fmt.partition_file(index, "wal")),
+            os.path.join(directory, fmt.partition_file(index, "wal2")),
+        )
+        self.wal_path = self.log_paths[0]
+        """The log the memtable's records go to (the newer one, when there are two)."""
         self.bloom_path = os.path.join(directory, fmt.partition_file(index, "bloom"))
-        for path in (self.tree_path, self.wal_path):
-            if not fs.exists(path):
-                raise CorruptionError(f"{path}: file is missing")
+        if not fs.exists(self.tree_path):
+            raise CorruptionError(f"{self.tree_path}: file is missing")
         self.pager = Pager(fs, self.tree_path, index, page_size, cache_pages, readonly)
         self.tree = BTree(self.pager)
         self.memtable = Memtable()
         self.cleared = False
-        """The tree's contents are logically gone (a clear not yet flushed)."""
+        """Everything below the memtable is logically gone (a clear not yet merged)."""
         self.log: LogWriter | None = None
         self.batch_seen = False
         """The memtable holds part of a batch that spans partitions (see ``Engine.flush_part``)."""
+        self.frozen: Memtable | None = None
+        """A full memtable being merged into the tree; read after the memtable, before it."""
+        self.frozen_cleared = False
+        """The tree's contents are logically gone below the frozen memtable."""
+        self.frozen_batch = False
+        """The frozen memtable holds part of a batch that spans partitions."""
+        self.frozen_seq = 0
+        """The newest sequence number the frozen memtable holds."""
+        self.frozen_count = 0
+        """Live keys of the frozen memtable and the tree together: the merged tree's count."""
+        self.frozen_log: LogWriter | None = None
+        """The frozen memtable's log while open for syncing (``None`` after recovery)."""
+        self.frozen_path: str | None = None
+        """The frozen memtable's log file; deleted once the merge is durable."""
+        self.stale_path: str | None = None
+        """After recovery: an older log whose records the tree holds already (deleted when the
+        log is opened for appending)."""
+        self.split_seq: int | None = None
+        """After recovery: records up to this sequence number came from the older of two logs,
+        and are replayed into the frozen memtable."""
+        self.gap_base: int | None = None
+        """After recovery: the older log lost its tail, so the newer one's records were left
+        out; it is replaced by an empty log after this sequence number."""
+        self.bloom_next: BloomFilter | None = None
+        """A bloom filter being rebuilt by a merge: new keys go to it too."""
+        self.stalls = 0
+        self.stall_seconds = 0.0
+        self.on_let_go: Callable[[], None] | None = None
+        """Called (``lock`` held) as a merge lets go of the frozen memtable: a test hook, to
+        check what reads see at that moment."""
         self.epoch = 0
         """Odd while a batch is being applied to the memtable, one entry at a time; changed by
         each batch. A reader without the lock (:meth:`peek`) trusts what it read only if the
@@ -82,20 +151,9 @@ class Partition:
         self.bloom_rebuilds = 0
         self.flushes = 0
         try:
-            handle = fs.open(self.wal_path)
-            try:
-                data = handle.read_all()
-            finally:
-                handle.close()
-            self.contents: LogContents = read_log(data, index, self.wal_path)
-            flushed = self.pager.meta.flushed_seq
-            if self.contents.base_seq > flushed:
-                raise CorruptionError(
-                    f"{self.wal_path}: log follows sequence {self.contents.base_seq} but the tree "
-                    f"only holds writes up to {flushed}: the tree's newest meta page is damaged"
-                )
+            self.contents: LogContents = self._read_logs()
             self.count = self.pager.meta.key_count
-            self.last_seq = flushed
+            self.last_seq = self.pager.meta.flushed_seq
             self.bloom = self._load_bloom()
         except BaseException:
             self.pager.close()
@@ -108,6 +166,68 @@ class Partition:
         return self.pager.meta.flushed_seq
 
     # -- opening -----------------------------------------------------------------------------
+
+    def _read_logs(self) -> LogContents:
+        """Read the partition's one or two logs; return what recovery is to consider (the older
+        log's records, then the newer one's, unless the older lost its tail)."""
+        found: list[tuple[LogContents, str]] = []
+        for path in self.log_paths:
+            if self.fs.exists(path):
+                handle = self.fs.open(path)
+                try:
+                    data = handle.read_all()
+                finally:
+                    handle.close()
+                found.append((read_log(data, self.index, path), path))
+        if not found:
+            raise CorruptionError(f"{self.log_paths[0]}: file is missing")
+        found.sort(key=lambda item: item[0].base_seq)
+        flushed = self.pager.meta.flushed_seq
+        oldest, oldest_path = found[0]
+        if oldest.base_seq > flushed:
+            raise CorruptionError(
+                f"{oldest_path}: log follows sequence {oldest.base_seq} but the tree "
+                f"only holds writes up to {flushed}: the tree's newest meta page is damaged"
+            )
+        newest, self.wal_path = found[-1]
+        if len(found) == 1:
+            return newest
+        if newest.base_seq == oldest.base_seq:
+            raise CorruptionError(
+                f"{self.wal_path}: log follows sequence {newest.base_seq}, as does the other "
+                f"log, {oldest_path}"
+            )
+        kept = [r for r in oldest.records if r.seq <= newest.base_seq]
+        if len(kept) < len(oldest.records):
+            # A recovery dropped these (the rest of an interrupted batch, and what followed it)
+            # and froze what it kept, starting the newer log after it: they stay dropped.
+            log.info(
+                "%s: ignoring %d records after sequence %d, which a recovery dropped",
+                oldest_path,
+                len(oldest.records) - len(kept),
+                newest.base_seq,
+            )
+            oldest = LogContents(oldest.base_seq, kept, oldest.valid_end, False)
+        last = kept[-1].seq if kept else oldest.base_seq
+        if last <= flushed:  # the tree holds the older log's records: a merge's leftover
+            self.stale_path = oldest_path
+        else:
+            self.frozen_path = oldest_path
+            self.split_seq = last
+        if newest.base_seq <= max(last, flushed):
+            return LogContents(
+                newest.base_seq, oldest.records + newest.records, newest.valid_end, newest.torn
+            )
+        # The older log lost its tail (a power cut): the newer one's records follow writes
+        # that are gone, so none of them applies; the newer log is replaced by an empty one.
+        log.warning(
+            "%s: dropping its %d records, which follow writes that %s lost",
+            self.wal_path,
+            len(newest.records),
+            oldest_path,
+        )
+        self.gap_base = max(last, flushed)
+        return LogContents(self.gap_base, oldest.records, newest.valid_end, False)
 
     def _load_bloom(self) -> BloomFilter:
         fs = self.fs
@@ -133,11 +253,13 @@ class Partition:
         self.bloom_rebuilds += 1
         bloom = BloomFilter.for_keys(max(2 * self.count, 1024), self.bloom_bits_per_key)
         seeds = repeat(self.seed)
-        if not self.cleared:
+        if not self.cleared and not self.frozen_cleared:
             for keys in self.tree.iter_key_runs():
                 bloom.add_all(map(key_hash, keys, seeds))
-        live = [key for key, value in self.memtable.data.items() if value is not None]
-        bloom.add_all(map(key_hash, live, seeds))
+        for table in (self.frozen, self.memtable):
+            if table is not None:
+                live = [key for key, value in table.data.items() if value is not None]
+                bloom.add_all(map(key_hash, live, seeds))
         self.bloom = bloom
         if save and not self.readonly:
             self.fs.write_new(self.bloom_path, bloom.to_bytes(self.index, self.pager.meta.txn))
@@ -146,13 +268,22 @@ class Partition:
     def replay(self, records: Sequence[Record]) -> None:
         """Apply recovered log records (already approved by recovery) to the memtable."""
         started = time.perf_counter()
+        split = self.split_seq
         for record in records:
+            if split is not None and record.seq > split:
+                self._freeze_memory(self.frozen_path)
+                split = None
             self.apply(
                 record.entries,
                 record.seq,
                 clear=bool(record.flags & fmt.FLAG_CLEAR),
                 batch=record.rtype == fmt.REC_BATCH,
             )
+        if split is not None and (self.memtable.data or self.cleared):
+            self._freeze_memory(self.frozen_path)  # every record was the older log's
+        elif split is not None:
+            self.stale_path, self.frozen_path = self.frozen_path, None
+        self.split_seq = None
         self.recovery_seconds += time.perf_counter() - started
 
     def open_log(self, buffer_limit: int | None) -> None:
@@ -160,11 +291,24 @@ class Partition:
         or, after a clean close, to a fresh log (written as temp, fsync, rename, fsync dir)."""
         if self.readonly:
             return
+        if self.stale_path is not None:
+            self.fs.unlink(self.stale_path)  # its records are in the tree
+            self.stale_path = None
+        if self.gap_base is not None:
+            self.log = self._new_log(self.wal_path, self.gap_base, buffer_limit)
+            self.contents = LogContents(self.gap_base, [], self.log.end, False)
+            self.gap_base = None
+            return
         records = self.contents.records
-        if records and records[-1].rtype == fmt.REC_CLOSE and not self.memtable.data:
+        if (
+            records
+            and records[-1].rtype == fmt.REC_CLOSE
+            and not self.memtable.data
+            and self.frozen is None
+        ):
             # Cleanly closed, everything in the tree: start a fresh log rather than write
             # after the close record (after which a torn write would read as damage).
-            self.log = self._new_log(self.flushed_seq, buffer_limit)
+            self.log = self._new_log(self.wal_path, self.flushed_seq, buffer_limit)
             self.contents = LogContents(self.flushed_seq, [], self.log.end, False)
             return
         handle = self.fs.open(self.wal_path, write=True)
@@ -188,15 +332,23 @@ class Partition:
 
         Safe without the lock between batches (see :attr:`epoch`): it reads the memtable, the
         row cache and the bloom filter, one dict or bit lookup each, and every other change
-        to them keeps a reader in that order right: a put or delete is one dict store; a flush
-        drops each key it changed from the row cache before it empties the memtable, and resets
-        ``cleared`` first; a new bloom filter replaces the old one whole.
+        to them keeps a reader in that order right: a put or delete is one dict store; a merge
+        drops each key it changed from the row cache before it lets go of the frozen memtable
+        (and a freeze makes the memtable frozen before it starts a new one); a new bloom filter
+        replaces the old one whole.
         """
         value = self.memtable.data.get(key, MISSING)
         if value is not MISSING:
             return value
         if self.cleared:
             return None
+        frozen = self.frozen
+        if frozen is not None:
+            value = frozen.data.get(key, MISSING)
+            if value is not MISSING:
+                return value
+            if self.frozen_cleared:
+                return None
         cached = self.tree.rows.get(key)  # BTree.get_cached, inlined: the hot path of warm reads
         if cached is not None:
             return cached if type(cached) is bytes else MISSING  # an overflow chain to read
@@ -223,20 +375,42 @@ class Partition:
         value = self.memtable.data.get(key, MISSING)
         if value is not MISSING:
             return value is not None
-        if self.cleared or not self.bloom.might_contain(h):
-            return False
+        return self._below(key, h)
+
+    def _below_key(self, key: bytes) -> bool:
+        """:meth:`_below` for a key the bloom filter may hold (``cleared`` already asked)."""
+        frozen = self.frozen
+        if frozen is not None:
+            value = frozen.data.get(key, MISSING)
+            if value is not MISSING:
+                return value is not None
+            if self.frozen_cleared:
+                return False
         return self.tree.contains(key)
+
+    def _below(self, key: bytes, h: tuple[int, int]) -> bool:
+        """Whether ``key`` is live below the memtable: in the frozen memtable, or the tree."""
+        if self.cleared:
+            return False
+        frozen = self.frozen
+        if frozen is not None:
+            value = frozen.data.get(key, MISSING)
+            if value is not MISSING:
+                return value is not None
+            if self.frozen_cleared:
+                return False
+        return self.bloom.might_contain(h) and self.tree.contains(key)
 
     def scan(
         self, lo: bytes | None, hi: bytes | None, reverse: bool, limit: int
     ) -> list[tuple[bytes, bytes]]:
         """Up to ``limit`` live ``(key, value)`` in ``[lo, hi)``, ascending or descending."""
         out: list[tuple[bytes, bytes]] = []
-        data = self.memtable.data
-        mem = self.memtable.keys(lo, hi, reverse=reverse)
-        mkey = next(mem, None)
-        if mkey is None:  # nothing recent in range: the tree alone
-            if self.cleared:
+        recent = self._recent(lo, hi, reverse)
+        mkv = next(recent, None)
+        buried = self.cleared or (self.frozen is not None and self.frozen_cleared)
+        if mkv is None:  # nothing recent in range: the tree alone
+            if buried:
                 return out
             for items in self.tree.iterate_leaves(lo, hi, reverse=reverse):
                 out += items
@@ -245,33 +419,52 @@ class Partition:
                     break
             return out
         disk: Iterator[tuple[bytes, bytes]] = (
-            iter(()) if self.cleared else self.tree.iterate(lo, hi, reverse=reverse)
+            iter(()) if buried else self.tree.iterate(lo, hi, reverse=reverse)
         )
         dkv = next(disk, None)
-        while len(out) < limit and (mkey is not None or dkv is not None):
+        while len(out) < limit and (mkv is not None or dkv is not None):
             if dkv is None or (
-                mkey is not None and (mkey >= dkv[0] if reverse else mkey <= dkv[0])
+                mkv is not None and (mkv[0] >= dkv[0] if reverse else mkv[0] <= dkv[0])
             ):
-                assert mkey is not None
-                if dkv is not None and dkv[0] == mkey:
+                assert mkv is not None
+                if dkv is not None and dkv[0] == mkv[0]:
                     dkv = next(disk, None)
-                value = data[mkey]
-                if value is not None:
-                    out.append((mkey, value))
-                mkey = next(mem, None)
+                if mkv[1] is not None:
+                    out.append(mkv)  # type: ignore[arg-type]
+                mkv = next(recent, None)
             else:
                 out.append(dkv)
                 dkv = next(disk, None)
         return out
+
+    def _recent(
+        self, lo: bytes | None, hi: bytes | None, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes | None]]:
+        """``(key, value or None)`` of the memtable over the frozen one, in ``[lo, hi)``, in
+        order: a key both hold has the memtable's value."""
+        data = self.memtable.data
+        mine = self.memtable.keys(lo, hi, reverse=reverse)
+        frozen = self.frozen
+        if frozen is None or self.cleared:
+            # (a second iterator over the same keys: the pairs are made in C)
+            again = self.memtable.keys(lo, hi, reverse=reverse)
+            return zip(mine, map(data.__getitem__, again), strict=True)
+        return _overlay(data, mine, frozen.data, frozen.keys(lo, hi, reverse=reverse), reverse)
 
     # -- writes ------------------------------------------------------------------------------
 
     def put(self, key: bytes, value: bytes, h: tuple[int, int], seq: int) -> None:
         """Apply one logged put to the memtable, bloom filter and key count."""
         old = self.memtable.put(key, value)
-        if old is MISSING:  # new to the memtable: new to the store unless the tree has it
-            if not self.bloom.add(h) or self.cleared or not self.tree.contains(key):
+        if self.bloom_next is not None:
+            self.bloom_next.add(h)
+        if old is MISSING:  # new to the memtable: new to the store unless below it
+            if not self.bloom.add(h) or self.cleared:
                 self.count += 1
+            elif self.frozen is None:
+                self.count += not self.tree.contains(key)
+            else:
+                self.count += not self._below(key, h)
         elif old is None:  # over a tombstone (which the bloom filter may not hold)
             self.bloom.add(h)
             self.count += 1
@@ -298,64 +491,200 @@ class Partition:
         put = self.memtable.put
         bloom = self.bloom
         cleared = self.cleared
-        tree = self.tree
+        # Whether a key was live before: the memtable's answer, else what lies below it (asked
+        # only if the bloom filter may hold it; contains(), inlined as put() does).
+        below = self.tree.contains if self.frozen is None else self._below_key
         for key, value in entries:
             h = key_hash(key, seed)
             old = put(key, value)
-            # Whether the key was live before: the memtable's answer, else the tree's (asked
-            # only if the bloom filter may hold it; contains(), inlined as put() does).
             if value is not None:
                 seen = bloom.add(h)
                 if old is MISSING:
-                    self.count += not (seen and not cleared and tree.contains(key))
+                    self.count += not (seen and not cleared and below(key))
                 else:
                     self.count += old is None
             elif old is MISSING:
-                self.count -= not cleared and bloom.might_contain(h) and tree.contains(key)
+                self.count -= not cleared and bloom.might_contain(h) and below(key)
             else:
                 self.count -= old is not None
+        if self.bloom_next is not None:
+            self.bloom_next.add_all(
+                key_hash(key, seed) for key, value in entries if value is not None
+            )
         self.last_seq = seq
 
-    def flush(self, *, force: bool = False) -> None:
-        """Merge the memtable into the tree, then replace the log by an empty one.
+    def flush(
+        self,
+        sync_others: Callable[[], None],
+        retire: Callable[[LogWriter], None],
+        *,
+        force: bool = False,
+    ) -> None:
+        """Merge the frozen memtable, then the memtable, into the tree (caller holds ``lock``
+        and ``merge_lock``), leaving one empty log.
 
         With nothing to merge, does nothing unless ``force`` (then the log is still replaced,
-        dropping records that recovery decided not to apply). Fsyncs: the tree (twice, through
-        the pager), the bloom filter and the new log, each written as temp, fsync, rename,
-        fsync directory.
+        dropping records that recovery decided not to apply). ``sync_others`` and ``retire``:
+        see :meth:`merge`.
         """
         assert self.log is not None
+        if force and self.frozen is not None and self.contents.base_seq > self.last_seq:
+            # Recovery cut the older log, whose frozen memtable keeps what it kept: the newer
+            # log holds none of it, and starts after records that are now dropped. An empty
+            # log after the kept ones replaces it first, so that no state of the files on the
+            # way brings them back (the older log's records after it are ignored).
+            self._rotate_log()
+        if self.frozen is not None:
+            self.merge(sync_others, retire, locked=True)
         if not self.memtable.data and not self.cleared:
             if force:
                 self._rotate_log()
             return
-        self.log.write_out()
+        self.freeze()
+        self.merge(sync_others, retire, locked=True)
+
+    def freeze(self) -> None:
+        """Make the memtable frozen and start a new one, its records going to a new log (the
+        other log file: temp, fsync, rename, fsync dir). Caller holds ``lock``; there is no
+        frozen memtable yet."""
+        old = self.log
+        assert old is not None and self.frozen is None
+        old.write_out()
+        path = self.log_paths[self.log_paths[0] == self.wal_path]
+        buffer_limit = None if old.buffer is None else old.buffer_limit
+        self.log = self._new_log(path, self.last_seq, buffer_limit)
+        self.contents = LogContents(self.last_seq, [], self.log.end, False)
+        self._freeze_memory(self.wal_path)
+        self.frozen_log = old
+        self.wal_path = path
+
+    def _freeze_memory(self, path: str | None) -> None:
+        """The memory side of :meth:`freeze` (also recovery's, whose older log is ``path``)."""
+        self.frozen = self.memtable  # before the new memtable: see peek()
+        self.memtable = Memtable()
+        self.frozen_cleared, self.cleared = self.cleared, False
+        self.frozen_batch, self.batch_seen = self.batch_seen, False
+        self.frozen_seq = self.last_seq
+        self.frozen_count = self.count
+        self.frozen_path = path
+
+    def merge(
+        self,
+        sync_others: Callable[[], None],
+        retire: Callable[[LogWriter], None],
+        *,
+        locked: bool = False,
+    ) -> None:
+        """Merge the frozen memtable into the tree, durably, then let go of it and delete its
+        log (its writer, if still open, is retired and passed to ``retire``).
+
+        The caller holds ``merge_lock`` (and ``lock`` if ``locked``: else it is taken for the
+        last step only, so reads and writes go on meanwhile: the tree they read is the
+        committed one, whose pages the merge does not touch). When the frozen memtable holds
+        part of a batch that spans partitions, ``sync_others`` first makes the other logs
+        durable: once this tree holds the batch's sequence number, recovery takes this part
+        as present. Fsyncs: the tree (twice, through the pager), the bloom filter (when it
+        changes) and the directory.
+        """
+        frozen = self.frozen
+        assert frozen is not None
+        if self.frozen_batch:
+            sync_others()
         with collector_paused():
-            keys, values = self.memtable.columns()
-            cleared = self.cleared
-            count = self.tree.apply_columns(keys, values, clear=cleared, flushed_seq=self.last_seq)
-            del keys, values  # freed before the collector resumes (its next run would walk them)
-        if count != self.count:
+            keys, values = frozen.columns(None if locked else SORT_STEP)
+            count = self.tree.apply_columns(
+                keys, values, clear=self.frozen_cleared, flushed_seq=self.frozen_seq
+            )
+            del values
+        if count != self.frozen_count:
             # The files disagree with each other (say, a manifest whose hash seed does not
             # match the bloom filters and trees), which no checksum can see.
             raise CorruptionError(
                 f"{self.tree_path}: tree holds {count} keys after a flush, "
-                f"but {self.count} were counted from the tree, log and bloom filter"
+                f"but {self.frozen_count} were counted from the tree, log and bloom filter"
             )
-        self.cleared = False  # before the memtable empties: see peek()
-        self.memtable.clear()
-        if cleared or count > self.bloom.capacity:
-            self._rebuild_bloom(save=False)
+        if locked:
+            self._let_go(keys)
+        else:
+            with self.lock:
+                self._let_go(keys)
+        del keys
+        old, self.frozen_log = self.frozen_log, None
+        if old is not None:
+            old.retire(durable=True)
+            retire(old)
+        if count > self.bloom.capacity or self.frozen_cleared:
+            self._regrow_bloom(count, locked)
         self.fs.write_new(self.bloom_path, self.bloom.to_bytes(self.index, self.pager.meta.txn))
-        self._rotate_log()
-        self.batch_seen = False
         self.flushes += 1
 
-    def _new_log(self, base_seq: int, buffer_limit: int | None) -> LogWriter:
-        """Replace the log by an empty one newer than ``base_seq`` (temp, fsync, rename, fsync
-        dir) and return its writer."""
-        self.fs.write_new(self.wal_path, header_bytes(self.index, base_seq))
-        handle = self.fs.open(self.wal_path, write=True)
+    def _let_go(self, keys: list[bytes]) -> None:
+        """The last step of a merge, the tree durable (``lock`` held): the frozen log goes (the
+        log in ``pNNN.wal2`` is renamed over it if it was ``pNNN.wal``, so that a partition
+        without a frozen memtable has its log there), the row cache forgets the changed keys'
+        old values, then the frozen memtable goes, and stalled writers are woken."""
+        self._drop_frozen_log()
+        self.tree.drop_rows(keys)
+        self.frozen = None
+        if self.on_let_go is not None:
+            self.on_let_go()
+        self.cond.notify_all()
+
+    def _drop_frozen_log(self) -> None:
+        """Delete the frozen memtable's log (its records are in the durable tree): the log in
+        ``pNNN.wal2`` is renamed over it if it is ``pNNN.wal``."""
+        path = self.frozen_path
+        if path is not None:
+            if path == self.log_paths[0] and self.log is not None:
+                self.fs.rename_open(self.log.file, path)
+                self.wal_path = path
+            else:
+                self.fs.unlink(path)
+        self.frozen_path = None
+
+    def _regrow_bloom(self, count: int, locked: bool) -> None:
+        """Replace the bloom filter by one sized for ``count`` keys and more, built from the
+        tree and the memtables. Without ``locked`` it is built without the lock: meanwhile new
+        keys go to it as well (``bloom_next``)."""
+        self.bloom_rebuilds += 1
+        fresh = BloomFilter.for_keys(
+            max(2 * (count + len(self.memtable.data) + len(self.frozen or ())), 1024),
+            self.bloom_bits_per_key,
+        )
+        if not locked:
+            with self.lock:
+                self.bloom_next = fresh
+                live = self._live_in_memory()
+        else:
+            live = self._live_in_memory()
+        seeds = repeat(self.seed)
+        try:
+            for keys in self.tree.iter_key_runs():
+                fresh.add_all(map(key_hash, keys, seeds))
+            fresh.add_all(map(key_hash, live, seeds))
+        except BaseException:
+            if not locked:
+                with self.lock:
+                    self.bloom_next = None
+            raise
+        if locked:
+            self.bloom = fresh
+        else:
+            with self.lock:  # one step: a key added meanwhile is in both filters
+                self.bloom = fresh
+                self.bloom_next = None
+
+    def _live_in_memory(self) -> list[bytes]:
+        """The keys with a live value in the memtable or the frozen one (a writer may have
+        frozen the memtable again since the merge let go of the last one)."""
+        tables = [self.memtable] if self.frozen is None else [self.frozen, self.memtable]
+        return [key for table in tables for key, value in table.data.items() if value is not None]
+
+    def _new_log(self, path: str, base_seq: int, buffer_limit: int | None) -> LogWriter:
+        """Replace the log in ``path`` by an empty one newer than ``base_seq`` (temp, fsync,
+        rename, fsync dir) and return its writer."""
+        self.fs.write_new(path, header_bytes(self.index, base_seq))
+        handle = self.fs.open(path, write=True)
         try:
             return LogWriter(handle, handle.size(), buffer_limit=buffer_limit)
         except BaseException:
@@ -365,20 +694,27 @@ class Partition:
     def _rotate_log(self) -> None:
         assert self.log is not None
         old = self.log
-        self.log = self._new_log(self.last_seq, None if old.buffer is None else old.buffer_limit)
+        self.log = self._new_log(
+            self.wal_path, self.last_seq, None if old.buffer is None else old.buffer_limit
+        )
+        self.contents = LogContents(self.last_seq, [], self.log.end, False)
         old.retire(durable=True)
 
     # -- inspection --------------------------------------------------------------------------
 
     def all_keys(self) -> Iterator[bytes]:
-        """Every key the partition holds, live or tombstoned, tree and memtable (unordered)."""
-        if not self.cleared:
+        """Every key the partition holds, live or tombstoned, in the tree and the memtables
+        (unordered, a key maybe more than once)."""
+        if not self.cleared and not (self.frozen is not None and self.frozen_cleared):
             yield from self.tree.iter_keys()
+        if self.frozen is not None and not self.cleared:
+            yield from self.frozen.data
         yield from self.memtable.data
 
     def stats(self) -> PartitionStats:
         """This partition's counters."""
         meta = self.pager.meta
+        frozen = self.frozen
         return PartitionStats(
             index=self.index,
             keys=self.count,
@@ -397,45 +733,69 @@ class Partition:
             recovery_seconds=self.recovery_seconds,
             cache_bytes=self.pager.cache_bytes,
             row_cache_bytes=self.tree.row_cache_bytes(),
+            frozen_entries=0 if frozen is None else len(frozen.data),
+            frozen_bytes=0 if frozen is None else frozen.size,
+            stalls=self.stalls,
+            stall_seconds=self.stall_seconds,
         )
 
     def check(self) -> TreeReport:
-        """Verify the tree, the log on disk, the bloom filter and the key count.
+        """Verify the tree, the logs on disk, the bloom filter and the key count (caller holds
+        ``lock`` and ``merge_lock``).
 
         Raises :class:`CorruptionError` naming the file and place.
         """
         report = self.tree.check()
         if self.log is not None:
             self.log.write_out()
-        handle = self.fs.open(self.wal_path)
-        try:
-            read_log(handle.read_all(), self.index, self.wal_path)
-        finally:
-            handle.close()
-        seed = self.seed
-        might = self.bloom.might_contain
-        if not self.cleared:
+        for path in (self.frozen_path, self.wal_path):
+            if path is not None:
+                handle = self.fs.open(path)
+                try:
+                    read_log(handle.read_all(), self.index, path)
+                finally:
+                    handle.close()
+        tree_gone = self.cleared or (self.frozen is not None and self.frozen_cleared)
+        if not tree_gone:
+            seed = self.seed
+            might = self.bloom.might_contain
             for key in self.tree.iter_keys():
                 if not might(key_hash(key, seed)):
                     raise CorruptionError(
                         f"{self.bloom_path}: bloom filter misses a key the tree holds"
                     )
-        live = 0 if self.cleared else report.keys
-        for key, value in self.memtable.data.items():
-            in_tree = not self.cleared and self.tree.contains(key)
-            if value is None:
-                live -= in_tree
-            else:
-                live += not in_tree
-                if not might(key_hash(key, seed)):
-                    raise CorruptionError(
-                        f"{self.bloom_path}: bloom filter misses a key the memtable holds"
-                    )
+        live = self._count_layers(0 if tree_gone else report.keys, tree_gone)
         if live != self.count:
             raise CorruptionError(
                 f"partition {self.index}: {live} live keys found, {self.count} counted"
             )
         return report
+
+    def _count_layers(self, live: int, tree_gone: bool) -> int:
+        """``live`` (the tree's keys) counted up through the memtables, bottom up; checks that
+        the bloom filter holds each live key."""
+        seed = self.seed
+        might = self.bloom.might_contain
+        layers = [self.memtable]  # the frozen memtable (unless cleared) goes first
+        if self.frozen is not None and not self.cleared:
+            layers.insert(0, self.frozen)
+        below: dict[bytes, bytes | None] = {}
+        for table in layers:
+            for key, value in table.data.items():
+                if key in below:
+                    was = below[key] is not None
+                else:
+                    was = not tree_gone and self.tree.contains(key)
+                if value is None:
+                    live -= was
+                    continue
+                live += not was
+                if not might(key_hash(key, seed)):
+                    raise CorruptionError(
+                        f"{self.bloom_path}: bloom filter misses a key a memtable holds"
+                    )
+            below.update(table.data)
+        return live
 
     def close(self, *, clean_seq: int | None = None, write_out: bool = True) -> None:
         """Close the files. With ``clean_seq`` (the caller just flushed) the log gets a close
@@ -444,6 +804,9 @@ class Partition:
         a failed write, which they may have been part of)."""
         log = self.log
         self.log = None
+        if self.frozen_log is not None:  # (closed before its merge: recovery replays it)
+            self.frozen_log.retire(durable=False)
+            self.frozen_log = None
         try:
             if log is not None:
                 if clean_seq is not None:

@@ -24,6 +24,15 @@ class StoreStats:
     """One :class:`PartitionStats` per partition, in index order."""
     last_recovery_seconds: float
     """The time the whole open took, recovery included."""
+    worker: str = "off"
+    """The background worker that merges frozen memtables into the trees: ``"idle"``,
+    ``"merging"``, ``"stopped"`` (the store is closing), ``"failed"`` (its error stopped the
+    store's writes) or ``"off"`` (read-only, or opened with ``background=False``)."""
+    stalls: int = 0
+    """Writes that waited because a partition's memtable filled while its frozen one was still
+    merging, since the store was opened (over every partition)."""
+    stall_seconds: float = 0.0
+    """The time those writes waited, in all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +76,15 @@ class PartitionStats:
     row_cache_bytes: int
     """Bytes of memory the row cache takes (its keys and values as objects, and its dict);
     within the same budget as ``cache_bytes``."""
+    frozen_entries: int = 0
+    """Entries of the frozen memtable: a full one that the worker is merging into the tree
+    while the memtable takes new writes (0 when there is none)."""
+    frozen_bytes: int = 0
+    """The frozen memtable's size, as counted against ``memtable_size``."""
+    stalls: int = 0
+    """Writes to this partition that waited for its frozen memtable's merge."""
+    stall_seconds: float = 0.0
+    """The time they waited, in all."""
 
 
 @dataclass(slots=True)

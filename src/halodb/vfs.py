@@ -235,6 +235,12 @@ class FileSystem:
         with _oserror("renaming", f"{src} -> {dst}"):
             os.replace(src, dst)
 
+    def rename_open(self, handle: File, dst: str) -> None:
+        """``rename`` the file open in ``handle`` to ``dst``; ``handle`` goes by its new name
+        from then on (its writes still reach the same file). Does not fsync the directory."""
+        self.rename(handle.path, dst)
+        handle.path = dst
+
     def unlink(self, path: str) -> None:
         """Remove ``path``. Does not fsync the directory."""
         with _oserror("removing", path):

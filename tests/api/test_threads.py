@@ -20,7 +20,7 @@ import halodb
 from halodb import testing
 from halodb.hashing import key_hash
 from halodb.keys import encode_key
-from halodb.memtable import MISSING, Memtable
+from halodb.memtable import MISSING
 from halodb.values import DefaultCodec
 from support.faultfs import FaultFS
 from support.stores import SMALL
@@ -382,11 +382,12 @@ def test_gets_never_see_half_a_batch(tmp_path: Path) -> None:
     db.close()
 
 
-def test_a_flush_empties_the_memtable_only_once_its_keys_read_from_the_tree(
+def test_a_merge_lets_go_of_the_frozen_memtable_only_once_its_keys_read_from_the_tree(
     tmp_path: Path,
 ) -> None:
-    """What a get without the lock relies on: at the moment a flush empties the memtable
-    (after a clear too), every key already reads from below it, with the right value."""
+    """What a get without the lock relies on: at the moment a merge lets go of the frozen
+    memtable (after a clear too), every key already reads from below it, with the right
+    value."""
     db = halodb.open(tmp_path / "db", partitions=1)
     db.update({f"old{i}": i for i in range(300)})
     db.flush()
@@ -398,19 +399,16 @@ def test_a_flush_empties_the_memtable_only_once_its_keys_read_from_the_tree(
     peeked: dict[str, object] = {}
     seen: dict[str, object] = {}
 
-    class Watched(Memtable):
-        __slots__ = ()
+    def let_go() -> None:
+        assert part.frozen is None and not part.memtable.data
+        for key in [*fresh, "old7", "big"]:
+            encoded = encode_key(key)
+            h = key_hash(encoded, part.seed)
+            peeked[key] = value = part.peek(encoded, h)
+            # MISSING sends a get under the lock, which this merge holds: read as it will.
+            seen[key] = part.get(encoded, h) if value is MISSING else value
 
-        def clear(self) -> None:
-            super().clear()
-            for key in [*fresh, "old7", "big"]:
-                encoded = encode_key(key)
-                h = key_hash(encoded, part.seed)
-                peeked[key] = value = part.peek(encoded, h)
-                # MISSING sends a get under the lock, which this flush holds: read as it will.
-                seen[key] = part.get(encoded, h) if value is MISSING else value
-
-    part.memtable.__class__ = Watched
+    part.on_let_go = let_go
     db.flush()
     assert peeked["big"] is MISSING  # an overflow value: never answered without the lock
     assert seen.pop("old7") is None  # cleared

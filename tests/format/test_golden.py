@@ -138,6 +138,15 @@ def test_golden_store_is_what_its_version_says_with_data_in_trees_and_logs(
         assert newest[:3] == (fmt.TREE_MAGIC, version, index)
         assert newest[7] >= 2, "tree height: the golden store should have internal nodes"
         assert newest[14] > 0, "tree key count"
+    if version >= 3:  # partition 0 left with a frozen memtable's log and the newer one
+        wal2 = (store / fmt.partition_file(0, "wal2")).read_bytes()
+        assert fmt.WAL_HEADER.unpack_from(wal2)[:3] == (fmt.WAL_MAGIC, version, 0)
+        assert len(wal2) > fmt.WAL_HEADER.size + fmt.WAL_RECORD.size, "a log without records"
+        bases = [
+            fmt.WAL_HEADER.unpack_from((store / fmt.partition_file(0, n)).read_bytes())[4]
+            for n in ("wal", "wal2")
+        ]
+        assert bases[0] < bases[1], "p000.wal2 is the newer log"
     big = dict((encode_key(k), v) for k, v in golden.expected)[encode_key("overflow")]
     assert len(big) > page_size
 
@@ -145,13 +154,16 @@ def test_golden_store_is_what_its_version_says_with_data_in_trees_and_logs(
 def test_golden_store_opens_and_reads_back_exactly(tmp_path: Path, golden: Golden) -> None:
     copy = tmp_path / "store"
     shutil.copytree(golden.store, copy)
-    with halodb.open(copy) as db:
+    with halodb.open(copy, background=False) as db:
         _verify(db, golden)
         assert db.stats().partitions[0].memtable_entries > 0  # the logs were replayed
+        # version 3: the records of p000.wal make the frozen memtable again, merged later
+        assert (db.stats().partitions[0].frozen_entries > 0) == (golden.version >= 3)
     # closing flushed the logs into the trees: the data must survive that too
     with halodb.open(copy) as db:
         _verify(db, golden)
         assert all(p.memtable_entries == 0 for p in db.stats().partitions)
+        assert not (copy / fmt.partition_file(0, "wal2")).exists()
         db["new key"] = "written by this version"
     with halodb.open(copy, readonly=True) as db:
         assert db["new key"] == "written by this version"

@@ -10,8 +10,10 @@ type, JSON, str and bytes values, a value spread over overflow pages, deleted ke
 flushed into the trees and part left only in the logs (the store is abandoned as a crash
 would leave it, so the logs keep their records, including a batch across both partitions). The
 hash seed and the creation time differ from run to run, but both are recorded in the manifest,
-so any run's files are self-consistent. Never regenerate an older version's store after a
-format change: old stores must keep opening; the new version's store is added beside them.
+so any run's files are self-consistent. From version 3 on, partition 0 is left with two logs:
+its memtable was frozen (a merge the crash interrupted), and later records went to the new log.
+Never regenerate an older version's store after a format change: old stores must keep opening;
+the new version's store is added beside them.
 
 Keys and values are described losslessly in a tagged JSON form:
 ``{"int": "-12"}``, ``{"float": "0x1.8p+0"}`` (``float.hex``), ``{"str": "..."}``,
@@ -137,7 +139,7 @@ def build(store: Path) -> dict[bytes, tuple[Any, Any]]:
     if store.exists():
         shutil.rmtree(store)
     expected: dict[bytes, tuple[Any, Any]] = {}
-    db = halodb.open(store, partitions=2, page_size=1024)
+    db = halodb.open(store, partitions=2, page_size=1024, background=False)
     for key in DELETED_BEFORE_FLUSH:
         db[key] = "soon deleted"
     for key, value in FLUSHED:
@@ -151,6 +153,11 @@ def build(store: Path) -> dict[bytes, tuple[Any, Any]]:
         expected[encode_key(key)] = (key, value)
     del db["deleted-in-log"]
     del expected[encode_key("deleted-in-log")]
+    # Version 3: partition 0's memtable frozen, as a merge in the background finds it: its
+    # records stay in p000.wal, the ones after it (a part of the batch below) go to p000.wal2.
+    part = halodb.testing.engine(db).parts[0]
+    with part.lock:
+        part.freeze()
     with db.batch() as batch:
         for key, value in IN_LOG_BATCH:
             batch[key] = value
@@ -161,8 +168,8 @@ def build(store: Path) -> dict[bytes, tuple[Any, Any]]:
     assert parts == {0, 1}, "the batch must span both partitions"
     # abandon: as a crash would, leave the log records unflushed
     halodb.testing.abandon(db)
-    for index in (0, 1):
-        assert (store / f"p00{index}.wal").stat().st_size > 28, "a log without records"
+    for name in ("p000.wal", "p000.wal2", "p001.wal"):
+        assert (store / name).stat().st_size > 28, f"{name}: a log without records"
     return expected
 
 

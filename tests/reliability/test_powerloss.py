@@ -21,8 +21,8 @@ What is promised after any power cut (README, "Durability"; design.md):
 The harness is shown to bite: each ``test_harness_catches_*`` plants a bug in the engine (a
 skipped fsync, a skipped directory fsync, a rename before its fsync, a log reader that takes a
 lost sector for damage, a recovery that keeps the writes after a dropped batch, a meta page
-written before its pages, a page reused while the committed tree still refers to it) and
-requires the harness to report it.
+written before its pages, a page reused while the committed tree still refers to it, a frozen
+memtable's log dropped before its merge is durable) and requires the harness to report it.
 
 ``HALODB_SEED`` (default 0) seeds the few sampled variants; it and the configuration are printed.
 A failure names the mode, the workload, the crash point and the variant; rerun it with
@@ -368,6 +368,30 @@ def test_harness_catches_a_page_reused_while_still_referenced(
     found = caught(monkeypatch, "normal", ("overwrite", "flush"), bug)
     assert any(
         "not the version its parent refers to" in v.problem or "checksum mismatch" in v.problem
+        for v in found
+    ), _show(found)
+
+
+def test_harness_catches_a_frozen_log_dropped_before_its_merge_is_durable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A merge deletes the frozen memtable's log (or renames the new log over it) only once
+    the tree holding its records is durable. Planted: the log goes first, so a power cut
+    before the tree's commit loses the writes it held."""
+
+    def bug() -> None:
+        plant(
+            monkeypatch,
+            halodb.partition.Partition,
+            "merge",
+            ("    if self.frozen_batch:", "    self._drop_frozen_log()\n    if self.frozen_batch:"),
+        )
+
+    found = caught(monkeypatch, "full", ("overwrite", "flush"), bug)
+    # The new log follows writes the tree does not hold: recovery refuses it, or they are lost.
+    assert any(
+        "the tree only holds writes up to" in v.problem
+        or "lost a write promised durable" in v.problem
         for v in found
     ), _show(found)
 

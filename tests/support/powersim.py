@@ -542,6 +542,7 @@ OPTIONS: dict[str, Any] = {
     "page_size": 1024,
     "memtable_size": 64 * 1024,
     "fast_buffer_size": 4096,
+    "background": False,  # merges run in the writing thread: crash points in a fixed order
 }
 MODES: tuple[DurabilityName, ...] = ("full", "normal", "fast")
 OPS = ("put", "big", "delete", "overwrite", "batch", "flush", "reopen")

@@ -31,9 +31,9 @@ class _Watched(Memtable):
     __slots__ = ()
     seen: ClassVar[list[bool]] = []
 
-    def columns(self) -> tuple[list[bytes], list[bytes | None]]:
+    def columns(self, step: int | None = None) -> tuple[list[bytes], list[bytes | None]]:
         _Watched.seen.append(gc.isenabled())
-        return super().columns()
+        return super().columns(step)
 
 
 @pytest.mark.parametrize("enabled", [True, False])

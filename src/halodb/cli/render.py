@@ -152,7 +152,8 @@ def stats_table(st: halodb.StoreStats, width: int) -> Table:
     title = (
         f"{st.path}: {plural(st.keys, 'key')} in {plural(len(st.partitions), 'partition')}, "
         f"page size {st.page_size}, durability {st.durability}, "
-        f"opened in {st.last_recovery_seconds:.3f} s"
+        f"opened in {st.last_recovery_seconds:.3f} s, background worker {st.worker}, "
+        f"{plural(st.stalls, 'stall')}"
     )
     rows = _stats_rows(st)
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)

@@ -30,7 +30,16 @@ from halodb.wal import header_bytes
 
 log = logging.getLogger(__name__)
 
-PART_SUFFIXES = ("wal", "tree", "bloom", "wal.tmp", "tree.tmp", "bloom.tmp")
+PART_SUFFIXES = (
+    "wal",
+    "wal2",
+    "tree",
+    "bloom",
+    "wal.tmp",
+    "wal2.tmp",
+    "tree.tmp",
+    "bloom.tmp",
+)
 """What follows ``pNNN.`` in the name of a partition's file (``.tmp``: being written)."""
 
 

@@ -5,10 +5,15 @@ It opens the store (:mod:`~halodb.engine.directory`: lock and manifest;
 partition (:mod:`halodb.hashing`), hands out the store-wide sequence numbers, runs the hot paths
 (get, put, delete), commits batches across partitions (:mod:`~halodb.engine.commit`), merges
 the partitions' ordered scans (:mod:`~halodb.engine.scan`), flushes, syncs and closes; the hooks
-of :mod:`~halodb.engine.process` close it at exit and forget it in a forked child.
+of :mod:`~halodb.engine.process` close it at exit and forget it in a forked child. A full
+memtable is frozen and merged into its tree by the store's :mod:`~halodb.engine.worker` (or, with
+``background=False``, by the write that filled it).
 
 Locking: one lock per partition; operations on one key take one lock, batches take several in
-index order, ``close`` takes all.
+index order, ``close`` takes all. Each partition also has a merge lock, held through a merge of
+its frozen memtable and always taken before the partition's lock: the worker holds it alone
+while it merges (taking the partition's lock for the last step only); ``flush``, ``check`` and
+``close`` take both.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from halodb.engine import process, recovery
 from halodb.engine.commit import LogSync, apply_parts, group, log_parts
 from halodb.engine.directory import Directory
 from halodb.engine.scan import SCAN_CHUNK, Items, chunks, first_chunk, merge, take
+from halodb.engine.worker import Worker
 from halodb.errors import CorruptionError, Error, OperationalError, ProgrammingError
 from halodb.hashing import key_hash, route
 from halodb.memtable import MISSING
@@ -86,6 +92,13 @@ class Engine:
             raise
         self.directory.creation = None  # the store is open: a later failure removes nothing
         self.recovery_seconds = time.perf_counter() - started
+        self.worker: Worker | None = None
+        if options.background and not self.readonly:
+            self.worker = Worker(
+                f"halodb merge {os.path.basename(path)}", self.parts, self.merge_part, self.fail
+            )
+            if any(part.frozen is not None for part in self.parts):
+                self.worker.wake()  # a merge a crash interrupted
         process.register(self)
 
     # -- opening -----------------------------------------------------------------------------
@@ -108,7 +121,8 @@ class Engine:
                 # Replace the logs that hold dropped records (after flushing what they keep),
                 # so that the decision cannot change later.
                 for index in plan.cut:
-                    self.flush_part(self.parts[index], force=True)
+                    with self.parts[index].lock:
+                        self.flush_part(self.parts[index], force=True)
         return plan.next_seq
 
     # -- guards ------------------------------------------------------------------------------
@@ -243,7 +257,7 @@ class Engine:
                 self.fail(exc)
                 raise
             if part.memtable.size > self.memtable_limit or wal.end > self.log_limit:
-                self.flush_part(part)
+                self._full(part)
         if self.full:
             self._sync(wal, end)
 
@@ -301,7 +315,7 @@ class Engine:
             self.fail(exc)
             raise
         if part.memtable.size > self.memtable_limit or wal.end > self.log_limit:
-            self.flush_part(part)
+            self._full(part)
         return wal, end
 
     def commit(self, changes: dict[bytes, bytes | None], *, clear: bool = False) -> None:
@@ -331,7 +345,7 @@ class Engine:
             for part in parts:
                 assert part.log is not None
                 if part.memtable.size > self.memtable_limit or part.log.end > self.log_limit:
-                    self.flush_part(part)
+                    self._full(part)
         if self.full:
             for wal, end in logged:
                 self._sync(wal, end)
@@ -363,28 +377,70 @@ class Engine:
             self.fail(exc)
             raise
 
-    def flush_part(self, part: Partition, *, force: bool = False) -> None:
-        """Flush one partition (caller holds its lock).
-
-        When its memtable holds parts of batches that span partitions, the other partitions'
-        logs are fsynced first: once this tree holds a batch's sequence number, recovery treats
-        this part as present, so the sibling parts must already be durable in their logs.
-        Syncing a log takes no partition lock, only the log's own, so no lock order is broken.
-        """
-        old = part.log
+    def _full(self, part: Partition) -> None:
+        """``part``'s memtable (or log) is full (caller holds its lock): freeze it and have it
+        merged. If the frozen one is still merging, this write waits for it first: a stall,
+        counted in ``stats()``."""
         try:
-            if part.batch_seen:
-                for other in self.parts:
-                    wal = other.log
-                    if other is not part and wal is not None:
+            if part.frozen is not None:
+                if self.worker is None:
+                    self._merge_locked(part)  # (left by recovery, or by an interrupted merge)
+                else:
+                    self._stall(part)
+                    if not (
+                        part.memtable.size > self.memtable_limit
+                        or (part.log is not None and part.log.end > self.log_limit)
+                    ):
+                        return  # a writer that waited too froze it meanwhile
+            part.freeze()
+        except OperationalError as exc:
+            self.fail(exc)
+            raise
+        if self.worker is None:
+            self._merge_locked(part)
+        else:
+            self.worker.wake()
+
+    def _stall(self, part: Partition) -> None:
+        """Wait (``part``'s lock released meanwhile) until its frozen memtable is merged."""
+        started = time.perf_counter()
+        part.stalls += 1
+        try:
+            while part.frozen is not None:
+                self._check_writable()  # a failed worker, or a close, ends the wait
+                part.cond.wait(0.05)
+        finally:
+            part.stall_seconds += time.perf_counter() - started
+
+    def _sync_others(self, part: Partition) -> None:
+        """Make every other partition's logs durable up to what they handed to the OS (before
+        a tree holding part of a batch commits; see :meth:`Partition.merge`). Syncing a log
+        takes no partition lock, only the log's own, so no lock order is broken."""
+        for other in self.parts:
+            if other is not part:
+                for wal in (other.log, other.frozen_log):
+                    if wal is not None:
                         wal.sync_to(wal.written)
-            part.flush(force=force)
-            if old is not None and part.log is not old:
-                # Retired: its records are in the tree, the logs they depended on synced above.
-                self.logs.retire(old)
+
+    def _merge_locked(self, part: Partition) -> None:
+        """Merge ``part``'s frozen memtable with its lock held (no worker, or a flush)."""
+        self._guarded_merge(part, locked=True)
+
+    def merge_part(self, index: int) -> None:
+        """Merge partition ``index``'s frozen memtable, if any (the worker's step): under its
+        merge lock, its own lock taken for the last step only."""
+        part = self.parts[index]
+        with part.merge_lock:
+            if part.frozen is None or self.closed or self.failure is not None:
+                return
+            self._guarded_merge(part, locked=False)
+
+    def _guarded_merge(self, part: Partition, *, locked: bool) -> None:
+        try:
+            part.merge(lambda: self._sync_others(part), self.logs.retire, locked=locked)
         except Error as exc:
             # I/O failure, damage met in an old page, a broken invariant: writes stop here.
-            # (An interrupt is not recorded: the half-built flush was forgotten whole, and the
+            # (An interrupt is not recorded: the half-built merge was forgotten whole, and the
             # store goes on as before it.)
             self.fail(exc)
             raise
@@ -393,12 +449,28 @@ class Engine:
                 self.fail(exc)
             raise
 
+    def flush_part(self, part: Partition, *, force: bool = False) -> None:
+        """Merge one partition's frozen memtable and memtable into its tree (caller holds its
+        lock, and its merge lock if a worker runs), leaving it one empty log."""
+        old = part.log
+        try:
+            part.flush(lambda: self._sync_others(part), self.logs.retire, force=force)
+            if old is not None and part.log is not old:
+                self.logs.retire(old)  # its records are in the tree
+        except Error as exc:
+            self.fail(exc)
+            raise
+        except BaseException as exc:
+            if part.pager.unsettled:
+                self.fail(exc)
+            raise
+
     def flush(self) -> None:
         """Merge every memtable into its tree (durably), emptying the logs."""
         self._guard()
         self._check_writable()
         for part in self.parts:
-            with part.lock:
+            with part.merge_lock, part.lock:
                 self._check_writable()
                 self.flush_part(part)
 
@@ -419,6 +491,9 @@ class Engine:
                     self.fail(exc)
                     raise
                 end = wal.written
+                frozen = part.frozen_log  # (written out when it froze)
+            if frozen is not None:
+                self._sync(frozen, frozen.written)
             self._sync(wal, end)
 
     # -- inspection and lifecycle --------------------------------------------------------------
@@ -431,6 +506,7 @@ class Engine:
             with part.lock:
                 self.check_open()
                 per.append(part.stats())
+        worker = self.worker
         return StoreStats(
             path=self.path,
             keys=sum(p.keys for p in per),
@@ -438,6 +514,9 @@ class Engine:
             page_size=self.page_size,
             partitions=tuple(per),
             last_recovery_seconds=self.recovery_seconds,
+            worker="off" if worker is None else worker.state,
+            stalls=sum(p.stalls for p in per),
+            stall_seconds=sum(p.stall_seconds for p in per),
         )
 
     def check(self) -> list[TreeReport]:
@@ -447,7 +526,7 @@ class Engine:
         reports = []
         n, seed = len(self.parts), self.seed
         for part in self.parts:
-            with part.lock:
+            with part.merge_lock, part.lock:
                 self.check_open()
                 reports.append(part.check())
                 for key in part.all_keys():
@@ -464,7 +543,9 @@ class Engine:
         parent's descriptors, and so its lock, stay as they are). Without this the child would
         hold the lock open after the parent closed the store."""
         self.closed = True
-        handles = [p.pager.file for p in self.parts] + [p.log.file for p in self.parts if p.log]
+        self.worker = None  # (no thread of the parent's runs in the child)
+        handles = [p.pager.file for p in self.parts]
+        handles += [wal.file for p in self.parts for wal in (p.log, p.frozen_log) if wal]
         for handle in handles:
             with suppress(Error):
                 handle.close()
@@ -486,6 +567,8 @@ class Engine:
         process.unregister(self)
         if self.closed:
             return
+        if self.worker is not None and self.pid == os.getpid():
+            self.worker.stop()  # after the merge under way: close merges the rest itself
         with ExitStack() as stack:
             for part in self.parts:
                 stack.enter_context(part.lock)

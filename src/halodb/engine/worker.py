@@ -1,0 +1,75 @@
+"""The background worker: one thread per store that merges frozen memtables into the trees.
+
+A write that fills a partition's memtable freezes it (a new memtable takes the writes at once)
+and wakes the worker, which merges each frozen memtable in turn (``Engine.merge_part``). Knows
+nothing of how a merge is done. A failure stops the worker and, through the engine's write
+latch, the store's writes (never silently: the error is logged and every later write raises
+it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Mergeable(Protocol):
+    """What the worker asks of a partition."""
+
+    @property
+    def frozen(self) -> object: ...
+
+
+class Worker:
+    """The merge thread of one store. ``state`` is what ``stats()`` shows: ``"idle"``,
+    ``"merging"``, ``"stopped"`` or ``"failed"``."""
+
+    def __init__(
+        self,
+        name: str,
+        parts: Sequence[Mergeable],
+        merge: Callable[[int], None],
+        fail: Callable[[BaseException], None],
+    ) -> None:
+        self.parts = parts
+        self.merge = merge
+        self.fail = fail
+        self.state = "idle"
+        self.stopping = False
+        self.event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def wake(self) -> None:
+        """Look for frozen memtables to merge (soon: the caller does not wait)."""
+        self.event.set()
+
+    def _run(self) -> None:
+        try:
+            while not self.stopping:
+                self.event.wait()
+                self.event.clear()
+                for index, part in enumerate(self.parts):
+                    if self.stopping:
+                        break
+                    if part.frozen is not None:
+                        self.state = "merging"
+                        self.merge(index)
+                        self.state = "idle"
+        except BaseException as exc:  # the engine's write latch reports it
+            self.state = "failed"
+            log.error("background merge failed: %s", str(exc) or type(exc).__name__)
+            self.fail(exc)
+            return
+        self.state = "stopped"
+
+    def stop(self) -> None:
+        """Stop after the merge under way, if any (waits for it); idempotent."""
+        self.stopping = True
+        self.event.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join()

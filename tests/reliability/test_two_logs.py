@@ -1,0 +1,153 @@
+"""Recovery with two logs in a partition (docs/format.md, "Write-ahead log"): the frozen
+memtable's log and the newer one, as a crash in the middle of a merge leaves them.
+
+- both replayed: the older into a frozen memtable, the newer into the memtable, and merged;
+- the older one lost its tail (a power cut before it was fsynced): the newer one's records follow
+  writes that are gone, so none applies, and a writable open replaces the newer log for good;
+- the tree already holds the older one's records (a merge's leftover): it is ignored, deleted by
+  a writable open and kept by a read-only one;
+- the newer log starts before the older one's last record (a recovery dropped those records and
+  froze what it kept): those records stay dropped;
+- two logs with the same ``base_seq``: ``CorruptionError``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import halodb
+from halodb import format as fmt
+from halodb import testing
+from halodb.wal import header_bytes, read_log
+
+OPTIONS: dict[str, Any] = {"partitions": 1, "page_size": 1024, "background": False}
+
+
+def _paths(store: Path) -> tuple[Path, Path]:
+    return store / fmt.partition_file(0, "wal"), store / fmt.partition_file(0, "wal2")
+
+
+def _frozen_store(store: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """A store left as a crash in the middle of a merge leaves it: ``p000.wal`` holds the frozen
+    memtable's writes (returned first), ``p000.wal2`` the later ones (second)."""
+    db = halodb.open(store, **OPTIONS)
+    db.update({f"tree{i}": i for i in range(20)})
+    db.flush()
+    frozen = {f"frozen{i}": i for i in range(10)}
+    for key, value in frozen.items():
+        db[key] = value
+    part = testing.engine(db).parts[0]
+    with part.lock:
+        part.freeze()
+    later = {f"later{i}": i for i in range(5)}
+    for key, value in later.items():
+        db[key] = value
+    testing.abandon(db)
+    old, new = _paths(store)
+    assert old.exists() and new.exists()
+    return frozen, later
+
+
+def test_both_logs_are_replayed_and_merged(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    frozen, later = _frozen_store(store)
+    want = {**{f"tree{i}": i for i in range(20)}, **frozen, **later}
+    with halodb.open(store, readonly=True) as db:
+        assert dict(db.items()) == want
+        stats = db.stats().partitions[0]
+        assert (stats.frozen_entries, stats.memtable_entries) == (10, 5)
+        db.check()
+    with halodb.open(store, **OPTIONS) as db:
+        assert dict(db.items()) == want
+        db["more"] = 1
+    old, new = _paths(store)
+    assert old.exists() and not new.exists()  # merged and closed: one log again
+    with halodb.open(store, **OPTIONS) as db:
+        assert dict(db.items()) == {**want, "more": 1}
+        db.check()
+
+
+def test_an_older_log_that_lost_its_tail_takes_the_newer_logs_records(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    frozen, _ = _frozen_store(store)
+    old, new = _paths(store)
+    data = old.read_bytes()
+    records = read_log(data, 0, "old").records
+    assert len(records) == len(frozen)
+    # The last record of the older log is lost (cut at a record boundary, as a power cut before
+    # its fsync may leave it: no torn bytes to see).
+    cut = len(data) - (len(data) - fmt.WAL_HEADER.size) // len(records)
+    old.write_bytes(data[:cut])
+    kept = dict(list(frozen.items())[:-1])
+    want = {**{f"tree{i}": i for i in range(20)}, **kept}
+    with halodb.open(store, readonly=True) as db:  # decides without changing a byte
+        assert dict(db.items()) == want
+    with halodb.open(store, **OPTIONS) as db:
+        assert dict(db.items()) == want
+        db.check()
+    assert not new.exists() or not read_log(new.read_bytes(), 0, "new").records
+    with halodb.open(store, **OPTIONS) as db:  # the decision stuck
+        assert dict(db.items()) == want
+        db.check()
+
+
+def test_an_older_log_the_tree_holds_is_deleted(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    db = halodb.open(store, **OPTIONS)
+    db.update({f"k{i}": i for i in range(10)})
+    old, new = _paths(store)
+    leftover = old.read_bytes()
+    db.flush()  # the tree holds k0..k9; the flush left one empty log
+    db.update({f"j{i}": i for i in range(3)})
+    testing.abandon(db)
+    # A merge's leftover, as a power cut can bring it back: the log the merge replaced, in
+    # p000.wal2 (the older name is told by base_seq, not by the name).
+    new.write_bytes(leftover)
+    want = {**{f"k{i}": i for i in range(10)}, **{f"j{i}": i for i in range(3)}}
+    before = {p.name: p.read_bytes() for p in store.iterdir()}
+    with halodb.open(store, readonly=True) as db:
+        assert dict(db.items()) == want
+    assert {p.name: p.read_bytes() for p in store.iterdir()} == before
+    with halodb.open(store, **OPTIONS) as db:
+        assert not new.exists()
+        assert dict(db.items()) == want
+        db.check()
+
+
+def test_records_a_recovery_dropped_before_the_newer_log_stay_dropped(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    frozen, _ = _frozen_store(store)
+    old, new = _paths(store)
+    data = new.read_bytes()
+    records = read_log(data, 0, "new").records
+    base = fmt.WAL_HEADER.unpack_from(data)[4]
+    # The newer log as a recovery that dropped the older log's last 3 records writes it: its
+    # base_seq is the last record kept.
+    olds = read_log(old.read_bytes(), 0, "old").records
+    new.write_bytes(header_bytes(0, olds[-4].seq))
+    assert base == olds[-1].seq and records
+    want = {**{f"tree{i}": i for i in range(20)}, **dict(list(frozen.items())[:-3])}
+    with halodb.open(store, **OPTIONS) as db:
+        assert dict(db.items()) == want
+        db.check()
+    with halodb.open(store, **OPTIONS) as db:
+        assert dict(db.items()) == want
+
+
+def test_two_logs_with_one_base_are_damage(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    _frozen_store(store)
+    old, new = _paths(store)
+    base = fmt.WAL_HEADER.unpack_from(old.read_bytes())[4]
+    new.write_bytes(header_bytes(0, base))
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    with pytest.raises(halodb.CorruptionError, match="as does the other log"):
+        halodb.open(store, **OPTIONS)
+    assert {p.name: p.read_bytes() for p in store.iterdir() if p.name != "LOCK"} == {
+        p.name: p.read_bytes() for p in copy.iterdir() if p.name != "LOCK"
+    }
