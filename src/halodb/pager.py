@@ -10,6 +10,11 @@ free list are written and fsynced, then the meta page of transaction ``txn`` is 
 it reaches intact. Pages freed by a transaction are only reused by the one after it, so the
 previous transaction's tree also stays intact while a new one is being written.
 
+Space comes back: a transaction takes the lowest free pages first, and free pages at the end of
+the file leave it at the next commit (the meta page no longer counts them; once it is durable
+the file is cut, ``ftruncate``). Neither meta page reaches them then, so an older meta page
+that still counts them is not damage.
+
 The cache holds decoded nodes (whatever the layer above decodes a page into), keyed by page
 number, within a budget in bytes of memory: each node says what it costs (its ``cost``, an
 estimate made by the layer above when it decodes the page, since a decoded node takes several
@@ -210,11 +215,8 @@ class Pager:
         page_size = self.page_size
         page_count, root, height = meta.page_count, meta.root, meta.height
         free_head, free_count = meta.free_head, meta.free_count
-        file_pages = self.file.size() // self.page_size
-        if not META_PAGES <= page_count <= file_pages:
-            raise CorruptionError(
-                f"{where}: {page_count} pages in use but the file holds {file_pages}"
-            )
+        if page_count < META_PAGES:  # (the file's size bounds the current one: read_meta)
+            raise CorruptionError(f"{where}: {page_count} pages in use")
         if (
             height > min(MAX_HEIGHT, page_count - META_PAGES)
             or (height == 0) != (root == 0)
@@ -246,9 +248,8 @@ class Pager:
             )
 
     def most_keys(self) -> int:
-        """The most keys the tree file's pages could ever have held as leaf entries (every
-        page but the meta pages a full leaf): a bound that never shrinks, as the file does
-        not."""
+        """The most keys the tree file's pages could hold as leaf entries (every page but the
+        meta pages a full leaf)."""
         per_leaf = min((self.page_size - _HEADER.size) // MIN_ENTRY, 0xFFFF)
         return (self.meta.page_count - META_PAGES) * per_leaf
 
@@ -258,7 +259,16 @@ class Pager:
         metas = [m for m in (self._parse_meta(first, 0), self._parse_meta(second, 1)) if m]
         if not metas:
             raise CorruptionError(f"{self.path}: both meta pages are damaged")
-        return max(metas, key=lambda m: m.txn)
+        newest = max(metas, key=lambda m: m.txn)
+        # (Only the newest must fit in the file: the older one may count pages a later commit
+        # cut from its end, which it does not reach.)
+        file_pages = self.file.size() // self.page_size
+        if newest.page_count > file_pages:
+            raise CorruptionError(
+                f"{self.path} meta page {newest.txn % 2}: {newest.page_count} pages in use but "
+                f"the file holds {file_pages}"
+            )
+        return newest
 
     # -- pages -------------------------------------------------------------------------------
 
@@ -324,7 +334,9 @@ class Pager:
         self.dirty = {}
 
     def begin(self) -> None:
-        """Start building a transaction: remember the allocation state, for :meth:`abort`."""
+        """Start building a transaction: remember the allocation state, for :meth:`abort`. Its
+        pages are taken lowest first (so the end of the file empties, and can be cut)."""
+        self.free.sort(reverse=True)
         self._saved = (list(self.free), self._next_page, list(self.freelist_pages))
         self.pending = []
         self.dirty = {}
@@ -360,7 +372,8 @@ class Pager:
         self.free, self._next_page, self.freelist_pages = saved_free, saved_next, saved_freelist
 
     def allocate(self) -> int:
-        """A page number for the transaction being built: a free page, or a new one."""
+        """A page number for the transaction being built: the lowest free page (see
+        :meth:`begin`), or a new one."""
         if self.free:
             return self.free.pop()
         page_no = self._next_page
@@ -477,6 +490,9 @@ class Pager:
                 f"{self.path}: a page would be freed twice (the tree reaches a page twice)"
             )
         per_page = (self.page_size - _HEADER.size) // 4
+        self._cut_tail(per_page)
+        pending = self.pending + self.freelist_pages
+        self.free.sort(reverse=True)  # the free list, too, takes the lowest pages
         fl_pages: list[int] = []
         while len(fl_pages) < -(-(len(self.free) + len(pending)) // per_page):
             fl_pages.append(self.allocate())
@@ -512,6 +528,40 @@ class Pager:
         self.pending = []
         self.freelist_pages = fl_pages
         self._committing = False
+        if self.file.size() > meta.page_count * self.page_size:
+            # Only now that the meta page that stops counting them is durable. (Not fsynced:
+            # after a power cut the file may keep its old length, whose end no page reaches.)
+            # A failure is an I/O error like any other, reported; the commit stands, and
+            # abort() goes back to it.
+            self._saved = (list(self.free), self._next_page, list(self.freelist_pages))
+            self.file.truncate(meta.page_count * self.page_size)
+
+    def _cut_tail(self, per_page: int) -> None:
+        """The pages at the end of the file that no tree reaches leave the free list and the
+        pages in use: free pages (free since an earlier transaction: neither meta page's tree
+        reaches them), and the pages of the committed free list too (read only on open, and
+        not again once the new meta page is durable), if the new free list fits in the free
+        pages below them (so that this commit writes none of them: until its meta page is
+        durable, the committed free list is still the one an open would read)."""
+        if not self.free:
+            return
+        end = self._next_page
+        free = set(self.free)
+        while end - 1 in free:
+            end -= 1
+        further = end
+        spare = free.union(self.freelist_pages)
+        while further - 1 in spare:
+            further -= 1
+        if further < end:
+            below = sum(1 for page in self.free if page < further)
+            listed = below + len(self.pending) + sum(p < further for p in self.freelist_pages)
+            if below >= -(-listed // per_page):
+                end = further
+        if end < self._next_page:
+            self.free = [page for page in self.free if page < end]
+            self.freelist_pages = [page for page in self.freelist_pages if page < end]
+            self._next_page = end
 
     def close(self) -> None:
         """Close the file; idempotent."""

@@ -36,7 +36,7 @@ from halodb.collector import collector_paused
 from halodb.errors import CorruptionError
 from halodb.hashing import key_hash
 from halodb.memtable import MISSING, Memtable
-from halodb.pager import Pager
+from halodb.pager import META_PAGES, Pager
 from halodb.reports import PartitionStats, TreeReport
 from halodb.vfs import FileSystem
 from halodb.wal import Entry, LogContents, LogWriter, Record, frame, header_bytes, read_log
@@ -733,6 +733,10 @@ class Partition:
             recovery_seconds=self.recovery_seconds,
             cache_bytes=self.pager.cache_bytes,
             row_cache_bytes=self.tree.row_cache_bytes(),
+            file_bytes=self.pager.file.size()
+            + sum(map(self.fs.size_of, (*self.log_paths, self.bloom_path))),
+            live_bytes=self.pager.page_size
+            * (meta.page_count - META_PAGES - meta.free_count - len(self.pager.freelist_pages)),
             frozen_entries=0 if frozen is None else len(frozen.data),
             frozen_bytes=0 if frozen is None else frozen.size,
             stalls=self.stalls,

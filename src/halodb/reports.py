@@ -24,6 +24,12 @@ class StoreStats:
     """One :class:`PartitionStats` per partition, in index order."""
     last_recovery_seconds: float
     """The time the whole open took, recovery included."""
+    file_bytes: int = 0
+    """Bytes of the store's files on disk (its partitions' trees, logs and bloom filters, and
+    its manifest and lock file)."""
+    live_bytes: int = 0
+    """Bytes of the trees' pages that hold data (nodes and overflow values): what the trees
+    would take with no free page."""
     worker: str = "off"
     """The background worker that merges frozen memtables into the trees: ``"idle"``,
     ``"merging"``, ``"stopped"`` (the store is closing), ``"failed"`` (its error stopped the
@@ -76,6 +82,13 @@ class PartitionStats:
     row_cache_bytes: int
     """Bytes of memory the row cache takes (its keys and values as objects, and its dict);
     within the same budget as ``cache_bytes``."""
+    file_bytes: int = 0
+    """Bytes of the partition's files on disk: its tree, its log (two while a frozen memtable
+    merges) and its bloom filter."""
+    live_bytes: int = 0
+    """Bytes of the tree's pages that hold data (nodes and overflow values); the rest of the
+    tree file is free pages (``free_pages``, reused lowest first; those at the file's end are
+    cut off at the next commit) and the free list."""
     frozen_entries: int = 0
     """Entries of the frozen memtable: a full one that the worker is merging into the tree
     while the memtable takes new writes (0 when there is none)."""

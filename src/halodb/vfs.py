@@ -198,6 +198,16 @@ class FileSystem:
             raise OperationalError(f"looking up {path!r} failed: {exc.strerror or exc}") from exc
         return True
 
+    def size_of(self, path: str) -> int:
+        """The size of the file ``path`` (0 if there is none). ``OperationalError`` if the
+        answer is unknown."""
+        try:
+            return os.lstat(path).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        except OSError as exc:
+            raise OperationalError(f"looking up {path!r} failed: {exc.strerror or exc}") from exc
+
     def is_dir(self, path: str) -> bool:
         """Whether ``path`` is a directory."""
         return os.path.isdir(path)

@@ -382,8 +382,12 @@ def test_stats(tall: Path) -> None:
     assert "3,000 keys in 2 partitions" in out
     for label in ("partition", "total", "keys", "memtable entries", "tree height", "pages"):
         assert label in out, label
+    assert "on disk" in out and "of tree pages in use" in out and "background worker off" in out
     data = json.loads(run(tall, "stats", "--json").stdout)
     assert data["keys"] == 3000
+    assert data["file_bytes"] == sum(p.stat().st_size for p in tall.iterdir())
+    assert 0 < data["live_bytes"] < data["file_bytes"]
+    assert (data["worker"], data["stalls"]) == ("off", 0)
     assert [p["index"] for p in data["partitions"]] == [0, 1]
     assert sum(p["keys"] for p in data["partitions"]) == 3000
 

@@ -22,7 +22,8 @@ The harness is shown to bite: each ``test_harness_catches_*`` plants a bug in th
 skipped fsync, a skipped directory fsync, a rename before its fsync, a log reader that takes a
 lost sector for damage, a recovery that keeps the writes after a dropped batch, a meta page
 written before its pages, a page reused while the committed tree still refers to it, a frozen
-memtable's log dropped before its merge is durable) and requires the harness to report it.
+memtable's log dropped before its merge is durable, a tree file cut before the meta page that
+stops counting its end is durable) and requires the harness to report it.
 
 ``HALODB_SEED`` (default 0) seeds the few sampled variants; it and the configuration are printed.
 A failure names the mode, the workload, the crash point and the variant; rerun it with
@@ -394,6 +395,29 @@ def test_harness_catches_a_frozen_log_dropped_before_its_merge_is_durable(
         or "lost a write promised durable" in v.problem
         for v in found
     ), _show(found)
+
+
+def test_harness_catches_a_tree_file_cut_before_its_meta_page_stops_counting_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit cuts the free end off the tree file only once the meta page that no longer
+    counts it is durable. Planted: the cut first, so a power cut before that meta page leaves
+    the newest meta page counting pages the file no longer has."""
+
+    def bug() -> None:
+        plant(
+            monkeypatch,
+            Pager,
+            "commit",
+            (
+                "    self._cut_tail(per_page)\n",
+                "    self._cut_tail(per_page)\n"
+                "    self.file.truncate(self._next_page * self.page_size)  # planted\n",
+            ),
+        )
+
+    found = caught(monkeypatch, "normal", ("put", "flush"), bug)
+    assert any("pages in use but the file holds" in v.problem for v in found), _show(found)
 
 
 # -- defects this suite found, on real files: minimal reproducers -------------------------------

@@ -110,15 +110,16 @@ def test_pager_free_list_spanning_several_pages(tmp_path: Path) -> None:
     for p in pages:
         pager.write_page(p, _body(p % 256))
     pager.commit(root=0, root_crc=0, height=0, flushed_seq=1, key_count=0)
-    for p in pages:
+    for p in pages[:-1]:  # (the last page stays in use: free pages at the end would be cut)
         pager.release(p)
     pager.commit(root=0, root_crc=0, height=0, flushed_seq=2, key_count=0)
     pager.commit(root=0, root_crc=0, height=0, flushed_seq=3, key_count=0)
     pager.close()
     pager = new_pager(tmp_path)
-    # every page but the meta pages and the free-list pages themselves is free
+    # every page but the meta pages, the last one and the free-list pages themselves is free
     assert len(pager.freelist_pages) >= 3
-    assert sorted(pager.free + pager.freelist_pages) == list(range(2, pager.meta.page_count))
+    assert pager.meta.page_count == pages[-1] + 1
+    assert sorted(pager.free + pager.freelist_pages) == list(range(2, pages[-1]))
     pager.close()
 
 
@@ -183,3 +184,62 @@ def test_pager_meta_of_another_partition_or_page_size(tmp_path: Path) -> None:
         new_pager(tmp_path, partition=1)
     with pytest.raises(CorruptionError):
         Pager(FS, str(tmp_path / "p001.tree"), 0, 2048, 16, False)
+
+
+# -- space comes back: lowest pages first, the free end cut off ------------------------------
+
+
+def test_pager_takes_the_lowest_free_pages_first(tmp_path: Path) -> None:
+    pager = new_pager(tmp_path)
+    pages = [pager.allocate() for _ in range(20)]
+    for p in pages:
+        pager.write_page(p, _body(p))
+    pager.commit(root=0, root_crc=0, height=0, flushed_seq=1, key_count=0)
+    for p in (15, 4, 9, 12):
+        pager.release(p)
+    pager.commit(root=0, root_crc=0, height=0, flushed_seq=2, key_count=0)
+    pager.begin()
+    assert [pager.allocate() for _ in range(3)] == sorted(set(pager.free) | {4, 9, 12})[:3]
+    pager.close()
+
+
+def test_pager_cuts_the_free_end_of_the_file_once_no_meta_page_counts_it(tmp_path: Path) -> None:
+    path = tmp_path / "p000.tree"
+    pager = new_pager(tmp_path)
+    pages = [pager.allocate() for _ in range(40)]
+    crcs = {p: pager.write_page(p, _body(p % 200)) for p in pages}
+    pager.commit(root=pages[0], root_crc=crcs[pages[0]], height=1, flushed_seq=1, key_count=1)
+    size = path.stat().st_size
+    assert size == pager.meta.page_count * PAGE
+    for p in pages[5:]:
+        pager.release(p)
+    pager.commit(root=pages[0], root_crc=crcs[pages[0]], height=1, flushed_seq=2, key_count=1)
+    # Released by that commit: the older meta page still reaches them, so they stay (and the
+    # free list takes a page more).
+    assert path.stat().st_size >= size
+    # The next commits take the free list down to the lowest pages, and cut what is above.
+    for seq in (3, 4):
+        pager.commit(root=pages[0], root_crc=crcs[pages[0]], height=1, flushed_seq=seq, key_count=1)
+    assert path.stat().st_size <= 10 * PAGE  # meta pages, 5 pages in use, free-list pages
+    assert path.stat().st_size == pager.meta.page_count * PAGE
+    assert all(p < pager.meta.page_count for p in pager.free + pager.freelist_pages)
+    pager.close()
+    # The older meta page counts pages the file no longer has: not damage.
+    pager = new_pager(tmp_path)
+    assert pager.meta.flushed_seq == 4
+    assert pager.read_page(pages[0], crcs[pages[0]], "test")
+    pager.close()
+
+
+def test_pager_newest_meta_page_beyond_the_file_is_damage(tmp_path: Path) -> None:
+    path = tmp_path / "p000.tree"
+    pager = new_pager(tmp_path)
+    pages = [pager.allocate() for _ in range(10)]
+    for p in pages:
+        pager.write_page(p, _body(p))
+    pager.commit(root=0, root_crc=0, height=0, flushed_seq=1, key_count=0)
+    pager.close()
+    with open(path, "r+b") as f:
+        f.truncate(8 * PAGE)
+    with pytest.raises(CorruptionError, match="12 pages in use but the file holds 8"):
+        new_pager(tmp_path)

@@ -153,7 +153,8 @@ def stats_table(st: halodb.StoreStats, width: int) -> Table:
         f"{st.path}: {plural(st.keys, 'key')} in {plural(len(st.partitions), 'partition')}, "
         f"page size {st.page_size}, durability {st.durability}, "
         f"opened in {st.last_recovery_seconds:.3f} s, background worker {st.worker}, "
-        f"{plural(st.stalls, 'stall')}"
+        f"{plural(st.stalls, 'stall')}; {size(st.file_bytes)} on disk, "
+        f"{size(st.live_bytes)} of tree pages in use"
     )
     rows = _stats_rows(st)
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)

@@ -514,6 +514,14 @@ class Engine:
             page_size=self.page_size,
             partitions=tuple(per),
             last_recovery_seconds=self.recovery_seconds,
+            file_bytes=sum(p.file_bytes for p in per)
+            + sum(
+                map(
+                    self.fs.size_of,
+                    (self.directory.join(fmt.MANIFEST_NAME), self.directory.join(fmt.LOCK_NAME)),
+                )
+            ),
+            live_bytes=sum(p.live_bytes for p in per),
             worker="off" if worker is None else worker.state,
             stalls=sum(p.stalls for p in per),
             stall_seconds=sum(p.stall_seconds for p in per),
