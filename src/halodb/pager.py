@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from itertools import islice
 from typing import Any, Protocol
 
 from halodb import format as fmt
@@ -411,19 +410,23 @@ class Pager:
             self._shrink_cache()
 
     def _shrink_cache(self) -> None:
-        cache = self.cache
+        # A merge in the background and a reader under the partition's lock may both change
+        # the cache: its nodes are looked at in copies made in one step (no Python code runs
+        # inside list() or dict() of a dict), and their bytes recounted rather than counted
+        # down, which could drift.
+        nodes = list(self.cache.items())
         excess = self.cache_bytes - self.cache_budget // 2
         dropped = 0
         count = 0
-        for node in cache.values():
+        for _, node in nodes:
             if dropped >= excess:
                 break
             dropped += node.cost
             count += 1
-        self.cache = kept = dict(islice(cache.items(), count, None))
-        # Recounted rather than counted down: a merge in the background and a reader under the
-        # partition's lock may both add nodes, and a count could drift (never a node lost).
-        self.cache_bytes = sum(node.cost for node in kept.values())
+        kept = dict(nodes[count:])
+        total = sum(node.cost for _, node in nodes[count:])
+        self.cache = kept
+        self.cache_bytes = total
 
     def _forget_cache(self) -> None:
         self.cache = {}

@@ -181,7 +181,10 @@ class Partition:
                 found.append((read_log(data, self.index, path), path))
         if not found:
             raise CorruptionError(f"{self.log_paths[0]}: file is missing")
-        found.sort(key=lambda item: item[0].base_seq)
+        # (Equal base_seqs: a freeze starts the newer log after the older one's last record,
+        # above its base_seq; so one of them has no record after it, and is the older: what a
+        # recovery replaced, or started a new log after, and then deleted.)
+        found.sort(key=lambda item: (item[0].base_seq, bool(item[0].records)))
         flushed = self.pager.meta.flushed_seq
         oldest, oldest_path = found[0]
         if oldest.base_seq > flushed:
@@ -192,7 +195,7 @@ class Partition:
         newest, self.wal_path = found[-1]
         if len(found) == 1:
             return newest
-        if newest.base_seq == oldest.base_seq:
+        if newest.base_seq == oldest.base_seq and newest.records:
             raise CorruptionError(
                 f"{self.wal_path}: log follows sequence {newest.base_seq}, as does the other "
                 f"log, {oldest_path}"
@@ -291,13 +294,25 @@ class Partition:
         or, after a clean close, to a fresh log (written as temp, fsync, rename, fsync dir)."""
         if self.readonly:
             return
-        if self.stale_path is not None:
-            self.fs.unlink(self.stale_path)  # its records are in the tree
-            self.stale_path = None
-        if self.gap_base is not None:
+        if (
+            self.stale_path is not None
+            and self.contents.base_seq > self.last_seq
+            and self.gap_base is None
+        ):
+            # Recovery dropped every record of the older log the tree did not hold: the newer
+            # log starts after them, and must not outlive the older one.
+            self.gap_base = self.last_seq
+        if self.gap_base is not None:  # (before the stale log goes)
             self.log = self._new_log(self.wal_path, self.gap_base, buffer_limit)
             self.contents = LogContents(self.gap_base, [], self.log.end, False)
             self.gap_base = None
+        if self.stale_path is not None:
+            # Its records are in the tree. Durably gone before any new record is written, so
+            # that it never comes back beside logs written after it.
+            self.fs.unlink(self.stale_path)
+            self.fs.sync_dir(os.path.dirname(self.stale_path))
+            self.stale_path = None
+        if self.log is not None:
             return
         records = self.contents.records
         if (
@@ -603,13 +618,13 @@ class Partition:
                 f"{self.tree_path}: tree holds {count} keys after a flush, "
                 f"but {self.frozen_count} were counted from the tree, log and bloom filter"
             )
+        old = self.frozen_log  # (before the lock goes: a writer may freeze again at once)
         if locked:
             self._let_go(keys)
         else:
             with self.lock:
                 self._let_go(keys)
         del keys
-        old, self.frozen_log = self.frozen_log, None
         if old is not None:
             old.retire(durable=True)
             retire(old)
@@ -624,6 +639,7 @@ class Partition:
         without a frozen memtable has its log there), the row cache forgets the changed keys'
         old values, then the frozen memtable goes, and stalled writers are woken."""
         self._drop_frozen_log()
+        self.frozen_log = None  # (its writer stays attached, and closed at close, until here)
         self.tree.drop_rows(keys)
         self.frozen = None
         if self.on_let_go is not None:

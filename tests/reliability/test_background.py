@@ -17,6 +17,7 @@ import pytest
 
 import halodb
 from halodb import format as fmt
+from halodb import testing
 from support.faultfs import Fault, FaultFS
 
 OPTIONS: dict[str, Any] = {"partitions": 1, "page_size": 1024, "memtable_size": 64 * 1024}
@@ -200,3 +201,130 @@ def test_background_must_be_a_bool(tmp_path: Path, bad: object) -> None:
     with pytest.raises(halodb.InterfaceError, match="background must be a bool"):
         halodb.open(tmp_path / "s", background=bad)  # type: ignore[arg-type]
     assert not (tmp_path / "s").exists()
+
+
+class TreeGate(Gate):
+    """A :class:`Gate` for one partition's tree file only."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def __call__(self, path: str) -> None:
+        if path.endswith(self.name):
+            super().__call__(path)
+
+
+def test_a_batch_that_fills_a_merging_partition_waits_holding_no_other_lock(
+    tmp_path: Path,
+) -> None:
+    """The worker merges partition 1, held before its commit; partition 0 has a frozen memtable
+    waiting its turn. A batch over both partitions fills partition 0 again: it must wait for
+    partition 0's merge without holding partition 1's lock, which the merge of partition 1
+    needs for its last step (else neither ever ends)."""
+    fs = FaultFS(tmp_path / "s")
+    gate = TreeGate(fmt.partition_file(1, "tree"))
+    fs.before_sync = gate
+    db = halodb.open(tmp_path / "s", filesystem=fs, partitions=2, page_size=1024,
+                     memtable_size=64 * 1024, hash_seed=7)  # fmt: skip
+    engine = testing.engine(db)
+    zero, one = testing.keys_in(db, 0, 3000, "a"), testing.keys_in(db, 1, 3000, "b")
+    model: dict[str, str] = {}
+    stuck: list[threading.Thread] = []
+    try:
+        for key in one:  # partition 1 freezes; its merge is held
+            db[key] = model[key] = VALUE
+            if gate.entered.is_set():
+                break
+        _until(gate.entered.is_set, "partition 1's merge commits")
+        i = 0
+        while engine.parts[0].frozen is None:  # partition 0 freezes, waits for the worker
+            db[zero[i]] = model[zero[i]] = VALUE
+            i += 1
+        batch = {key: VALUE for key in zero[i : i + 400]} | {one[-1]: "last"}
+        done = threading.Event()
+
+        def writer() -> None:
+            db.update(batch)
+            done.set()
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        stuck.append(thread)
+        _until(lambda: db.stats().stalls >= 1, "the batch waits for partition 0's merge")
+        gate.open()
+        assert done.wait(WAIT), "the batch never ended: a merge waited for a lock it held"
+        thread.join()
+        stuck.clear()
+        model.update(batch)
+        _until(lambda: db.stats().worker == "idle", "the worker is idle")
+        for part in engine.parts:  # a frozen memtable keeps its log open until merged
+            with part.lock:
+                assert part.frozen is None or (
+                    part.frozen_log is not None and not part.frozen_log.file.closed
+                )
+        assert dict(db.items()) == model
+        db.check()
+    finally:
+        gate.open()
+        if not stuck:  # (a deadlocked store cannot be closed: it is left to the process)
+            db.close()
+
+
+def test_full_mode_acknowledges_no_record_of_a_new_log_before_the_frozen_one_is_durable(
+    tmp_path: Path,
+) -> None:
+    """Durability "full": a write that froze the memtable is still fsyncing the frozen log when
+    another write to the new log returns from its own fsync. The second write must wait for the
+    first log too: were the frozen log's tail lost, recovery would drop the new log's records."""
+    fs = FaultFS(tmp_path / "s")
+    merge_gate = Gate()  # the worker's merge is held, so the frozen log stays
+    log_gate = threading.Event()
+    log_entered = threading.Event()
+    frozen_log = fmt.partition_file(0, "wal")
+
+    def hook(path: str) -> None:
+        merge_gate(path)
+        part = testing.engine(db).parts[0]
+        if (
+            path.endswith(frozen_log)
+            and part.frozen is not None
+            and threading.current_thread().name == "freezer"
+            and not log_gate.is_set()
+        ):
+            log_entered.set()
+            log_gate.wait(WAIT)
+
+    db = halodb.open(tmp_path / "s", filesystem=fs, durability="full", **OPTIONS)
+    fs.before_sync = hook
+    model: dict[str, str] = {}
+    try:
+
+        def freezer() -> None:
+            i = 0
+            while not log_entered.is_set() and testing.engine(db).parts[0].frozen is None:
+                db[f"k{i:06d}"] = model[f"k{i:06d}"] = VALUE
+                i += 1
+
+        first = threading.Thread(target=freezer, name="freezer")
+        first.start()
+        _until(log_entered.is_set, "the write that froze fsyncs the frozen log")
+        second_done = threading.Event()
+
+        def second() -> None:
+            db["second"] = model["second"] = "acknowledged"
+            second_done.set()
+
+        other = threading.Thread(target=second)
+        other.start()
+        assert not second_done.wait(0.5), "acknowledged before the frozen log was durable"
+        log_gate.set()
+        assert second_done.wait(WAIT)
+        first.join(WAIT)
+        other.join(WAIT)
+    finally:
+        log_gate.set()
+        merge_gate.open()
+        db.close()
+    with halodb.open(tmp_path / "s", **OPTIONS) as again:
+        assert dict(again.items()) == model

@@ -8,7 +8,8 @@ memtable's log and the newer one, as a crash in the middle of a merge leaves the
   a writable open and kept by a read-only one;
 - the newer log starts before the older one's last record (a recovery dropped those records and
   froze what it kept): those records stay dropped;
-- two logs with the same ``base_seq``: ``CorruptionError``.
+- two logs with records after the same ``base_seq``: ``CorruptionError`` (with one of them
+  empty, that one is the newer).
 """
 
 from __future__ import annotations
@@ -138,12 +139,11 @@ def test_records_a_recovery_dropped_before_the_newer_log_stay_dropped(tmp_path: 
         assert dict(db.items()) == want
 
 
-def test_two_logs_with_one_base_are_damage(tmp_path: Path) -> None:
+def test_two_logs_with_records_after_one_base_are_damage(tmp_path: Path) -> None:
     store = tmp_path / "s"
     _frozen_store(store)
     old, new = _paths(store)
-    base = fmt.WAL_HEADER.unpack_from(old.read_bytes())[4]
-    new.write_bytes(header_bytes(0, base))
+    new.write_bytes(old.read_bytes())  # records after one base_seq in both: no freeze did that
     copy = tmp_path / "copy"
     shutil.copytree(store, copy)
     with pytest.raises(halodb.CorruptionError, match="as does the other log"):
@@ -151,3 +151,47 @@ def test_two_logs_with_one_base_are_damage(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in store.iterdir() if p.name != "LOCK"} == {
         p.name: p.read_bytes() for p in copy.iterdir() if p.name != "LOCK"
     }
+
+
+def test_a_crash_at_any_step_of_a_recovery_that_drops_the_older_log_leaves_a_store(
+    tmp_path: Path,
+) -> None:
+    """Partition 0's older log starts with part of a batch whose other part (partition 1's) was
+    lost, so recovery drops every record of it, and of the newer log after it. The writable open
+    deletes the older log and replaces the newer one: a power cut at any fsync of that open
+    leaves files the next open reads as the same store."""
+    from support.faultfs import FaultFS
+
+    store = tmp_path / "s"
+    db = halodb.open(store, partitions=2, page_size=1024, background=False, hash_seed=7)
+    zero, one = testing.keys_in(db, 0, 3, "a"), testing.keys_in(db, 1, 3, "b")
+    db.update({zero[0]: 0, one[0]: 1})
+    db.flush()
+    with db.batch() as batch:  # a part in each log
+        batch[zero[1]] = "batch"
+        batch[one[1]] = "batch"
+    part = testing.engine(db).parts[0]
+    with part.lock:
+        part.freeze()
+    db[zero[2]] = "after the batch"
+    testing.abandon(db)
+    p001 = store / fmt.partition_file(1, "wal")
+    p001.write_bytes(p001.read_bytes()[: fmt.WAL_HEADER.size])  # partition 1's part is lost
+    want = {zero[0]: 0, one[0]: 1}
+    fs = FaultFS(store)
+    copies: list[Path] = []
+
+    def cut(path: str) -> None:
+        target = tmp_path / f"cut{len(copies)}"
+        fs.crash_copy(target)
+        copies.append(target)
+
+    fs.before_sync = cut
+    with halodb.open(store, filesystem=fs, background=False) as db:
+        assert dict(db.items()) == want
+        fs.before_sync = None
+    assert copies, "the open fsynced nothing"
+    for copy in copies:
+        with halodb.open(copy, background=False) as again:
+            assert dict(again.items()) == want, copy.name
+            again.check()

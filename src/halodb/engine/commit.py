@@ -123,6 +123,15 @@ class LogSync:
         for wal, _ in logged:
             self._after[wal] = needed
 
+    def follow(self, wal: LogWriter, before: LogWriter, offset: int) -> None:
+        """``wal`` starts where ``before`` ends (a new log after a freeze): a record of ``wal``
+        may be acknowledged only once ``before`` is durable up to ``offset``, and whatever
+        ``before``'s records depend on."""
+        needed = dict(self._after.get(before, {}))
+        needed[before] = max(offset, needed.get(before, 0))
+        needed.update(self._after.get(wal, {}))
+        self._after[wal] = {other: end for other, end in needed.items() if other.synced < end}
+
     def retire(self, wal: LogWriter) -> None:
         """Forget a log replaced by a flush: its records are in the tree."""
         self._after.pop(wal, None)

@@ -342,13 +342,21 @@ class Engine:
                 # written (a flush could make the half permanent). Reopening replays the logs.
                 self.fail(exc)
                 raise
-            for part in parts:
-                assert part.log is not None
-                if part.memtable.size > self.memtable_limit or part.log.end > self.log_limit:
+            full = [part for part in parts if self._over(part)]
+        for part in full:  # one lock at a time: a stall must hold no other partition's lock
+            with part.lock:
+                if not self.closed and self.failure is None and self._over(part):
                     self._full(part)
         if self.full:
             for wal, end in logged:
                 self._sync(wal, end)
+
+    def _over(self, part: Partition) -> bool:
+        """Whether ``part``'s memtable or log is past its limit (caller holds its lock)."""
+        wal = part.log
+        return part.memtable.size > self.memtable_limit or (
+            wal is not None and wal.end > self.log_limit
+        )
 
     def _log_batch(
         self, parts: list[Partition], groups: dict[int, list[Entry]], seq: int, *, clear: bool
@@ -387,22 +395,24 @@ class Engine:
                     self._merge_locked(part)  # (left by recovery, or by an interrupted merge)
                 else:
                     self._stall(part)
-                    if not (
-                        part.memtable.size > self.memtable_limit
-                        or (part.log is not None and part.log.end > self.log_limit)
-                    ):
+                    if not self._over(part):
                         return  # a writer that waited too froze it meanwhile
             part.freeze()
         except OperationalError as exc:
             self.fail(exc)
             raise
+        if self.full and part.frozen_log is not None and part.log is not None:
+            # A record of the new log is acknowledged only once the frozen one is durable
+            # too: a power cut that took the frozen log's tail would drop the new log's records.
+            self.logs.follow(part.log, part.frozen_log, part.frozen_log.written)
         if self.worker is None:
             self._merge_locked(part)
         else:
             self.worker.wake()
 
     def _stall(self, part: Partition) -> None:
-        """Wait (``part``'s lock released meanwhile) until its frozen memtable is merged."""
+        """Wait (``part``'s lock released meanwhile; the caller holds no other partition's
+        lock, which the merge may need) until its frozen memtable is merged."""
         started = time.perf_counter()
         part.stalls += 1
         try:
