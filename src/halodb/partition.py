@@ -195,7 +195,7 @@ class Partition:
         newest, self.wal_path = found[-1]
         if len(found) == 1:
             return newest
-        if newest.base_seq == oldest.base_seq and newest.records:
+        if newest.base_seq == oldest.base_seq and oldest.records:  # (both have records)
             raise CorruptionError(
                 f"{self.wal_path}: log follows sequence {newest.base_seq}, as does the other "
                 f"log, {oldest_path}"
