@@ -9,7 +9,7 @@ memtable's log and the newer one, as a crash in the middle of a merge leaves the
 - the newer log starts before the older one's last record (a recovery dropped those records and
   froze what it kept): those records stay dropped;
 - two logs with records after the same ``base_seq``: ``CorruptionError`` (with one of them
-  empty, that one is the newer).
+  empty, that one is the older).
 """
 
 from __future__ import annotations
@@ -195,3 +195,24 @@ def test_a_crash_at_any_step_of_a_recovery_that_drops_the_older_log_leaves_a_sto
         with halodb.open(copy, background=False) as again:
             assert dict(again.items()) == want, copy.name
             again.check()
+
+
+def test_an_empty_older_log_of_the_same_base_is_the_older(tmp_path: Path) -> None:
+    """A recovery that replaced a log and was cut before it deleted the older one, empty, can
+    leave two logs of one base_seq: the one with records is the newer, and it is replayed."""
+    store = tmp_path / "s"
+    db = halodb.open(store, **OPTIONS)
+    db.update({f"k{i}": i for i in range(5)})
+    testing.abandon(db)
+    old, new = _paths(store)
+    base = fmt.WAL_HEADER.unpack_from(old.read_bytes())[4]
+    new.write_bytes(old.read_bytes())  # the log with the records, under the other name
+    old.write_bytes(header_bytes(0, base))  # and an empty one of the same base_seq
+    want = {f"k{i}": i for i in range(5)}
+    with halodb.open(store, readonly=True) as db:
+        assert dict(db.items()) == want
+    with halodb.open(store, **OPTIONS) as db:
+        assert dict(db.items()) == want
+        db.check()
+    with halodb.open(store, **OPTIONS) as db:
+        assert dict(db.items()) == want
