@@ -48,6 +48,11 @@ SORT_STEP = 1 << 14
 """Keys a merge without the lock sorts in one call (see ``Memtable.columns``)."""
 
 
+def _buffer_limit(wal: LogWriter) -> int | None:
+    """The buffer size of ``wal`` (``None``: unbuffered), for the log that replaces it."""
+    return None if wal.buffer is None else wal.buffer_limit
+
+
 def _overlay(
     upper: dict[bytes, bytes | None],
     upper_keys: Iterator[bytes],
@@ -250,23 +255,25 @@ class Partition:
                 )
             except CorruptionError as exc:
                 log.warning("%s; rebuilding it from the tree", exc)
-        return self._rebuild_bloom(save=False)
+        return self._rebuild_bloom()
 
-    def _rebuild_bloom(self, *, save: bool) -> BloomFilter:
+    def _rebuild_bloom(self) -> BloomFilter:
+        """A bloom filter built from the tree and the memtables (at open, when the saved one
+        cannot be used; saved at the next merge)."""
         self.bloom_rebuilds += 1
         bloom = BloomFilter.for_keys(max(2 * self.count, 1024), self.bloom_bits_per_key)
+        tree_gone = self.cleared or (self.frozen is not None and self.frozen_cleared)
+        self._fill_bloom(bloom, self._live_in_memory(), tree=not tree_gone)
+        self.bloom = bloom
+        return bloom
+
+    def _fill_bloom(self, bloom: BloomFilter, live: list[bytes], *, tree: bool) -> None:
+        """Add ``live`` keys to ``bloom``, and every key of the tree if ``tree``."""
         seeds = repeat(self.seed)
-        if not self.cleared and not self.frozen_cleared:
+        if tree:
             for keys in self.tree.iter_key_runs():
                 bloom.add_all(map(key_hash, keys, seeds))
-        for table in (self.frozen, self.memtable):
-            if table is not None:
-                live = [key for key, value in table.data.items() if value is not None]
-                bloom.add_all(map(key_hash, live, seeds))
-        self.bloom = bloom
-        if save and not self.readonly:
-            self.fs.write_new(self.bloom_path, bloom.to_bytes(self.index, self.pager.meta.txn))
-        return bloom
+        bloom.add_all(map(key_hash, live, seeds))
 
     def replay(self, records: Sequence[Record]) -> None:
         """Apply recovered log records (already approved by recovery) to the memtable."""
@@ -566,8 +573,7 @@ class Partition:
         assert old is not None and self.frozen is None
         old.write_out()
         path = self.log_paths[self.log_paths[0] == self.wal_path]
-        buffer_limit = None if old.buffer is None else old.buffer_limit
-        self.log = self._new_log(path, self.last_seq, buffer_limit)
+        self.log = self._new_log(path, self.last_seq, _buffer_limit(old))
         self.contents = LogContents(self.last_seq, [], self.log.end, False)
         self._freeze_memory(self.wal_path)
         self.frozen_log = old
@@ -673,11 +679,8 @@ class Partition:
                 live = self._live_in_memory()
         else:
             live = self._live_in_memory()
-        seeds = repeat(self.seed)
         try:
-            for keys in self.tree.iter_key_runs():
-                fresh.add_all(map(key_hash, keys, seeds))
-            fresh.add_all(map(key_hash, live, seeds))
+            self._fill_bloom(fresh, live, tree=True)
         except BaseException:
             if not locked:
                 with self.lock:
@@ -710,9 +713,7 @@ class Partition:
     def _rotate_log(self) -> None:
         assert self.log is not None
         old = self.log
-        self.log = self._new_log(
-            self.wal_path, self.last_seq, None if old.buffer is None else old.buffer_limit
-        )
+        self.log = self._new_log(self.wal_path, self.last_seq, _buffer_limit(old))
         self.contents = LogContents(self.last_seq, [], self.log.end, False)
         old.retire(durable=True)
 
