@@ -22,7 +22,7 @@ from halodb.errors import (
 from halodb.keys import Key
 from halodb.opener import codec_name, open
 from halodb.options import Durability, Options
-from halodb.reports import PartitionStats, StoreStats, TreeReport
+from halodb.reports import CompactReport, PartitionStats, StoreStats, TreeReport
 from halodb.store import Batch, Store
 from halodb.values import DefaultCodec, PickleCodec, ValueCodec
 
@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batch",
+    "CompactReport",
     "CorruptionError",
     "DataError",
     "DatabaseError",

@@ -71,6 +71,7 @@ def open(
     fast_buffer_size: int = DEFAULTS.fast_buffer_size,
     hash_seed: int | None = None,
     background: bool = True,
+    compact_threshold: float | None = DEFAULTS.compact_threshold,
     value_codec: ValueCodec | None = None,
     filesystem: FileSystem | None = None,
 ) -> Store:
@@ -104,6 +105,11 @@ def open(
             stall in :meth:`Store.stats`, when a second memtable of a partition fills while
             the first is still merging); ``False`` runs no thread: the write that fills a
             memtable merges it.
+        compact_threshold: The background worker compacts a partition's tree file on its
+            own (:meth:`Store.compact`, a step at a time) once a merge leaves this fraction of
+            the file's pages free that it did not need (0 to 1; 0.25 by default; ``None``: only
+            :meth:`Store.compact` compacts). Free pages that later merges reuse, as in a fill,
+            do not count: deletes and overwrites of large values leave them.
         value_codec: A codec *instance* with ``name``, ``encode(value) -> bytes`` and
             ``decode(bytes)``; ``None`` is the safe default codec (bytes, str and JSON values).
             Its name is recorded at creation and must match at every later open.
@@ -133,6 +139,7 @@ def open(
         fast_buffer_size=fast_buffer_size,
         hash_seed=hash_seed,
         background=background,
+        compact_threshold=compact_threshold,
     )
     codec = _check_codec(DefaultCodec() if value_codec is None else value_codec)
     manager = Engine(directory, opts, codec.name, filesystem)

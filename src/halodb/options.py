@@ -64,6 +64,10 @@ class Options:
     background: bool = True
     """Merge full memtables into the trees in a background thread (one per store), so that a
     write never waits for a merge; ``False``: the write that fills a memtable merges it."""
+    compact_threshold: float | None = 0.25
+    """The background worker compacts a tree file on its own once a merge leaves this
+    fraction of its pages free that it did not need (and at least a MiB's worth at the
+    default page size); ``None``: only ``compact()`` compacts."""
     create: bool = True
     """Create the store if the directory has none."""
     hash_seed: int | None = None
@@ -107,6 +111,7 @@ def validate_options(
     readonly: object = False,
     create: object = True,
     background: object = True,
+    compact_threshold: object = DEFAULTS.compact_threshold,
     hash_seed: object = None,
 ) -> Options:
     """Return :class:`Options` from user-supplied values, or raise :class:`InterfaceError`."""
@@ -125,6 +130,18 @@ def validate_options(
             raise InterfaceError(f"option {name} must be a bool, not {type(flag).__name__}")
     assert isinstance(readonly, bool) and isinstance(create, bool)
     assert isinstance(background, bool)
+    if compact_threshold is not None:
+        if type(compact_threshold) not in (int, float):
+            raise InterfaceError(
+                f"option compact_threshold must be a float or None, not "
+                f"{type(compact_threshold).__name__}"
+            )
+        assert isinstance(compact_threshold, int | float)
+        if not 0 < compact_threshold <= 1:
+            raise InterfaceError(
+                f"option compact_threshold={compact_threshold} is out of range (0, 1]"
+            )
+        compact_threshold = float(compact_threshold)
     return Options(
         partitions=None
         if partitions is None
@@ -138,5 +155,6 @@ def validate_options(
         readonly=readonly,
         create=create and not readonly,
         background=background,
+        compact_threshold=compact_threshold,
         hash_seed=None if hash_seed is None else _int_option("hash_seed", hash_seed, 0, 2**32 - 1),
     )

@@ -162,6 +162,12 @@ class Pager:
         """Pages the transaction being built stopped using; free from the next one on."""
         self._saved: tuple[list[int], int, list[int]] = ([], 0, [])
         self._committing = False
+        self.spare = 0
+        """Free pages the last commit left beyond as many as its transaction wrote: what a
+        transaction like it would not reuse (none after a fill's merge, which frees about as
+        many pages as it writes; many after deletes)."""
+        self._allocated = 0
+        """Pages the transaction being built took."""
         self.unsettled = False
         """An interrupted commit could not be settled from the file (see :meth:`abort`)."""
 
@@ -339,6 +345,7 @@ class Pager:
         self._saved = (list(self.free), self._next_page, list(self.freelist_pages))
         self.pending = []
         self.dirty = {}
+        self._allocated = 0
 
     def abort(self) -> None:
         """Forget the transaction being built (after an error or interrupt part-way): the
@@ -373,6 +380,7 @@ class Pager:
     def allocate(self) -> int:
         """A page number for the transaction being built: the lowest free page (see
         :meth:`begin`), or a new one."""
+        self._allocated += 1
         if self.free:
             return self.free.pop()
         page_no = self._next_page
@@ -528,6 +536,7 @@ class Pager:
         self.file.sync()
         self.meta = meta
         self.free = entries
+        self.spare = max(0, len(entries) - self._allocated)
         self.pending = []
         self.freelist_pages = fl_pages
         self._committing = False

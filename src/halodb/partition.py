@@ -46,6 +46,15 @@ log = logging.getLogger(__name__)
 
 SORT_STEP = 1 << 14
 """Keys a merge without the lock sorts in one call (see ``Memtable.columns``)."""
+COMPACT_STEP = 256
+"""Pages a compaction step reads at most, leaves and overflow pages (it stops after the leaf
+that reaches it), and so about as many it writes, with the leaves' ancestors: a MiB at the
+default page size."""
+COMPACT_SWEEPS = 8
+"""Sweeps a compaction makes at most: each one moves nodes the previous one could not (free
+pages came out of it), and the first usually does most of the work."""
+COMPACT_MIN_PAGES = 256
+"""The fewest spare free pages for which the worker compacts a tree file on its own."""
 
 
 def _buffer_limit(wal: LogWriter) -> int | None:
@@ -155,6 +164,26 @@ class Partition:
         self.bloom_negatives = 0
         self.bloom_rebuilds = 0
         self.flushes = 0
+        self.compact_from: bytes | None = None
+        """Where the next step of the compaction under way starts (``None``: none under way)."""
+        self.sweep_written = 0
+        """Nodes the steps of this sweep rewrote (another sweep follows one that rewrote any)."""
+        self.sweeps = 0
+        """Sweeps of the compaction under way, the one under way included."""
+        self.spare = 0
+        """Free pages of the tree file that the last merge did not need (see
+        :meth:`compact_due`)."""
+        self.compact_steps = 0
+        """Compaction steps since the store was opened."""
+        self.compacted_pages = 0
+        """Nodes and overflow pages compaction steps rewrote since the store was opened."""
+        self.compact_read = 0
+        """Pages compaction steps read since the store was opened."""
+        self.bloom_stale = False
+        """The bloom filter's file names an older transaction of the tree than the current one
+        (compaction steps save it at the compaction's end; a clean close saves it too)."""
+        self.merged_leaves = 0
+        """Leaves fewer than before, by compaction steps since the store was opened."""
         try:
             self.contents: LogContents = self._read_logs()
             self.count = self.pager.meta.key_count
@@ -617,6 +646,7 @@ class Partition:
                 keys, values, clear=self.frozen_cleared, flushed_seq=self.frozen_seq
             )
             del values
+        self.spare = self.pager.spare
         if count != self.frozen_count:
             # The files disagree with each other (say, a manifest whose hash seed does not
             # match the bloom filters and trees), which no checksum can see.
@@ -636,8 +666,83 @@ class Partition:
             retire(old)
         if count > self.bloom.capacity or self.frozen_cleared:
             self._regrow_bloom(count, locked)
-        self.fs.write_new(self.bloom_path, self.bloom.to_bytes(self.index, self.pager.meta.txn))
+        self.save_bloom()
         self.flushes += 1
+
+    def compact_due(self, ratio: float) -> bool:
+        """Whether the worker should compact the tree file: a compaction is under way, or the
+        last merge left at least ``ratio`` of the file's pages (and ``COMPACT_MIN_PAGES``)
+        free that it did not need (free pages a merge reuses, as after a fill, do not count).
+        """
+        if self.compact_from is not None:
+            return True
+        return self.spare >= max(COMPACT_MIN_PAGES, ratio * self.pager.meta.page_count)
+
+    def compact_step(self, *, locked: bool = False) -> bool:
+        """One step of the tree file's compaction (see :class:`~halodb.btree.compact
+        .Compaction`), durable; starts one if none is under way. Returns whether it is done:
+        a compaction sweeps the tree in steps of ``COMPACT_STEP`` pages, again while a sweep
+        rewrote anything (at most ``COMPACT_SWEEPS`` sweeps), and the last sweep's commits cut
+        the file's free end.
+
+        The caller holds ``merge_lock`` (and ``lock`` if ``locked``: else it is taken for the
+        last step only, as for :meth:`merge`: once it is let go, no reader reads the tree as
+        it was before the step, whose pages the next transaction may reuse). Fsyncs: the tree
+        (twice, through the pager), the bloom filter (which names the tree's transaction) and
+        the directory."""
+        if self.compact_from is None:
+            self.compact_from, self.sweep_written, self.sweeps = b"", 0, 1
+        step = self.tree.compact_step(self.compact_from, COMPACT_STEP)
+        self.compact_steps += 1
+        self.bloom_stale = True  # (it names the tree's transaction)
+        self._drop_moved_rows(step.moved, locked)
+        self.sweep_written += step.written
+        self.compacted_pages += step.written
+        self.compact_read += step.read
+        self.merged_leaves += step.merged
+        if step.resume is not None:
+            self.compact_from = step.resume
+            return False
+        if self.sweep_written and self.sweeps < COMPACT_SWEEPS:
+            self.compact_from, self.sweep_written = b"", 0
+            self.sweeps += 1
+            return False
+        self.compact_from = None
+        self.spare = 0
+        count = self.pager.meta.key_count
+        if self.bloom.capacity > 4 * max(count + len(self.memtable.data), 1024):
+            self._regrow_bloom(count, locked)  # sized for the keys that deletes left
+        self.save_bloom()
+        return True
+
+    def _drop_moved_rows(self, keys: list[bytes], locked: bool) -> None:
+        """The step's last part, its commit durable: the rows of ``keys``, whose overflow
+        chains moved, leave the row cache, under the lock (a reader of the tree before the
+        commit may have put them there). Not to be skipped: an interrupt while waiting for the
+        lock waits again, and is raised after."""
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                if locked:
+                    self.tree.drop_rows(keys)
+                else:
+                    with self.lock:
+                        self.tree.drop_rows(keys)
+                break
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
+
+    def stop_compaction(self) -> None:
+        """Forget the compaction under way (the store is closing, or failed)."""
+        self.compact_from = None
+
+    def save_bloom(self) -> None:
+        """Write the bloom filter's file, naming the tree's transaction (temp, fsync, rename,
+        fsync dir)."""
+        self.fs.write_new(self.bloom_path, self.bloom.to_bytes(self.index, self.pager.meta.txn))
+        self.bloom_stale = False
 
     def _let_go(self, keys: list[bytes]) -> None:
         """The last step of a merge, the tree durable (``lock`` held): the frozen log goes (the
@@ -758,6 +863,8 @@ class Partition:
             frozen_bytes=0 if frozen is None else frozen.size,
             stalls=self.stalls,
             stall_seconds=self.stall_seconds,
+            compact_steps=self.compact_steps,
+            compacted_pages=self.compacted_pages,
         )
 
     def check(self) -> TreeReport:
@@ -829,6 +936,8 @@ class Partition:
             self.frozen_log.retire(durable=False)
             self.frozen_log = None
         try:
+            if clean_seq is not None and self.bloom_stale:
+                self.save_bloom()  # (a compaction stopped part-way)
             if log is not None:
                 if clean_seq is not None:
                     log.append(frame(fmt.REC_CLOSE, clean_seq, b""))

@@ -31,14 +31,38 @@ class StoreStats:
     """Bytes of the trees' pages that hold data (nodes and overflow values): what the trees
     would take with no free page."""
     worker: str = "off"
-    """The background worker that merges frozen memtables into the trees: ``"idle"``,
-    ``"merging"``, ``"stopped"`` (the store is closing), ``"failed"`` (its error stopped the
-    store's writes) or ``"off"`` (read-only, or opened with ``background=False``)."""
+    """The background worker that merges frozen memtables into the trees and compacts them:
+    ``"idle"``, ``"merging"``, ``"compacting"``, ``"stopped"`` (the store is closing),
+    ``"failed"`` (its error stopped the store's writes) or ``"off"`` (read-only, or opened
+    with ``background=False``)."""
     stalls: int = 0
     """Writes that waited because a partition's memtable filled while its frozen one was still
     merging, since the store was opened (over every partition)."""
     stall_seconds: float = 0.0
     """The time those writes waited, in all."""
+    free_pages: int = 0
+    """Free pages of the tree files, over every partition (see ``PartitionStats``)."""
+    compact_steps: int = 0
+    """Compaction steps since the store was opened (by ``compact()`` or the worker)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompactReport:
+    """What :meth:`Store.compact` did."""
+
+    file_bytes_before: int
+    """The store's bytes on disk before (``StoreStats.file_bytes``)."""
+    file_bytes_after: int
+    """The store's bytes on disk after."""
+    steps: int
+    """Compaction steps (each one a durable transaction of a tree file)."""
+    pages_rewritten: int
+    """Tree nodes and overflow pages written anew: moved toward the start of their file, or
+    merged with underfull neighbours."""
+    leaves_merged: int
+    """Leaves fewer than before, by merging runs of underfull neighbours."""
+    seconds: float
+    """The time it took."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +122,10 @@ class PartitionStats:
     """Writes to this partition that waited for its frozen memtable's merge."""
     stall_seconds: float = 0.0
     """The time they waited, in all."""
+    compact_steps: int = 0
+    """Compaction steps of this partition's tree file since the store was opened."""
+    compacted_pages: int = 0
+    """Nodes and overflow pages those steps wrote anew."""
 
 
 @dataclass(slots=True)

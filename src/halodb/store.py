@@ -21,6 +21,7 @@ import logging
 import warnings
 import weakref
 from collections.abc import (
+    Callable,
     ItemsView,
     Iterator,
     KeysView,
@@ -37,7 +38,7 @@ from halodb.errors import DataError, ProgrammingError
 from halodb.keys import TAG_BYTES as KEY_TAG_BYTES
 from halodb.keys import TAG_STR as KEY_TAG_STR
 from halodb.keys import Key, KeyLike, decode_key, encode_key, prefix_range
-from halodb.reports import StoreStats, TreeReport
+from halodb.reports import CompactReport, StoreStats, TreeReport
 from halodb.values import TAG_BYTES as VALUE_TAG_BYTES
 from halodb.values import DefaultCodec, ValueCodec
 
@@ -422,6 +423,21 @@ class Store(MutableMapping[Key, Any]):
     def flush(self) -> None:
         """Merge every memtable into its on-disk tree (durably) and empty the logs."""
         self._m.flush()
+
+    def compact(self, progress: Callable[[int, int], None] | None = None) -> CompactReport:
+        """Give the trees' free space back to the file system, to the end, and return what
+        was done; reads and writes go on meanwhile.
+
+        Each partition's tree file is swept in steps, each one a durable transaction of a few
+        hundred leaves: nodes near the end of the file move to free pages near its start,
+        runs of underfull neighbour leaves (as deletes leave them) are merged into full ones,
+        and the free end of the file is cut off. A step holds no lock that reads or writes
+        take but for a moment at its end (with ``background=False``, its partition's lock
+        for the whole step). ``progress(done, total)`` is called after each step, in pages
+        of the tree files. The background worker runs the same steps on its own when a
+        merge leaves much free space (see ``compact_threshold`` at :func:`halodb.open`).
+        """
+        return self._m.compact(progress)
 
     def stats(self) -> StoreStats:
         """Counters and sizes, per partition and in total."""

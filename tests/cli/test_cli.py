@@ -30,7 +30,7 @@ from support.stores import same_value
 
 runner = CliRunner()
 
-EXIT_NOT_FOUND, EXIT_USAGE, EXIT_STORE = 1, 2, 3
+EXIT_NOT_FOUND, EXIT_USAGE, EXIT_STORE, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def run(store: Path | str, *args: str, input: str | bytes | None = None, **kw: Any) -> Result:
@@ -69,7 +69,7 @@ def test_help_says_where_the_store_is_and_lists_every_command() -> None:
     assert "./halodb-data" in out
     assert "created on first write" in out
     for name in ("put", "get", "delete", "list", "count", "clear", "stats", "tree", "check",
-                 "flush", "dump", "load", "shell"):  # fmt: skip
+                 "flush", "compact", "dump", "load", "shell"):  # fmt: skip
         assert re.search(rf"\b{name}\b", out), name
 
 
@@ -512,6 +512,59 @@ def test_flush(tmp_path: Path) -> None:
     assert sum(p["tree_keys"] for p in data["partitions"]) == 2
 
 
+def _store_with_free_space(path: Path) -> Path:
+    store = make_store(path)
+    with halodb.open(store, compact_threshold=None) as db:
+        db.update({f"k{i:05d}": "v" * 100 for i in range(5000)})
+        db.flush()
+        for i in range(4500):
+            del db[f"k{i:05d}"]
+    return store
+
+
+def test_compact(tmp_path: Path) -> None:
+    store = _store_with_free_space(tmp_path / "db")
+    result = run(store, "compact", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["file_bytes_after"] < report["file_bytes_before"] // 4
+    assert report["steps"] > 0
+    result = run(store, "compact")
+    assert result.exit_code == 0
+    assert re.fullmatch(r"compacted: \S+ \S+ → \S+ \S+ on disk \(\d+ steps?, 0 pages rewritten\)\n",
+                        result.stderr), result.stderr  # fmt: skip
+    assert run(store, "check").exit_code == 0
+    assert run(store, "count").stdout == "500\n"
+    result = run(tmp_path / "none", "compact")
+    assert result.exit_code == 0
+    assert "nothing to compact" in result.stderr
+    assert not (tmp_path / "none").exists()
+
+
+def test_compact_stops_between_two_steps_on_ctrl_c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store_with_free_space(tmp_path / "db")
+    compact = halodb.Store.compact
+
+    def interrupted(self: halodb.Store, progress: Any = None) -> Any:
+        def step(done: int, total: int) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # held back until the step is over
+            progress(done, total)
+
+        return compact(self, step)
+
+    monkeypatch.setattr(halodb.Store, "compact", interrupted)
+    result = run(store, "compact")
+    assert result.exit_code == EXIT_INTERRUPTED
+    monkeypatch.undo()
+    assert run(store, "check").exit_code == 0
+    assert run(store, "count").stdout == "500\n"
+    with halodb.open(store) as db:
+        assert db.stats().compact_steps == 0  # (a new open)
+        assert dict(db.items()) == {f"k{i:05d}": "v" * 100 for i in range(4500, 5000)}
+
+
 # ----------------------------------------------------------------------------- dump and load
 
 ODD_ITEMS: dict[Any, Any] = {
@@ -936,7 +989,8 @@ def test_shell_help_lists_every_command(shell: Shell, capsys: pytest.CaptureFixt
     shell.onecmd("help")
     out = capsys.readouterr().out
     for name in ("put", "get", "delete", "list", "count", "clear", "stats", "tree", "check",
-                 "flush", "batch", "commit", "abort", "dump", "load", "help", "quit"):  # fmt: skip
+                 "flush", "compact", "batch", "commit", "abort", "dump", "load", "help",
+                 "quit"):  # fmt: skip
         assert re.search(rf"^{name}\s+\S", out, re.MULTILINE), name
     assert "exit" in out
     shell.onecmd("help list")
@@ -969,7 +1023,8 @@ def test_shell_creates_the_store_on_first_write(tmp_path: Path) -> None:
     path = tmp_path / "later"
     sh = Shell(str(path), interactive=False)
     assert sh.start() == 0
-    for line in ("get a", "list", "count", "stats", "tree", "check", "delete a", "flush"):
+    for line in ("get a", "list", "count", "stats", "tree", "check", "delete a", "flush",
+                 "compact"):  # fmt: skip
         sh.onecmd(line)
         assert not path.exists(), line
     sh.onecmd("put a 1")

@@ -4,7 +4,9 @@ memtables.
 A module per part, each importing only those below it (an import-linter contract)::
 
     tree     BTree: lookups, lazy ordered iteration a leaf at a time, overflow chains; the entry
-             points of a flush (apply_columns) and of the check
+             points of a flush (apply_columns), of a compaction step and of the check
+    compact  Compaction, one per compaction step: nodes move toward the file's start, runs of
+             underfull leaves merge (a TreeWriter that writes no change)
     writer   TreeWriter, one per flush: the copy-on-write merge of a sorted batch of changes
     check    the check of every page from disk (its TreeReport is in halodb.reports)
     rows     RowCache, the row cache (a base class of BTree)

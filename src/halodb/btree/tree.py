@@ -20,6 +20,7 @@ from typing import Any
 
 from halodb import format as fmt
 from halodb.btree.check import check_tree
+from halodb.btree.compact import Compaction
 from halodb.btree.node import (
     HEADER_SIZE,
     Internal,
@@ -201,7 +202,13 @@ class BTree(RowCache):
 
     def release_overflow(self, ref: Overflow) -> None:
         """Release the pages of an overflow chain (in a flush: its value was replaced)."""
+        for page_no in self.overflow_pages(ref):
+            self.pager.release(page_no)
+
+    def overflow_pages(self, ref: Overflow) -> list[int]:
+        """The page numbers of an overflow chain, in order (each page read and verified)."""
         page_no, crc = ref.page, ref.crc
+        pages: list[int] = []
         seen: set[int] = set()
         for _ in range(self.chain_pages(ref)):
             if page_no in seen:
@@ -211,8 +218,9 @@ class BTree(RowCache):
             _, ptype, _, _, nxt, nxt_crc = decode_overflow(page)
             if ptype != fmt.PAGE_OVERFLOW:
                 raise CorruptionError(f"{self.where} page {page_no}: broken overflow chain")
-            self.pager.release(page_no)
+            pages.append(page_no)
             page_no, crc = nxt, nxt_crc
+        return pages
 
     # -- ordered reads -----------------------------------------------------------------------
 
@@ -318,6 +326,14 @@ class BTree(RowCache):
         """:meth:`apply` with the changes as two parallel lists (sorted, unique keys), by a
         :class:`TreeWriter` of its own (see :meth:`TreeWriter.apply`: all or nothing)."""
         return TreeWriter(self, keys, values).apply(clear=clear, flushed_seq=flushed_seq)
+
+    def compact_step(self, start: bytes, budget: int) -> Compaction:
+        """One compaction step from key ``start``, reading at most ``budget`` leaves, committed
+        durably (see :class:`Compaction`); returns it, for where the next step starts
+        (``resume``) and the keys whose rows went stale (``moved``)."""
+        step = Compaction(self, start, budget)
+        step.run()
+        return step
 
     def check(self) -> TreeReport:
         """Verify every page from disk: checksums, levels, key order and bounds, the key count,

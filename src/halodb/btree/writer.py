@@ -45,12 +45,16 @@ class Tree(Protocol):
 
     def release_overflow(self, ref: Overflow) -> None: ...
 
+    def read_overflow(self, ref: Overflow) -> bytes: ...
+
+    def overflow_pages(self, ref: Overflow) -> list[int]: ...
+
     def drop_rows(self, keys: list[bytes]) -> None: ...
 
     def clear_rows(self) -> None: ...
 
 
-class _Run:
+class Run:
     """Consecutive leaves being rewritten by a flush, merged: written as one."""
 
     __slots__ = ("big", "keys", "lower", "values")
@@ -69,7 +73,7 @@ class _Run:
         self.big |= big
 
 
-def _split(cum: list[int], capacity: int) -> list[tuple[int, int]]:
+def split(cum: list[int], capacity: int) -> list[tuple[int, int]]:
     """Split items into runs of balanced size, each within ``capacity`` (unless one item
     alone is larger). ``cum[i]`` is the total size of the first ``i`` items."""
     n = len(cum) - 1
@@ -160,6 +164,13 @@ class TreeWriter:
         # The row cache may hold the old value of any changed key (loading the old leaves above
         # put theirs there): every changed key goes.
         self.tree.drop_rows(keys)
+        return self._finish(refs, level, flushed_seq)
+
+    def _finish(self, refs: list[Ref], level: int, flushed_seq: int) -> int:
+        """Make the written nodes of ``level`` (each a ref) the new tree: internal levels above
+        them up to one root, less a root left with one child, and commit. Returns the key
+        count."""
+        pager = self.pager
         while len(refs) > 1:
             refs = self._write_internals(refs, level + 1)
             level += 1
@@ -200,7 +211,7 @@ class TreeWriter:
             keys, children, crcs = node.keys, node.children, node.crcs
             ckeys = self.keys
             out: list[Ref] = []
-            run: _Run | None = None
+            run: Run | None = None
             j = lo
             for i in range(len(children)):
                 end = bisect_left(ckeys, keys[i], j, hi) if i < len(keys) else hi
@@ -221,7 +232,7 @@ class TreeWriter:
                     self.pager.release(children[i])
                     merged = self._merge(leaf, j, end)
                     if run is None:
-                        run = _Run(child_lower, *merged)
+                        run = Run(child_lower, *merged)
                     else:
                         run.extend(*merged)
                 j = end
@@ -258,7 +269,7 @@ class TreeWriter:
         values: list[bytes | Overflow] = list(map(merged.__getitem__, keys))  # type: ignore[arg-type]
         return keys, values, leaf.big
 
-    def _write_run(self, run: _Run) -> list[Ref]:
+    def _write_run(self, run: Run) -> list[Ref]:
         refs = self._write_leaves(run.keys, run.values, run.big)
         if refs:
             refs[0] = (run.lower, refs[0][1], refs[0][2])
@@ -297,7 +308,7 @@ class TreeWriter:
         cached_values = tuple(values)
         pager = self.pager
         refs: list[Ref] = []
-        for a, b in _split(cum, self.usable):
+        for a, b in split(cum, self.usable):
             n = b - a
             group_keys = cached_keys[a:b]
             group_flags = bytes(n) if flags is None else bytes(flags[a:b])
@@ -314,7 +325,7 @@ class TreeWriter:
         cum = list(accumulate((10 + len(k) for k, _, _ in refs), initial=0))
         pager = self.pager
         out: list[Ref] = []
-        for a, b in _split(cum, self.usable - 8):
+        for a, b in split(cum, self.usable - 8):
             group = refs[a:b]
             keys = [k for k, _, _ in group[1:]]
             children = [p for _, p, _ in group]

@@ -153,7 +153,8 @@ def stats_table(st: halodb.StoreStats, width: int) -> Table:
         f"{st.path}: {plural(st.keys, 'key')} in {plural(len(st.partitions), 'partition')}, "
         f"page size {st.page_size}, durability {st.durability}, "
         f"opened in {st.last_recovery_seconds:.3f} s, background worker {st.worker}, "
-        f"{plural(st.stalls, 'stall')}; {size(st.file_bytes)} on disk, "
+        f"{plural(st.stalls, 'stall')}, {plural(st.compact_steps, 'compaction step')}; "
+        f"{size(st.file_bytes)} on disk, "
         f"{size(st.live_bytes)} of tree pages in use"
     )
     rows = _stats_rows(st)

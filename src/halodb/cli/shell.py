@@ -50,7 +50,7 @@ _SHELL_ONLY: dict[str, str] = {
 }
 _ORDER = (
     "put", "get", "delete", "list", "count", "clear", "batch", "commit", "abort",
-    "stats", "tree", "check", "flush", "dump", "load", "help", "quit",
+    "stats", "tree", "check", "flush", "compact", "dump", "load", "help", "quit",
 )  # fmt: skip
 ALIASES: dict[str, str] = {
     "set": "put", "del": "delete", "rm": "delete", "ls": "list", "exit": "quit",

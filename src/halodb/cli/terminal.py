@@ -184,6 +184,13 @@ class NoInterrupt:
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         self._pending = True
 
+    def check(self) -> None:
+        """Raise the Ctrl-C held back so far, if any: between two steps of a long command,
+        each one whole (then it is not raised again on exit)."""
+        if self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
+
     def __enter__(self) -> NoInterrupt:
         if threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._handler)

@@ -22,8 +22,10 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, suppress
+from functools import partial
+from typing import TypeVar
 
 from halodb import format as fmt
 from halodb.btree import limits
@@ -37,11 +39,13 @@ from halodb.hashing import key_hash, route
 from halodb.memtable import MISSING
 from halodb.options import Durability, Options
 from halodb.partition import Partition
-from halodb.reports import StoreStats, TreeReport
+from halodb.reports import CompactReport, StoreStats, TreeReport
 from halodb.vfs import FileSystem
 from halodb.wal import Entry, LogWriter, encode_entries, frame, frame_put
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Abandoned(Exception):
@@ -95,7 +99,12 @@ class Engine:
         self.worker: Worker | None = None
         if options.background and not self.readonly:
             self.worker = Worker(
-                f"halodb merge {os.path.basename(path)}", self.parts, self.merge_part, self.fail
+                f"halodb merge {os.path.basename(path)}",
+                self.parts,
+                self.merge_part,
+                self.fail,
+                None if options.compact_threshold is None else self.compact_due,
+                self.compact_part,
             )
             if any(part.frozen is not None for part in self.parts):
                 self.worker.wake()  # a merge a crash interrupted
@@ -446,8 +455,14 @@ class Engine:
             self._guarded_merge(part, locked=False)
 
     def _guarded_merge(self, part: Partition, *, locked: bool) -> None:
+        sync_others = partial(self._sync_others, part)
+        self._guarded(part, partial(part.merge, sync_others, self.logs.retire, locked=locked))
+
+    def _guarded(self, part: Partition, step: Callable[[], T]) -> T:
+        """``step()``, a transaction of ``part``'s tree (a merge, a compaction step), whose
+        failure stops the store's writes."""
         try:
-            part.merge(lambda: self._sync_others(part), self.logs.retire, locked=locked)
+            return step()
         except Error as exc:
             # I/O failure, damage met in an old page, a broken invariant: writes stop here.
             # (An interrupt is not recorded: the half-built merge was forgotten whole, and the
@@ -458,6 +473,77 @@ class Engine:
             if part.pager.unsettled:  # interrupted in a commit the file could not settle
                 self.fail(exc)
             raise
+
+    def compact_due(self, index: int) -> bool:
+        """Whether the worker should compact partition ``index``'s tree file (see
+        ``Partition.compact_due``)."""
+        ratio = self.options.compact_threshold
+        return ratio is not None and self.parts[index].compact_due(ratio)
+
+    def compact_part(self, index: int) -> bool:
+        """One compaction step of partition ``index``'s tree file (the worker's, and
+        :meth:`compact`'s): under its merge lock, and its lock for the last step only (for the
+        whole step without a worker, whose writers merge with the lock alone). Whether its
+        compaction is done; ``True`` at once if the store is closed or failed (for the
+        worker, which ends the wait)."""
+        part = self.parts[index]
+        with part.merge_lock:
+            if self.closed or self.failure is not None:
+                part.stop_compaction()
+                return True
+            if self.worker is None:
+                with part.lock:
+                    return self._guarded(part, lambda: part.compact_step(locked=True))
+            return self._guarded(part, part.compact_step)
+
+    def compact(self, progress: Callable[[int, int], None] | None = None) -> CompactReport:
+        """Compact every tree file to the end (see ``Partition.compact_step``): writes go on
+        meanwhile. ``progress(done, total)`` after each step, in pages read of the pages the
+        tree files had (each file counts whole once its compaction is done)."""
+        self._guard()
+        self._check_writable()
+        started = time.perf_counter()
+        before = self.stats().file_bytes
+        sizes = [part.pager.meta.page_count for part in self.parts]
+        total = sum(sizes)
+        marks = [(p.compact_steps, p.compacted_pages, p.merged_leaves) for p in self.parts]
+        done = 0
+        for index, part in enumerate(self.parts):
+            read = part.compact_read
+            while True:
+                self._yield_to_merge(part)
+                if self.compact_part(index):
+                    break
+                self._check_writable()
+                if progress is not None:
+                    progress(done + min(part.compact_read - read, sizes[index]), total)
+            self._check_writable()
+            done += sizes[index]
+            if progress is not None:
+                progress(done, total)
+        counts = [
+            (p.compact_steps - a, p.compacted_pages - b, p.merged_leaves - c)
+            for p, (a, b, c) in zip(self.parts, marks, strict=True)
+        ]
+        return CompactReport(
+            file_bytes_before=before,
+            file_bytes_after=self.stats().file_bytes,
+            steps=sum(c[0] for c in counts),
+            pages_rewritten=sum(c[1] for c in counts),
+            leaves_merged=sum(c[2] for c in counts),
+            seconds=time.perf_counter() - started,
+        )
+
+    def _yield_to_merge(self, part: Partition) -> None:
+        """Wait while ``part``'s frozen memtable waits for the worker (a merge goes before a
+        compaction step, as in the worker's own loop: its writers may be stalled)."""
+        if self.worker is None:
+            return
+        with part.lock:
+            while part.frozen is not None:
+                self._check_writable()
+                self.worker.wake()
+                part.cond.wait(0.05)
 
     def flush_part(self, part: Partition, *, force: bool = False) -> None:
         """Merge one partition's frozen memtable and memtable into its tree (caller holds its
@@ -483,6 +569,8 @@ class Engine:
             with part.merge_lock, part.lock:
                 self._check_writable()
                 self.flush_part(part)
+        if self.worker is not None:
+            self.worker.wake()  # a tree file the merges left with much free space is compacted
 
     def sync(self) -> None:
         """Durability barrier: every write acknowledged before the call is on disk after it."""
@@ -535,6 +623,8 @@ class Engine:
             worker="off" if worker is None else worker.state,
             stalls=sum(p.stalls for p in per),
             stall_seconds=sum(p.stall_seconds for p in per),
+            free_pages=sum(p.free_pages for p in per),
+            compact_steps=sum(p.compact_steps for p in per),
         )
 
     def check(self) -> list[TreeReport]:
@@ -578,6 +668,14 @@ class Engine:
             self.failure = Abandoned("the store was abandoned, as a crash would leave it")
         self.close()
 
+    def _lock_all(self, stack: ExitStack) -> None:
+        """Take every partition's merge lock (a compaction step of another thread ends
+        first), then every partition's lock, until ``stack`` closes."""
+        for part in self.parts:
+            stack.enter_context(part.merge_lock)
+        for part in self.parts:
+            stack.enter_context(part.lock)
+
     def close(self, *, merge: bool = True) -> None:
         """Flush (unless read-only or failed) and close every file; idempotent. Without
         ``merge`` the memtables are not merged into the trees: the logs are written out and
@@ -588,8 +686,7 @@ class Engine:
         if self.worker is not None and self.pid == os.getpid():
             self.worker.stop()  # after the merge under way: close merges the rest itself
         with ExitStack() as stack:
-            for part in self.parts:
-                stack.enter_context(part.lock)
+            self._lock_all(stack)
             if self.closed:
                 return
             self.closed = True

@@ -1,8 +1,11 @@
-"""The background worker: one thread per store that merges frozen memtables into the trees.
+"""The background worker: one thread per store that merges frozen memtables into the trees,
+and compacts the tree files that merges left with many free pages.
 
 A write that fills a partition's memtable freezes it (a new memtable takes the writes at once)
-and wakes the worker, which merges each frozen memtable in turn (``Engine.merge_part``). Knows
-nothing of how a merge is done. A failure stops the worker and, through the engine's write
+and wakes the worker, which merges each frozen memtable in turn (``Engine.merge_part``). Then,
+while no frozen memtable waits, it compacts the partitions that are due (``Engine.compact_due``),
+one step at a time (``Engine.compact_part``): a merge waits for one step at most. Knows nothing
+of how a merge or a step is done. A failure stops the worker and, through the engine's write
 latch, the store's writes (never silently: the error is logged and every later write raises
 it).
 """
@@ -26,7 +29,8 @@ class Mergeable(Protocol):
 
 class Worker:
     """The merge thread of one store. ``state`` is what ``stats()`` shows: ``"idle"``,
-    ``"merging"``, ``"stopped"`` or ``"failed"``."""
+    ``"merging"``, ``"compacting"``, ``"stopped"`` or ``"failed"``. ``due`` ``None``: no
+    compaction of its own."""
 
     def __init__(
         self,
@@ -34,10 +38,14 @@ class Worker:
         parts: Sequence[Mergeable],
         merge: Callable[[int], None],
         fail: Callable[[BaseException], None],
+        due: Callable[[int], bool] | None,
+        compact: Callable[[int], bool],
     ) -> None:
         self.parts = parts
         self.merge = merge
         self.fail = fail
+        self.due = due
+        self.compact = compact
         self.state = "idle"
         self.stopping = False
         self.event = threading.Event()
@@ -60,12 +68,30 @@ class Worker:
                         self.state = "merging"
                         self.merge(index)
                         self.state = "idle"
+                self._compact()
         except BaseException as exc:  # the engine's write latch reports it
             self.state = "failed"
             log.error("background merge failed: %s", str(exc) or type(exc).__name__)
             self.fail(exc)
             return
         self.state = "stopped"
+
+    def _compact(self) -> None:
+        """Compact the partitions that are due, a step at a time, until a frozen memtable
+        waits (then the wake-up is kept: merges first, and the compaction goes on after)."""
+        due = self.due
+        if due is None:
+            return
+        for index in range(len(self.parts)):
+            while not self.stopping and due(index):
+                if any(part.frozen is not None for part in self.parts):
+                    self.event.set()
+                    return
+                self.state = "compacting"
+                done = self.compact(index)
+                self.state = "idle"
+                if done:
+                    break
 
     def stop(self) -> None:
         """Stop after the merge under way, if any (waits for it); idempotent."""

@@ -1,12 +1,13 @@
-"""The inspection commands (stats, tree, check, flush): thin wrappers over ``Store.stats()``,
-``Store.check()``, ``Store.flush()`` and :func:`halodb.introspect.tree_top`; they must not know
-the engine's internals (introspect reads the nodes), how errors become exit statuses or the
-shell."""
+"""The inspection and upkeep commands (stats, tree, check, flush, compact): thin wrappers over
+``Store.stats()``, ``Store.check()``, ``Store.flush()``, ``Store.compact()`` and
+:func:`halodb.introspect.tree_top`; they must not know the engine's internals (introspect reads
+the nodes), how errors become exit statuses or the shell."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from typing import Annotated
 
 import typer
@@ -14,11 +15,12 @@ from rich.text import Text
 
 import halodb
 from halodb import introspect
-from halodb.cli.render import plural, stats_table, tree_drawing, tree_json
+from halodb.cli.render import plural, size, stats_table, tree_drawing, tree_json
 from halodb.cli.session import session_of
 from halodb.cli.status import EXIT_USAGE, CliError
 from halodb.cli.terminal import NoInterrupt, console
-from halodb.cli.typer_app import AsJson, CodecOption, PathOption, command
+from halodb.cli.terminal import progress as progress_bar
+from halodb.cli.typer_app import AsJson, CodecOption, PathOption, Progress, command
 
 
 @command(panel="Inspect")
@@ -150,3 +152,41 @@ def flush(ctx: typer.Context, path: PathOption = None, codec: CodecOption = None
         pending = sum(p.memtable_entries for p in db.stats().partitions)
         db.flush()
         s.info(f"flushed {plural(pending, 'memtable entry', 'memtable entries')}")
+
+
+@command(panel="Inspect")
+def compact(
+    ctx: typer.Context,
+    progress: Progress = None,
+    as_json: AsJson = False,
+    path: PathOption = None,
+    codec: CodecOption = None,
+) -> None:
+    """Give the trees' free space back to the file system.
+
+    Moves tree pages toward the start of their files, merges underfull neighbour leaves and
+    cuts the files' free ends, a step at a time. Ctrl-C stops it between two steps: what was
+    done stays done.
+    """
+    s = session_of(ctx, path, codec)
+    with s.guard(), s.store(write=True, create=False, values=False) as db:
+        if db is None:
+            s.info("no store yet: nothing to compact")
+            return
+        total = sum(p.pages for p in db.stats().partitions)
+        show = progress if progress is not None else sys.stderr.isatty()
+        with NoInterrupt() as held, progress_bar(show, "compacting", total) as update:
+
+            def step(done: int, _total: int) -> None:
+                update(done)
+                held.check()
+
+            report = db.compact(step)
+        if as_json:
+            s.out(json.dumps(dataclasses.asdict(report)))
+        else:
+            s.info(
+                f"compacted: {size(report.file_bytes_before)} → {size(report.file_bytes_after)} "
+                f"on disk ({plural(report.steps, 'step')}, "
+                f"{plural(report.pages_rewritten, 'page')} rewritten)"
+            )
