@@ -83,8 +83,10 @@ while True:
             n = rng.randrange(nkeys)
             changes[n] = None if rng.random() < 0.25 else value_of(rng, op_id, n)
         op = {"id": op_id, "kind": "batch", "changes": sorted(changes.items())}
-    elif r < 0.99975:
+    elif r < 0.99:
         op = {"id": op_id, "kind": "flush", "changes": []}
+    elif r < 0.99975:
+        op = {"id": op_id, "kind": "compact", "changes": []}
     else:
         op = {"id": op_id, "kind": "clear", "changes": []}
     emit("pending " + json.dumps(op))
@@ -103,6 +105,8 @@ while True:
                     b[key_of(n)] = value
     elif kind == "flush":
         db.flush()
+    elif kind == "compact":
+        db.compact()
     else:
         db.clear()
     emit("ack %d" % op_id)
@@ -219,8 +223,10 @@ def run_child(
     when = rng.random()
     if when < 0.25:  # while the store opens and recovers (about 10 ms)
         mark, delay = b"opening\n", rng.uniform(0, 0.008)
-    elif when < 0.45:  # in the middle of an explicit flush (a few ms)
+    elif when < 0.35:  # in the middle of an explicit flush (a few ms)
         mark, delay = b'"kind": "flush"', rng.uniform(0, 0.004)
+    elif when < 0.45:  # in the middle of a compaction (its steps: a few ms each)
+        mark, delay = b'"kind": "compact"', rng.uniform(0, 0.01)
     else:  # at any moment of a run of writes (which flush on their own now and then)
         mark, delay = b"opened\n", rng.uniform(0.05, 0.4)
     proc = subprocess.Popen(
@@ -294,7 +300,7 @@ def check_batches_atomic(where: str, ops: list[Op], state: dict[int, Any]) -> No
 def test_sigkill_loses_nothing_acknowledged(tmp_path: Path, mode: DurabilityName) -> None:
     """normal and full: every acknowledged op survives; the op in flight is all or nothing."""
     model: dict[int, Any] = {}
-    ops_run = killed_opening = killed_flushing = 0
+    ops_run = killed_opening = killed_flushing = killed_compacting = 0
     for where, cycle, state in crash_cycles(tmp_path, mode):
         killed_opening += not cycle.opened
         pending = None
@@ -306,7 +312,8 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Path, mode: DurabilityName
                 pending = op
         ops_run += len(cycle.ops)
         killed_flushing += pending is not None and pending.kind == "flush"
-        if pending is None or pending.kind == "flush":
+        killed_compacting += pending is not None and pending.kind == "compact"
+        if pending is None or pending.kind in ("flush", "compact"):
             candidates = [model]
         else:
             applied = dict(model)
@@ -323,7 +330,7 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Path, mode: DurabilityName
         model = state
     print(
         f"{mode}: {CYCLES} cycles ({killed_opening} killed while opening, {killed_flushing} "
-        f"during an explicit flush), {ops_run} ops, "
+        f"during an explicit flush, {killed_compacting} during a compaction), {ops_run} ops, "
         f"{len(model)} keys at the end"
     )
 

@@ -2,16 +2,16 @@
 value gets past every CRC and reaches the parser, which must then check semantic bounds itself.
 
 Promised (``docs/format.md``, "Reading a log", "Page header", "Choosing the meta page", and the
-bounds each layout lists): whatever a store file holds, opening it and reading everything
-(iteration both ways, a point read of every key, ``len()``, ``check()``, ``stats()``, and for a
-writable open one more write, a flush and a close) either raises ``halodb.CorruptionError``
+bounds each layout lists): whatever a store file holds, opening it and reading everything (iteration
+both ways, a point read of every key, ``len()``, ``check()``, ``stats()``, and for a writable open
+one more write, a flush, a compaction and a close) either raises ``halodb.CorruptionError``
 somewhere along the way, or returns exactly the right data. Never ``MemoryError``,
-``RecursionError``, ``struct.error``, ``IndexError``, ``UnicodeDecodeError``, ``AssertionError``
-or any other exception type, never a hang, never a crash of the interpreter, and never more than
+``RecursionError``, ``struct.error``, ``IndexError``, ``UnicodeDecodeError``, ``AssertionError`` or
+any other exception type, never a hang, never a crash of the interpreter, and never more than
 ``BUDGET`` seconds. A damaged bloom filter is a cache: it is rebuilt, or (when it checks out but
-lies) ``check()`` says so. Where a field is provably unused (reserved fields, the creation time)
-the data must come back exactly. A log record whose length runs past the end of the file is a
-torn tail: the records before it are the data (format.md, "Reading a log").
+lies) ``check()`` says so. Where a field is provably unused (reserved fields, the creation time) the
+data must come back exactly. A log record whose length runs past the end of the file is a torn tail:
+the records before it are the data (format.md, "Reading a log").
 
 Each case runs in a forked child allowed 512 MiB of address space beyond what it starts with
 (``RLIMIT_AS``) and a timeout, read-only first, then writable. Cases are built from one real
@@ -195,6 +195,8 @@ def _one_pass(
             step = "write and flush"
             db[PROBE] = "x"
             db.flush()
+            step = "compact"
+            db.compact()
         step = "close"
         db.close()
     except detect as exc:

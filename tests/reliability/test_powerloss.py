@@ -2,8 +2,8 @@
 
 A workload is a sequence of operations drawn from ``put``, ``big`` (a value larger than a page,
 kept in overflow pages once flushed), ``delete``, ``overwrite``, ``batch`` (across both
-partitions), ``flush`` and ``reopen`` (close, open again), run on a store that already holds data
-in its trees and its logs. Every sequence of up to 2 operations runs in CI; ``HALODB_STRESS=1``
+partitions), ``flush``, ``compact`` (which has pages to move) and ``reopen`` (close, open
+again), run on a store that already holds data in its trees and its logs. Every sequence of up to 2 operations runs in CI; ``HALODB_STRESS=1``
 runs every sequence of up to 3. The store lives on :class:`powersim.SimFS`, which knows what the
 disk holds: the power is cut before every write, truncate, fsync, create, rename, unlink and
 directory sync, and each cut gives many crash images (pending data lost, kept, torn, reordered;
@@ -18,12 +18,13 @@ What is promised after any power cut (README, "Durability"; design.md):
   write acknowledged before a ``flush()`` or ``close()`` that returned);
 - in every mode a batch is all or nothing, and nothing that was never written appears.
 
-The harness is shown to bite: each ``test_harness_catches_*`` plants a bug in the engine (a
-skipped fsync, a skipped directory fsync, a rename before its fsync, a log reader that takes a
-lost sector for damage, a recovery that keeps the writes after a dropped batch, a meta page
-written before its pages, a page reused while the committed tree still refers to it, a frozen
-memtable's log dropped before its merge is durable, a tree file cut before the meta page that
-stops counting its end is durable) and requires the harness to report it.
+The harness is shown to bite: each ``test_harness_catches_*`` plants a bug in the engine (a skipped
+fsync, a skipped directory fsync, a rename before its fsync, a log reader that takes a lost sector
+for damage, a recovery that keeps the writes after a dropped batch, a meta page written before its
+pages, a page reused while the committed tree still refers to it, a frozen memtable's log dropped
+before its merge is durable, a tree file cut before the meta page that stops counting its end is
+durable, a compaction that moves a page over one still referenced) and requires the harness to
+report it.
 
 ``HALODB_SEED`` (default 0) seeds the few sampled variants; it and the configuration are printed.
 A failure names the mode, the workload, the crash point and the variant; rerun it with
@@ -47,16 +48,19 @@ import halodb.testing
 import halodb.wal
 from halodb import format as fmt
 from halodb import testing
+from halodb.btree.compact import Compaction
 from halodb.pager import Pager
 from halodb.vfs import FileSystem
 from halodb.wal import LogWriter
 from support.powersim import (
     BATCH_GAP,
+    HASH_SEED,
     MODES,
     NESTED,
     OPS,
     OPTIONS,
     SECTOR,
+    STORE,
     Report,
     Run,
     SimFS,
@@ -420,6 +424,30 @@ def test_harness_catches_a_tree_file_cut_before_its_meta_page_stops_counting_the
     assert any("pages in use but the file holds" in v.problem for v in found), _show(found)
 
 
+def test_harness_catches_a_compaction_that_moves_a_page_over_one_still_referenced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A compaction step moves pages copy-on-write, like a merge: the pages it moves away from
+    are free from the next step on. Planted: the pages of a moved overflow chain are free at
+    once, so the step writes its next pages (the leaf's, say) over pages the committed tree
+    still refers to, and a power cut before the meta page leaves that tree pointing at pages
+    that changed."""
+
+    def bug() -> None:
+        plant(
+            monkeypatch,
+            Compaction,
+            "_copy_chain",
+            ("pager.release(old)", "pager.free.append(old)  # planted"),
+        )
+
+    found = caught(monkeypatch, "normal", ("compact",), bug)
+    assert any(
+        "not the version its parent refers to" in v.problem or "checksum mismatch" in v.problem
+        for v in found
+    ), _show(found)
+
+
 # -- defects this suite found, on real files: minimal reproducers -------------------------------
 
 
@@ -496,3 +524,18 @@ def test_the_base_store_has_data_in_both_trees_and_both_logs() -> None:
         assert len(files[f"/powersim/db/{fmt.partition_file(p, 'wal')}"]) > fmt.WAL_HEADER.size
         assert len(files[f"/powersim/db/{fmt.partition_file(p, 'tree')}"]) > 2 * 1024
     assert len(items) == 13
+
+
+def test_the_base_store_has_pages_for_a_compaction_to_move() -> None:
+    image, items = base()
+    fs = SimFS(image)
+    db = halodb.open(STORE, filesystem=fs, hash_seed=HASH_SEED, **OPTIONS)
+    before = db.stats()
+    report = db.compact()
+    assert report.pages_rewritten >= 3  # the overflow pages of ("tree", "big"), at least
+    assert all(
+        p.pages < q.pages for p, q in zip(db.stats().partitions, before.partitions, strict=True)
+    )
+    assert dict(db.items()) == items
+    db.check()
+    testing.abandon(db)

@@ -550,7 +550,7 @@ OPTIONS: dict[str, Any] = {
     "background": False,  # merges run in the writing thread: crash points in a fixed order
 }
 MODES: tuple[DurabilityName, ...] = ("full", "normal", "fast")
-OPS = ("put", "big", "delete", "overwrite", "batch", "flush", "reopen")
+OPS = ("put", "big", "delete", "overwrite", "batch", "flush", "compact", "reopen")
 BIG = 3000
 """Characters of a large value: more than a page (1024), so a flush puts it in overflow pages."""
 
@@ -626,6 +626,7 @@ def base(*, fresh: bool = False) -> tuple[Image, dict[Any, Any]]:
         for key in TREE_KEYS:
             db[key] = model[key] = f"{key[0]}{key[1]}"
         db["tree", "big"] = model["tree", "big"] = "treebig:" + "T" * BIG
+        db["gone", "gap"] = "H" * BIG  # (in the partition of ("tree", "big"), before it)
         db.flush()
         # A value written and deleted again, then one more merge: the pages at the end of the
         # tree file are free when a workload first commits, which cuts them off (a step for
@@ -636,6 +637,10 @@ def base(*, fresh: bool = False) -> tuple[Image, dict[Any, Any]]:
         db.flush()
         db["gone", "big"] = "g"
         del db["gone", "big"]
+        db.flush()
+        # Free pages below pages in use, in the other partition: a compaction moves the
+        # overflow pages of ("tree", "big") into them.
+        del db["gone", "gap"]
         db.flush()
         for key in MEM_KEYS:
             db[key] = model[key] = f"{key[0]}{key[1]}"
@@ -675,6 +680,8 @@ def run_op(db: halodb.Store, op: str, position: int, reopen: Callable[[], halodb
                     b[key] = value
     elif op == "flush":
         db.flush()
+    elif op == "compact":
+        db.compact()
     else:
         assert op == "reopen"
         return reopen()
