@@ -10,6 +10,7 @@ start. Its owner (the partition) serialises every call; it is not thread-safe.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import repeat
 
 from sortedcontainers import SortedList
 
@@ -68,6 +69,22 @@ class Memtable:
             self.size += len(value)
         data[key] = value
         return old
+
+    def put_all(self, items: dict[bytes, bytes | None]) -> list[object]:
+        """:meth:`put` each of ``items`` (a key once each), in bulk; returns what the memtable
+        held for each key before, in the order of ``items``."""
+        data = self.data
+        olds = list(map(data.get, items, repeat(MISSING)))
+        added = [key for key, old in zip(items, olds, strict=True) if old is MISSING]
+        self.pending += added
+        self.size += (
+            sum(map(len, added))
+            + ENTRY_OVERHEAD * len(added)
+            - sum(len(old) for old in olds if old is not None and old is not MISSING)  # type: ignore[arg-type,misc]
+            + sum(map(len, filter(None, items.values())))
+        )
+        data.update(items)
+        return olds
 
     def _sorted(self) -> SortedList:
         if self.pending:

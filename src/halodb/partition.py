@@ -308,16 +308,27 @@ class Partition:
         """Apply recovered log records (already approved by recovery) to the memtable."""
         started = time.perf_counter()
         split = self.split_seq
+        run: list[Entry] = []  # entries of consecutive records, applied together
+        batch = False
+        last = 0
         for record in records:
-            if split is not None and record.seq > split:
-                self._freeze_memory(self.frozen_path)
-                split = None
-            self.apply(
-                record.entries,
-                record.seq,
-                clear=bool(record.flags & fmt.FLAG_CLEAR),
-                batch=record.rtype == fmt.REC_BATCH,
-            )
+            if (split is not None and record.seq > split) or record.flags & fmt.FLAG_CLEAR:
+                if run:
+                    self._apply_run(run, last, batch)
+                    run, batch = [], False
+                if split is not None and record.seq > split:
+                    self._freeze_memory(self.frozen_path)
+                    split = None
+            if record.flags & fmt.FLAG_CLEAR:
+                self.apply(
+                    record.entries, record.seq, clear=True, batch=record.rtype == fmt.REC_BATCH
+                )
+                continue
+            run += record.entries
+            batch |= record.rtype == fmt.REC_BATCH
+            last = record.seq
+        if run:
+            self._apply_run(run, last, batch)
         if split is not None and (self.memtable.data or self.cleared):
             self._freeze_memory(self.frozen_path)  # every record was the older log's
         elif split is not None:
@@ -562,6 +573,33 @@ class Partition:
             self.bloom_next.add_all(
                 key_hash(key, seed) for key, value in entries if value is not None
             )
+        self.last_seq = seq
+
+    def _apply_run(self, entries: list[Entry], seq: int, batch: bool) -> None:
+        """:meth:`apply` the entries of consecutive records (no clear among them; ``seq`` the
+        last one's), in bulk: each key's last entry decides, and the key count changes by how
+        many keys it brings to life or ends."""
+        self.batch_seen |= batch
+        final = dict(entries)
+        olds = self.memtable.put_all(final)
+        hashes = list(map(key_hash, final, repeat(self.seed)))
+        bloom = self.bloom
+        might = bloom.might_contain
+        cleared = self.cleared
+        below = self.tree.contains if self.frozen is None else self._below_key
+        change = 0
+        for key, value, old, h in zip(final, final.values(), olds, hashes, strict=True):
+            if old is not MISSING:
+                change += (value is not None) - (old is not None)
+            elif not cleared and might(h) and below(key):  # live below the memtable
+                change -= value is None
+            else:
+                change += value is not None
+        self.count += change
+        live = [h for h, value in zip(hashes, final.values(), strict=True) if value is not None]
+        bloom.add_all(live)
+        if self.bloom_next is not None:
+            self.bloom_next.add_all(live)
         self.last_seq = seq
 
     def flush(

@@ -115,68 +115,76 @@ class LogContents:
 
 
 def _decode_payload(
-    payload: bytes, rtype: int, where: str
+    data: bytes, start: int, end: int, rtype: int, where: str, at: int
 ) -> tuple[tuple[int, ...], int, list[Entry]]:
-    """A record's payload as (the partitions of its batch, its flags, its entries)."""
+    """The payload of a record, ``data[start:end]``, as (the partitions of its batch, its
+    flags, its entries); read in place (a log holds many small records: no copy of each).
+    Errors name ``where`` and the record's offset ``at``."""
     if rtype == fmt.REC_WRITE:
         partitions: tuple[int, ...] = ()
-        pos = 0
+        pos = start
     elif rtype == fmt.REC_BATCH:
-        partitions, pos = _decode_batch_header(payload, where)
+        partitions, pos = _decode_batch_header(data, start, end, where, at)
     elif rtype == fmt.REC_CLOSE:
-        if payload:
-            raise CorruptionError(f"{where}: close record with a payload")
+        if end > start:
+            raise CorruptionError(f"{where} offset {at}: close record with a payload")
         return (), 0, []
     else:
-        raise CorruptionError(f"{where}: unknown record type {rtype}")
-    if pos >= len(payload):
-        raise CorruptionError(f"{where}: record has no flags")
-    (flags,) = fmt.WRITE_FLAGS.unpack_from(payload, pos)
+        raise CorruptionError(f"{where} offset {at}: unknown record type {rtype}")
+    if pos >= end:
+        raise CorruptionError(f"{where} offset {at}: record has no flags")
+    flags = data[pos]  # (fmt.WRITE_FLAGS: one byte)
     if flags & ~fmt.FLAG_CLEAR:
-        raise CorruptionError(f"{where}: unknown record flags {flags:#x}")
-    return partitions, flags, _decode_entries(payload, pos + 1, where)
+        raise CorruptionError(f"{where} offset {at}: unknown record flags {flags:#x}")
+    return partitions, flags, _decode_entries(data, pos + 1, end, where, at)
 
 
-def _decode_batch_header(payload: bytes, where: str) -> tuple[tuple[int, ...], int]:
+def _decode_batch_header(
+    data: bytes, start: int, end: int, where: str, at: int
+) -> tuple[tuple[int, ...], int]:
     """The partitions a batch part names, and the offset of its flags."""
-    n = len(payload)
-    if n < fmt.BATCH_HEADER.size:
-        raise CorruptionError(f"{where}: batch record too short")
-    (count,) = fmt.BATCH_HEADER.unpack_from(payload, 0)
-    pos = fmt.BATCH_HEADER.size
-    end = pos + count * fmt.PARTITION_ID.size
-    if count < 2 or end > n:
-        raise CorruptionError(f"{where}: batch record names {count} partitions")
-    partitions = tuple(fmt.PARTITION_ID.unpack_from(payload, pos + i * 2)[0] for i in range(count))
-    return partitions, end
+    if end - start < fmt.BATCH_HEADER.size:
+        raise CorruptionError(f"{where} offset {at}: batch record too short")
+    (count,) = fmt.BATCH_HEADER.unpack_from(data, start)
+    pos = start + fmt.BATCH_HEADER.size
+    stop = pos + count * fmt.PARTITION_ID.size
+    if count < 2 or stop > end:
+        raise CorruptionError(f"{where} offset {at}: batch record names {count} partitions")
+    partitions = tuple(fmt.PARTITION_ID.unpack_from(data, pos + i * 2)[0] for i in range(count))
+    return partitions, stop
 
 
-def _decode_entries(payload: bytes, pos: int, where: str) -> list[Entry]:
-    """The entries of a write or batch record, from ``pos`` to the end of its payload."""
-    n = len(payload)
-    entries: list[Entry] = []
-    append = entries.append
+def _decode_entries(data: bytes, pos: int, end: int, where: str, at: int) -> list[Entry]:
+    """The entries of a write or batch record, from ``pos`` to the end of its payload,
+    ``end``."""
     esize = _ENTRY.size
     unpack = _ENTRY.unpack_from
-    while pos < n:
-        if pos + esize > n:
-            raise CorruptionError(f"{where}: truncated entry header")
-        op, klen, vlen = unpack(payload, pos)
+    if pos + esize <= end:  # a record of one entry (most are): no loop
+        op, klen, vlen = unpack(data, pos)
+        kend = pos + esize + klen
+        if op == fmt.OP_PUT and kend + vlen == end:
+            return [(data[pos + esize : kend], data[kend:end])]
+    entries: list[Entry] = []
+    append = entries.append
+    while pos < end:
+        if pos + esize > end:
+            raise CorruptionError(f"{where} offset {at}: truncated entry header")
+        op, klen, vlen = unpack(data, pos)
         pos += esize
         kend = pos + klen
         if op == fmt.OP_PUT:
             vend = kend + vlen
-            if vend > n:
-                raise CorruptionError(f"{where}: entry runs past its record")
-            append((payload[pos:kend], payload[kend:vend]))
+            if vend > end:
+                raise CorruptionError(f"{where} offset {at}: entry runs past its record")
+            append((data[pos:kend], data[kend:vend]))
             pos = vend
         elif op == fmt.OP_DELETE:
-            if vlen or kend > n:
-                raise CorruptionError(f"{where}: malformed delete entry")
-            append((payload[pos:kend], None))
+            if vlen or kend > end:
+                raise CorruptionError(f"{where} offset {at}: malformed delete entry")
+            append((data[pos:kend], None))
             pos = kend
         else:
-            raise CorruptionError(f"{where}: unknown entry op {op}")
+            raise CorruptionError(f"{where} offset {at}: unknown entry op {op}")
     return entries
 
 
@@ -191,6 +199,9 @@ def read_log(data: bytes, partition: int, where: str) -> LogContents:
     n = len(data)
     pos = fmt.WAL_HEADER.size
     rsize = _REC.size
+    esize = _ENTRY.size
+    eunpack = _ENTRY.unpack_from
+    rec_write, op_put = fmt.REC_WRITE, fmt.OP_PUT
     last_seq = base_seq
     torn = False
     while pos < n:
@@ -198,29 +209,29 @@ def read_log(data: bytes, partition: int, where: str) -> LogContents:
             torn = True
             break
         rec_crc, head_crc, length, rtype, seq = _REC.unpack_from(data, pos)
-        if _crc(data[pos + 8 : pos + rsize]) != head_crc:
-            if _overlaps_a_zeroed_sector(data, pos, pos + rsize):
-                torn = True
-                break
-            raise CorruptionError(f"{where}: record header checksum mismatch at offset {pos}")
         end = pos + rsize + length
-        if end > n:
+        if (
+            _crc(data[pos + 8 : pos + rsize]) != head_crc
+            or end > n
+            or _crc(data[pos + 4 : end]) != rec_crc
+        ):
+            _torn_or_damaged(data, pos, where)  # (raises if damaged)
             torn = True
             break
-        if _crc(data[pos + 4 : end]) != rec_crc:
-            if _overlaps_a_zeroed_sector(data, pos, end):
-                torn = True
-                break
-            raise CorruptionError(f"{where}: record checksum mismatch at offset {pos}")
         if seq <= last_seq or seq >= fmt.SEQ_LIMIT:
             raise CorruptionError(
                 f"{where}: record at offset {pos} has sequence {seq} after {last_seq}"
                 + (" (impossibly large)" if seq >= fmt.SEQ_LIMIT else "")
             )
-        partitions, flags, entries = _decode_payload(
-            data[pos + rsize : end], rtype, f"{where} offset {pos}"
-        )
-        records.append(Record(rtype, seq, flags, entries, partitions))
+        # A write of one put, without flags (most records): decoded here, without a call.
+        start = pos + rsize
+        op, klen, vlen = (0, 0, 0) if end - start < esize + 1 else eunpack(data, start + 1)
+        kend = start + 1 + esize + klen
+        if rtype == rec_write and op == op_put and not data[start] and kend + vlen == end:
+            records.append(Record(rtype, seq, 0, [(data[kend - klen : kend], data[kend:end])], ()))
+        else:
+            partitions, flags, entries = _decode_payload(data, start, end, rtype, where, pos)
+            records.append(Record(rtype, seq, flags, entries, partitions))
         last_seq = seq
         pos = end
     if torn and records and records[-1].rtype == fmt.REC_CLOSE:
@@ -229,6 +240,22 @@ def read_log(data: bytes, partition: int, where: str) -> LogContents:
             "the log was changed after the store was closed"
         )
     return LogContents(base_seq, records, pos, torn)
+
+
+def _torn_or_damaged(data: bytes, pos: int, where: str) -> None:
+    """The record at ``pos`` does not check out: return if it starts a torn tail, else raise
+    :class:`CorruptionError` (``docs/format.md``, "Reading a log")."""
+    rsize = _REC.size
+    rec_crc, head_crc, length, _, _ = _REC.unpack_from(data, pos)
+    if _crc(data[pos + 8 : pos + rsize]) != head_crc:
+        if _overlaps_a_zeroed_sector(data, pos, pos + rsize):
+            return
+        raise CorruptionError(f"{where}: record header checksum mismatch at offset {pos}")
+    end = pos + rsize + length
+    if end > len(data):
+        return
+    if _crc(data[pos + 4 : end]) != rec_crc and not _overlaps_a_zeroed_sector(data, pos, end):
+        raise CorruptionError(f"{where}: record checksum mismatch at offset {pos}")
 
 
 def _read_header(data: bytes, partition: int, where: str) -> int:

@@ -600,7 +600,7 @@ def test_the_damage_suite_catches_a_log_checksum_that_leaves_the_header_out(
         monkeypatch,
         halodb.wal,
         "read_log",
-        ("if _crc(data[pos + 8 : pos + rsize]) != head_crc:", "if False:  # planted"),
+        ("_crc(data[pos + 8 : pos + rsize]) != head_crc", "False  # planted"),
         ("_crc(data[pos + 4 : end]) != rec_crc", "_crc(data[pos + rsize : end]) != rec_crc"),
     )
     monkeypatch.setattr(halodb.partition, "read_log", halodb.wal.read_log)

@@ -294,10 +294,9 @@ def test_harness_catches_a_log_reader_that_takes_a_lost_sector_for_damage(
         plant(
             monkeypatch,
             halodb.wal,
-            "read_log",
-            ("if _overlaps_a_zeroed_sector(data, pos, end):", "if False:  # planted"),
+            "_torn_or_damaged",
+            ("and not _overlaps_a_zeroed_sector(data, pos, end)", "and True"),  # planted
         )
-        monkeypatch.setattr(halodb.partition, "read_log", halodb.wal.read_log)
 
     found = caught(monkeypatch, "normal", ("big",), bug)
     assert any(

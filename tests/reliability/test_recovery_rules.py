@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 from pathlib import Path
 from typing import Any
@@ -456,3 +457,50 @@ def test_the_value_limit_is_one_constant() -> None:
     assert (
         halodb.store.MAX_VALUE_SIZE == fmt.MAX_VALUE_SIZE == halodb.engine.recovery.MAX_VALUE_SIZE
     )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_replay_leaves_each_key_and_the_count_as_the_writes_did(tmp_path: Path, seed: int) -> None:
+    """Replay applies a log's records in bulk (each key's last entry decides, the count moves
+    by the keys brought to life or ended): overwrites, deletes of keys in the tree or not,
+    puts after deletes, clears and batches, in one log and across a flushed tree."""
+    rng = random.Random(seed)
+    path = tmp_path / "s"
+    model: dict[str, Any] = {}
+    db = halodb.open(path, partitions=2, background=False)
+
+    def churn(count: int, clears: bool) -> None:
+        for _ in range(count):
+            key = f"k{rng.randrange(60)}"
+            r = rng.random() * (1 if clears else 0.98)
+            if r < 0.45:
+                db[key] = model[key] = rng.randrange(1000)
+            elif r < 0.8:
+                db.pop(key, None)
+                model.pop(key, None)
+            elif r < 0.98:
+                changes = {f"k{rng.randrange(60)}": rng.randrange(1000) for _ in range(3)}
+                gone = f"k{rng.randrange(60)}"
+                with db.batch() as batch:
+                    for k, v in changes.items():
+                        batch[k] = v
+                    if gone not in changes:
+                        del batch[gone]
+                model.update(changes)
+                if gone not in changes:
+                    model.pop(gone, None)
+            else:
+                db.clear()
+                model.clear()
+
+    churn(300, False)
+    db.flush()  # a tree under the log
+    churn(300, seed % 2 == 1)  # (a clear resets the count: half the cases have none)
+    halodb.testing.abandon(db)
+    with halodb.open(path, readonly=True) as again:
+        assert len(again) == len(model)
+        assert dict(again.items()) == model
+        again.check()
+    with halodb.open(path) as again:
+        assert len(again) == len(model)
+        again.check()

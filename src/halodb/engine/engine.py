@@ -29,6 +29,7 @@ from typing import TypeVar
 
 from halodb import format as fmt
 from halodb.btree import limits
+from halodb.collector import collector_paused
 from halodb.engine import process, recovery
 from halodb.engine.commit import LogSync, apply_parts, group, log_parts
 from halodb.engine.directory import Directory
@@ -81,10 +82,15 @@ class Engine:
             self.seed = m.hash_seed
             self.page_size = m.page_size
             self.max_key, _ = limits(m.page_size)
-            self.parts = recovery.open_partitions(
-                fs, path, m.partitions, m.page_size, m.hash_seed, options
-            )
-            self.sequence = itertools.count(self._recover())
+            # Reading the logs makes an object or more per record, which would set off the
+            # cyclic collector again and again over a growing heap (twice the time of a
+            # replay): it is paused, as for a merge (the objects make no cycles).
+            with collector_paused():
+                self.parts = recovery.open_partitions(
+                    fs, path, m.partitions, m.page_size, m.hash_seed, options
+                )
+                next_seq = self._recover()
+            self.sequence = itertools.count(next_seq)
             """The store-wide sequence numbers: ``next()`` hands out the next one."""
             if m.version < fmt.FORMAT_VERSION and not self.readonly:
                 self.manifest = self.directory.upgrade(m)  # only once all else checked out

@@ -95,17 +95,29 @@ def _pending(
                 "an impossible number"
             )
         newest = max(newest, flushed)
-        mine: list[Record] = []
-        for record in state.records:
-            _check_record(state, record, len(logs), max_key)
-            newest = max(newest, record.seq)
-            if record.seq <= flushed:
-                continue  # already in the tree
+        records = state.records
+        _check_records(state, records, len(logs), max_key)
+        newest = max(newest, max((record.seq for record in records), default=0))
+        mine = [record for record in records if record.seq > flushed]  # not yet in the tree
+        for i, record in enumerate(mine):
             if record.rtype == fmt.REC_BATCH:
-                holders.setdefault(record.seq, {})[state.index] = len(mine)
-            mine.append(record)
+                holders.setdefault(record.seq, {})[state.index] = i
         pending.append(mine)
     return newest, pending, holders
+
+
+def _check_records(state: LogState, records: Sequence[Record], n: int, max_key: int) -> None:
+    """:func:`_check_record` each of ``records``, the sizes of all their entries at once (a
+    log holds many records of one small entry)."""
+    entries = [entry for record in records for entry in record.entries]
+    keys = max(map(len, (key for key, _ in entries)), default=0)
+    values = max(map(len, filter(None, (value for _, value in entries))), default=0)
+    if keys > max_key or values > MAX_VALUE_SIZE:
+        for record in records:
+            _check_record(state, record, n, max_key)
+    for record in records:
+        if record.rtype == fmt.REC_BATCH:
+            _check_record(state, record, n, max_key)
 
 
 def _check_record(state: LogState, record: Record, n: int, max_key: int) -> None:
