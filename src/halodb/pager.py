@@ -26,6 +26,7 @@ committed tree (its pages are not touched, and the cache stays right; see ``Part
 
 from __future__ import annotations
 
+import logging
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -33,6 +34,8 @@ from typing import Any, Protocol
 from halodb import format as fmt
 from halodb.errors import CorruptionError, InternalError, OperationalError
 from halodb.vfs import File, FileSystem
+
+log = logging.getLogger(__name__)
 
 META_PAGES = 2
 MAX_HEIGHT = 64
@@ -547,6 +550,29 @@ class Pager:
             # abort() goes back to it.
             self._saved = (list(self.free), self._next_page, list(self.freelist_pages))
             self.file.truncate(meta.page_count * self.page_size)
+
+    def give_back(self) -> int:
+        """Hand the blocks of the committed free pages back to the file system (they read as
+        zeros from then on: nothing reads a free page); the file keeps its size. Once the
+        meta page that lists them free is durable: the older meta page's tree may still reach
+        some, but it is read only if the newest is damaged, and then as damage. Returns the
+        pages given back; best effort (an error is logged: nothing is lost, the space stays)."""
+        if self.readonly or self.unsettled or not self.free:
+            return 0
+        size = self.page_size
+        pages = sorted(self.free)
+        given = 0
+        start = 0
+        try:
+            for i in range(1, len(pages) + 1):
+                if i == len(pages) or pages[i] != pages[i - 1] + 1:
+                    if not self.file.punch(pages[start] * size, (i - start) * size):
+                        return given
+                    given += i - start
+                    start = i
+        except OperationalError as exc:
+            log.warning("%s", exc)
+        return given
 
     def _cut_tail(self, per_page: int) -> None:
         """The pages at the end of the file that no tree reaches leave the free list and the

@@ -751,6 +751,7 @@ class Partition:
         if self.bloom.capacity > 4 * max(count + len(self.memtable.data), 1024):
             self._regrow_bloom(count, locked)  # sized for the keys that deletes left
         self.save_bloom()
+        self.pager.give_back()
         return True
 
     def _drop_moved_rows(self, keys: list[bytes], locked: bool) -> None:
@@ -976,6 +977,8 @@ class Partition:
         try:
             if clean_seq is not None and self.bloom_stale:
                 self.save_bloom()  # (a compaction stopped part-way)
+            if clean_seq is not None:
+                self.pager.give_back()  # (the merges' free pages, till the next open reuses them)
             if log is not None:
                 if clean_seq is not None:
                     log.append(frame(fmt.REC_CLOSE, clean_seq, b""))

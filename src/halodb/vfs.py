@@ -11,9 +11,11 @@ planted symlink is never followed. Nothing here fsyncs unless a method says so.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -26,6 +28,24 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _TEMPORARY_ATTEMPTS = 100
 """Fresh names :meth:`FileSystem.create_temporary` tries before it gives up."""
+_PUNCH_HOLE = 0x02 | 0x01
+"""``FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`` (Linux): free a range's blocks, keep the size."""
+
+
+def _fallocate() -> object | None:
+    """libc's ``fallocate`` (Linux), or ``None`` where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+_FALLOCATE = _fallocate()
 
 
 @contextmanager
@@ -96,6 +116,21 @@ class File:
         """Cut or extend the file to ``size`` bytes. Does not fsync."""
         with _oserror("truncating", self.path):
             os.ftruncate(self.fd, size)
+
+    def punch(self, offset: int, size: int) -> bool:
+        """Give the blocks of ``[offset, offset + size)`` back to the file system: the range
+        then reads as zeros, the file keeps its size. Whether it could (not where the file
+        system or the platform cannot: the bytes stay). Does not fsync."""
+        if _FALLOCATE is None:
+            return False
+        if _FALLOCATE(self.fd, _PUNCH_HOLE, offset, size) == 0:  # type: ignore[operator]
+            return True
+        code = ctypes.get_errno()
+        if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return False
+        raise OperationalError(
+            f"giving space of {self.path!r} back failed: {os.strerror(code)}"
+        ) from OSError(code, os.strerror(code))
 
     def size(self) -> int:
         """The file's current size in bytes."""

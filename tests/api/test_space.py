@@ -4,10 +4,14 @@ the bytes of live data."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import halodb
+from halodb.vfs import File, FileSystem
 
 OPTIONS: dict[str, Any] = {"partitions": 1, "page_size": 1024, "background": False}
 
@@ -70,4 +74,71 @@ def test_deleted_data_leaves_free_pages_that_new_data_reuses(tmp_path: Path) -> 
         db.flush()
         # The new data went into free pages: the file grew by far less than its size.
         assert (path / "p000.tree").stat().st_size < size + 1000 * 230 // 2
+        db.check()
+
+
+def _punch_works(path: Path) -> bool:
+    """Whether the file system under ``path`` gives a punched range's blocks back."""
+    probe = path / "probe"
+    probe.write_bytes(os.urandom(1 << 20))
+    handle = FileSystem().open(str(probe), write=True)
+    try:
+        os.fsync(handle.fd)
+        before = os.stat(probe).st_blocks
+        punched = handle.punch(0, 1 << 19)
+        return punched and os.stat(probe).st_blocks < before
+    finally:
+        handle.close()
+        probe.unlink()
+
+
+def test_a_clean_close_gives_the_free_pages_blocks_back(tmp_path: Path) -> None:
+    if not _punch_works(tmp_path):
+        pytest.skip("the file system here keeps punched blocks")
+    path = tmp_path / "s"
+    values = {f"k{i:05d}": "v" * 200 for i in range(5000)}
+    with halodb.open(path, **OPTIONS, compact_threshold=None) as db:
+        db.update(values)
+        db.flush()
+        db.update({f"k{i:05d}": "w" * 200 for i in range(0, 5000, 2)})  # frees pages below
+        db.flush()
+        free = db.stats().partitions[0].free_pages
+        assert free > 100
+    tree = path / "p000.tree"
+    allocated = os.stat(tree).st_blocks * 512
+    assert allocated <= tree.stat().st_size - free * 1024 // 2
+    with halodb.open(path, **OPTIONS) as db:
+        db.check()
+        assert dict(db.items()) == values | {f"k{i:05d}": "w" * 200 for i in range(0, 5000, 2)}
+        db.update({f"x{i}": "n" * 200 for i in range(2000)})  # the holes are written again
+        db.flush()
+        db.check()
+
+
+def test_a_failure_to_give_blocks_back_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Giving free pages' blocks back is best effort: an error is logged, the close goes on."""
+
+    class RefusingFile(File):
+        __slots__ = ()
+
+        def punch(self, offset: int, size: int) -> bool:
+            raise halodb.OperationalError(f"giving space of {self.path!r} back failed: EIO")
+
+    class Refusing(FileSystem):
+        def open(self, path: str, *, write: bool = False, create: bool = False) -> File:
+            handle = super().open(path, write=write, create=create)
+            handle.__class__ = RefusingFile
+            return handle
+
+    path = tmp_path / "s"
+    values = {f"k{i:05d}": "v" * 200 for i in range(3000)}
+    with halodb.open(path, **OPTIONS, filesystem=Refusing()) as db:
+        db.update(values)
+        db.flush()
+        db.update({key: "w" for key in list(values)[::2]})
+    assert "giving space" in caplog.text
+    with halodb.open(path, **OPTIONS) as db:
+        assert dict(db.items()) == values | {key: "w" for key in list(values)[::2]}
         db.check()

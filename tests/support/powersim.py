@@ -174,6 +174,14 @@ class SimFile(File):
             buf.extend(bytes(size - len(buf)))
         inode.pending.append(("t", size))
 
+    def punch(self, offset: int, size: int) -> bool:
+        # Blocks given back read as zeros: a write of zeros, as unsynced as any other.
+        inode = self._open()
+        self.fs.event(f"punch {self.name} [{offset}, {offset + size})")
+        inode.data[offset : offset + size] = bytes(size)
+        inode.pending.append(("w", offset, bytes(size)))
+        return True
+
     def size(self) -> int:
         return len(self._open().data)
 
