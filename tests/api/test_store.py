@@ -23,7 +23,7 @@ from halodb import errors
 from halodb import format as fmt
 from halodb.vfs import File, FileSystem
 from support.faultfs import FaultFS
-from support.stores import SMALL, DurabilityName, abandon, snapshot
+from support.stores import SMALL, DurabilityName, abandon, snapshot, stable_id
 
 Opener = Callable[..., halodb.Store]
 WAL_HEADER_SIZE = fmt.WAL_HEADER.size
@@ -564,7 +564,7 @@ def test_bytes_like_and_subclass_keys_come_back_as_plain_types(open_store: Opene
         ("a", [1]),
         frozenset(),
     ],
-    ids=repr,
+    ids=stable_id,
 )
 def test_unsupported_key_types_raise_type_error_and_write_nothing(
     open_store: Opener, key: Any
@@ -710,7 +710,7 @@ def test_bytearray_value_comes_back_as_bytes(open_store: Opener) -> None:
         [b"bytes inside"],
         bytes,
     ],
-    ids=repr,
+    ids=stable_id,
 )
 def test_unsupported_values_raise_type_error_and_write_nothing(
     open_store: Opener, value: Any
@@ -1308,7 +1308,7 @@ def test_fast_buffer_reaches_the_log_on_close(open_store: Opener) -> None:
 
 
 def test_stats_fields(open_store: Opener, tmp_path: Path) -> None:
-    db = open_store()
+    db = open_store(background=False)  # (the fill's merges done when it returns)
     empty = db.stats()
     assert isinstance(empty, halodb.StoreStats)
     assert empty.keys == 0 and empty.page_size == 1024 and empty.durability == "normal"
@@ -1684,7 +1684,7 @@ def test_newer_format_version_is_not_supported(tmp_path: Path) -> None:
         {"readonly": 1},
         {"create": None},
     ],
-    ids=repr,
+    ids=stable_id,
 )
 def test_bad_options_raise_interface_error_before_touching_disk(
     tmp_path: Path, options: dict[str, Any]
@@ -1694,7 +1694,7 @@ def test_bad_options_raise_interface_error_before_touching_disk(
     assert not (tmp_path / "s").exists()
 
 
-@pytest.mark.parametrize("options", [{"bogus": 1}, {"page_sizes": 1024}], ids=repr)
+@pytest.mark.parametrize("options", [{"bogus": 1}, {"page_sizes": 1024}], ids=stable_id)
 def test_unknown_options_raise_type_error_before_touching_disk(
     tmp_path: Path, options: dict[str, Any]
 ) -> None:

@@ -29,6 +29,14 @@ SMALL: dict[str, Any] = {"memtable_size": 64 * 1024, "page_size": 1024}
 """Options that make a few hundred kilobytes of data flush, split leaves and grow the tree."""
 
 
+def stable_id(value: object) -> str:
+    """A test id for ``value``: its repr, or its type's name if the repr holds an address
+    (``<object object at 0x...>``): ids must be the same in every process that collects the
+    tests (``pytest -n``)."""
+    text = repr(value)
+    return type(value).__name__ if " at 0x" in text else text
+
+
 def abandon(db: halodb.Store) -> None:
     """Drop ``db`` as a crash would: its log is not flushed into the trees.
 

@@ -22,6 +22,7 @@ from halodb.keys import (
     prefix_range,
     prefix_upper_bound,
 )
+from support.stores import stable_id
 
 # --------------------------------------------------------------------------- strategies
 
@@ -364,7 +365,7 @@ def test_prefix_upper_bound_is_the_least_bound(p: bytes, s: bytes, other: bytes)
 @pytest.mark.parametrize(
     "bad",
     [None, True, False, [1], {"a": 1}, {1}, object(), 1j, ("a", None), (True,), ((1, [2]),)],
-    ids=repr,
+    ids=stable_id,
 )
 def test_unsupported_types_raise_type_error(bad: Any) -> None:
     with pytest.raises(TypeError, match=r"is not supported.*bytes, str, int, float") as info:
