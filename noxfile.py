@@ -71,3 +71,10 @@ def bench(session: nox.Session) -> None:
     """The db_bench-style comparison with sqlite3 and whichever peers install."""
     session.install("-e", ".[peers]")
     session.run("python", "benchmarks/db_bench.py", *session.posargs)
+
+
+@nox.session
+def memory(session: nox.Session) -> None:
+    """Peak RSS of a fill (10M keys by default) against the store's memory budgets (Linux)."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/memory.py", *session.posargs)
