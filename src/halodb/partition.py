@@ -309,13 +309,13 @@ class Partition:
         started = time.perf_counter()
         split = self.split_seq
         run: list[Entry] = []  # entries of consecutive records, applied together
-        batch = False
+        taken = batch = False  # whether the run has a record (it may have no entry), a batch part
         last = 0
         for record in records:
             if (split is not None and record.seq > split) or record.flags & fmt.FLAG_CLEAR:
-                if run:
+                if taken:
                     self._apply_run(run, last, batch)
-                    run, batch = [], False
+                    run, taken, batch = [], False, False
                 if split is not None and record.seq > split:
                     self._freeze_memory(self.frozen_path)
                     split = None
@@ -325,9 +325,10 @@ class Partition:
                 )
                 continue
             run += record.entries
+            taken = True
             batch |= record.rtype == fmt.REC_BATCH
             last = record.seq
-        if run:
+        if taken:
             self._apply_run(run, last, batch)
         if split is not None and (self.memtable.data or self.cleared):
             self._freeze_memory(self.frozen_path)  # every record was the older log's

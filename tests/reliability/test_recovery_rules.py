@@ -33,7 +33,7 @@ from halodb import format as fmt
 from halodb import testing
 from halodb.errors import CorruptionError
 from halodb.vfs import File, FileSystem
-from halodb.wal import LogWriter, encode_put, frame, header_bytes, read_log
+from halodb.wal import LogWriter, Record, encode_put, frame, header_bytes, read_log
 
 SECTOR = 512
 
@@ -504,3 +504,19 @@ def test_replay_leaves_each_key_and_the_count_as_the_writes_did(tmp_path: Path, 
     with halodb.open(path) as again:
         assert len(again) == len(model)
         again.check()
+
+
+def test_replay_of_records_without_entries_still_moves_the_sequence(tmp_path: Path) -> None:
+    """A write or batch part with no entry (the format allows one; this engine writes none
+    but a clear's) applies nothing, yet the partition's last sequence number and its batch
+    flag follow it, as a record of one entry would."""
+    db = halodb.open(tmp_path / "s", partitions=1, background=False)
+    try:
+        part = halodb.testing.engine(db).parts[0]
+        seq = part.last_seq
+        part.replay([Record(fmt.REC_WRITE, seq + 3, 0, [], ())])
+        assert part.last_seq == seq + 3 and not part.batch_seen
+        part.replay([Record(fmt.REC_BATCH, seq + 5, 0, [], (0, 1))])
+        assert part.last_seq == seq + 5 and part.batch_seen
+    finally:
+        halodb.testing.abandon(db)
