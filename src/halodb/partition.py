@@ -752,7 +752,6 @@ class Partition:
         if self.bloom.capacity > 4 * max(count + len(self.memtable.data), 1024):
             self._regrow_bloom(count, locked)  # sized for the keys that deletes left
         self.save_bloom()
-        self.pager.give_back()
         return True
 
     def _drop_moved_rows(self, keys: list[bytes], locked: bool) -> None:

@@ -27,7 +27,7 @@ class StoreStats:
     file_bytes: int = 0
     """Bytes of the store's files on disk (its partitions' trees, logs and bloom filters, and
     its manifest and lock file): their lengths. (The blocks of free pages that a clean close
-    or a compaction handed back to the file system are counted: ``du`` shows less.)"""
+    handed back to the file system are counted: ``du`` shows less.)"""
     live_bytes: int = 0
     """Bytes of the trees' pages that hold data (nodes and overflow values): what the trees
     would take with no free page."""

@@ -34,8 +34,8 @@ _PUNCH_HOLE = 0x02 | 0x01
 
 def _fallocate() -> object | None:
     """libc's ``fallocate`` (Linux), or ``None`` where there is none."""
-    if not sys.platform.startswith("linux"):
-        return None
+    if not sys.platform.startswith("linux") or ctypes.sizeof(ctypes.c_long) != 8:
+        return None  # (a 32-bit libc's fallocate takes 32-bit offsets)
     try:
         function = ctypes.CDLL(None, use_errno=True).fallocate
     except (OSError, AttributeError):

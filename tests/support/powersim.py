@@ -177,6 +177,7 @@ class SimFile(File):
     def punch(self, offset: int, size: int) -> bool:
         # Blocks given back read as zeros: a write of zeros, as unsynced as any other.
         inode = self._open()
+        assert offset + size <= len(inode.data), "a punch keeps the file's size"
         self.fs.event(f"punch {self.name} [{offset}, {offset + size})")
         inode.data[offset : offset + size] = bytes(size)
         inode.pending.append(("w", offset, bytes(size)))
