@@ -306,3 +306,20 @@ def test_small_steps_with_writes_between_them_keep_every_key(
     with halodb.open(path, **options) as db:
         assert dict(db.items()) == model
         db.check()
+
+
+def test_a_compaction_stopped_part_way_leaves_no_bloom_filter_to_rebuild(tmp_path: Path) -> None:
+    """Steps save the bloom filter (which names the tree's transaction) only at the end; a
+    clean close saves it if a compaction stopped part-way, so the next open uses it."""
+    path = tmp_path / "s"
+    with halodb.open(path, compact_threshold=None, background=False, **SMALL) as db:
+        _thinned(db, 8000, 1_000)
+
+        def stop(done: int, total: int) -> None:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            db.compact(stop)
+    with halodb.open(path, **SMALL) as db:
+        assert [p.bloom_rebuilds for p in db.stats().partitions] == [0, 0]
+        db.check()

@@ -20,6 +20,16 @@ def _body(tag: int, fill: int = 100) -> bytes:
     return fmt.PAGE_HEADER.pack(0, fmt.PAGE_OVERFLOW, 0, fill, 0, 0)[4:] + bytes([tag]) * fill
 
 
+def _committed(pager: Pager, count: int, modulo: int | None = None) -> list[int]:
+    """``count`` new pages written (a page's body from its number, ``% modulo``) and committed
+    as transaction 1 of an empty tree; their numbers."""
+    pages = [pager.allocate() for _ in range(count)]
+    for p in pages:
+        pager.write_page(p, _body(p if modulo is None else p % modulo))
+    pager.commit(root=0, root_crc=0, height=0, flushed_seq=1, key_count=0)
+    return pages
+
+
 def test_pager_new_file_opens_empty(tmp_path: Path) -> None:
     pager = new_pager(tmp_path)
     meta = pager.meta
@@ -79,10 +89,7 @@ def test_pager_page_written_at_the_wrong_place_is_detected(tmp_path: Path) -> No
 
 def test_pager_freed_pages_are_reused_only_from_the_next_txn(tmp_path: Path) -> None:
     pager = new_pager(tmp_path)
-    first = [pager.allocate() for _ in range(10)]
-    for p in first:
-        pager.write_page(p, _body(p))
-    pager.commit(root=0, root_crc=0, height=0, flushed_seq=1, key_count=0)
+    first = _committed(pager, 10)
 
     for p in first[:6]:
         pager.release(p)
@@ -106,10 +113,7 @@ def test_pager_freed_pages_are_reused_only_from_the_next_txn(tmp_path: Path) -> 
 
 def test_pager_free_list_spanning_several_pages(tmp_path: Path) -> None:
     pager = new_pager(tmp_path)
-    pages = [pager.allocate() for _ in range(700)]
-    for p in pages:
-        pager.write_page(p, _body(p % 256))
-    pager.commit(root=0, root_crc=0, height=0, flushed_seq=1, key_count=0)
+    pages = _committed(pager, 700, 256)
     for p in pages[:-1]:  # (the last page stays in use: free pages at the end would be cut)
         pager.release(p)
     pager.commit(root=0, root_crc=0, height=0, flushed_seq=2, key_count=0)
@@ -191,10 +195,7 @@ def test_pager_meta_of_another_partition_or_page_size(tmp_path: Path) -> None:
 
 def test_pager_takes_the_lowest_free_pages_first(tmp_path: Path) -> None:
     pager = new_pager(tmp_path)
-    pages = [pager.allocate() for _ in range(20)]
-    for p in pages:
-        pager.write_page(p, _body(p))
-    pager.commit(root=0, root_crc=0, height=0, flushed_seq=1, key_count=0)
+    _committed(pager, 20)
     for p in (15, 4, 9, 12):
         pager.release(p)
     pager.commit(root=0, root_crc=0, height=0, flushed_seq=2, key_count=0)
@@ -234,10 +235,7 @@ def test_pager_cuts_the_free_end_of_the_file_once_no_meta_page_counts_it(tmp_pat
 def test_pager_newest_meta_page_beyond_the_file_is_damage(tmp_path: Path) -> None:
     path = tmp_path / "p000.tree"
     pager = new_pager(tmp_path)
-    pages = [pager.allocate() for _ in range(10)]
-    for p in pages:
-        pager.write_page(p, _body(p))
-    pager.commit(root=0, root_crc=0, height=0, flushed_seq=1, key_count=0)
+    _committed(pager, 10)
     pager.close()
     with open(path, "r+b") as f:
         f.truncate(8 * PAGE)
