@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 import struct
 import zlib
+from collections.abc import Iterable
 from typing import Final
 
-FORMAT_VERSION: Final = 3
+FORMAT_VERSION: Final = 4
 """The format version this code writes; it reads every version from 1 up to it.
 
 - 1: the first format.
@@ -25,6 +26,10 @@ FORMAT_VERSION: Final = 3
   background (which log is older is told by ``base_seq``). No layout changed; an older HaloDB
   would not read the second log, so a store opened for writing has its manifest rewritten as
   version 3 and an older HaloDB refuses it.
+- 4: a clean close may leave a partition's memtables in a sorted run file, ``pNNN.run``
+  (``RUN_HEADER``), which the next open reads before the logs. No other layout changed; an
+  older HaloDB would not read the run, so a store opened for writing has its manifest
+  rewritten as version 4 and an older HaloDB refuses it.
 """
 
 # ---------------------------------------------------------------------------------------------
@@ -37,6 +42,14 @@ CRC_MASK: Final = 0xA282EAD8
 def crc(data: bytes | bytearray | memoryview) -> int:
     """Masked CRC-32 of ``data``."""
     return zlib.crc32(data) ^ CRC_MASK
+
+
+def crc_all(parts: Iterable[bytes | bytearray | memoryview]) -> int:
+    """Masked CRC-32 of the concatenation of ``parts`` (without making it)."""
+    state = 0
+    for part in parts:
+        state = zlib.crc32(part, state)
+    return state ^ CRC_MASK
 
 
 def page_crc(page_no: int, body: bytes | bytearray | memoryview) -> int:
@@ -176,6 +189,27 @@ VALUE_OVERFLOW: Final = 1
 BLOOM_MAGIC: Final = b"HaloBLM\x00"
 BLOOM_HEADER: Final = struct.Struct("<8sHHHHQQQII")
 """magic, version, partition, hashes, reserved, bits, keys, tree txn, bits crc, header crc."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Sorted run: ``pNNN.run``, a clean close's memtables. A header, then the body: ``entries`` u16
+# key lengths, ``entries`` u32 value lengths (``RUN_TOMBSTONE``: a delete, no value bytes), the
+# keys one after another in strictly increasing order, then the values.
+# ---------------------------------------------------------------------------------------------
+
+RUN_MAGIC: Final = b"HaloRUN\x00"
+RUN_HEADER: Final = struct.Struct("<8sHHIQQQQQQII")
+"""magic, version, partition, flags, base_seq (the tree's ``flushed_seq`` it lies on), seq (its
+newest write), count (live keys of the tree and run together), entries, key bytes, value
+bytes, body crc, header crc (of the bytes before it)."""
+RUN_VERSION: Final = 4
+"""The first format version with run files."""
+RUN_CLEARED: Final = 0x01
+"""Run flag: the tree below is logically empty (a clear the tree has not seen)."""
+RUN_TOMBSTONE: Final = 0xFFFFFFFF
+"""A value length that stands for a delete."""
+RUN_ENTRY_LENGTHS: Final = 6
+"""Bytes of lengths per entry: a u16 and a u32."""
 
 
 def partition_file(index: int, suffix: str) -> str:

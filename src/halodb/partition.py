@@ -31,13 +31,14 @@ from itertools import repeat
 
 from halodb import format as fmt
 from halodb.bloom import BloomFilter, read_filter
-from halodb.btree import BTree
+from halodb.btree import BTree, MergeStopped
 from halodb.collector import collector_paused
 from halodb.errors import CorruptionError
 from halodb.hashing import key_hash
 from halodb.memtable import MISSING, Memtable
 from halodb.pager import META_PAGES, Pager
 from halodb.reports import PartitionStats, TreeReport
+from halodb.run import Run, write_run
 from halodb.vfs import FileSystem
 from halodb.wal import Entry, LogContents, LogWriter, Record, frame, header_bytes, read_log
 
@@ -117,6 +118,10 @@ class Partition:
         self.wal_path = self.log_paths[0]
         """The log the memtable's records go to (the newer one, when there are two)."""
         self.bloom_path = os.path.join(directory, fmt.partition_file(index, "bloom"))
+        self.run_path = os.path.join(directory, fmt.partition_file(index, "run"))
+        self.stale_run = False
+        """A run file whose writes the tree holds (a merge's leftover), deleted when the log is
+        opened for appending."""
         if not fs.exists(self.tree_path):
             raise CorruptionError(f"{self.tree_path}: file is missing")
         self.pager = Pager(fs, self.tree_path, index, page_size, cache_pages, readonly)
@@ -127,8 +132,9 @@ class Partition:
         self.log: LogWriter | None = None
         self.batch_seen = False
         """The memtable holds part of a batch that spans partitions (see ``Engine.flush_part``)."""
-        self.frozen: Memtable | None = None
-        """A full memtable being merged into the tree; read after the memtable, before it."""
+        self.frozen: Memtable | Run | None = None
+        """A full memtable being merged into the tree, or the run a clean close left; read
+        after the memtable, before the tree."""
         self.frozen_cleared = False
         """The tree's contents are logically gone below the frozen memtable."""
         self.frozen_batch = False
@@ -184,10 +190,19 @@ class Partition:
         (compaction steps save it at the compaction's end; a clean close saves it too)."""
         self.merged_leaves = 0
         """Leaves fewer than before, by compaction steps since the store was opened."""
+        self.closing = False
+        """Set by a close: a merge without the lock stops part-way (all of it forgotten), since
+        the close saves the frozen memtable in a run instead."""
         try:
+            run = self._open_run()
             self.contents: LogContents = self._read_logs()
-            self.count = self.pager.meta.key_count
-            self.last_seq = self.pager.meta.flushed_seq
+            if run is not None and self.split_seq is not None:
+                raise CorruptionError(
+                    f"{self.frozen_path}: log holds writes after sequence {run.seq}, the "
+                    f"newest of the run {self.run_path}, beside a newer log"
+                )
+            self.count = self.pager.meta.key_count if run is None else run.count
+            self.last_seq = self.covered_seq
             self.bloom = self._load_bloom()
         except BaseException:
             self.pager.close()
@@ -199,7 +214,42 @@ class Partition:
         """The newest sequence number the tree holds."""
         return self.pager.meta.flushed_seq
 
+    @property
+    def covered_seq(self) -> int:
+        """The newest sequence number held durably outside the logs: by the tree, or by the
+        run a clean close left (recovery skips the log records up to it)."""
+        frozen = self.frozen
+        if isinstance(frozen, Run):
+            return frozen.seq
+        return self.pager.meta.flushed_seq
+
     # -- opening -----------------------------------------------------------------------------
+
+    def _open_run(self) -> Run | None:
+        """The run a clean close left, if any and live: made the frozen memtable."""
+        if not self.fs.exists(self.run_path):
+            return None
+        run = Run.open(self.fs, self.run_path, self.index)
+        flushed = self.pager.meta.flushed_seq
+        if run.seq <= flushed:  # the tree holds it: its merge's leftover
+            self.stale_run = True
+            return None
+        if run.base_seq != flushed:
+            raise CorruptionError(
+                f"{self.run_path}: run lies on a tree holding writes up to sequence "
+                f"{run.base_seq}, but the tree holds writes up to {flushed}"
+            )
+        most = len(run) + (0 if run.cleared else self.pager.meta.key_count)
+        if run.count > most:
+            raise CorruptionError(
+                f"{self.run_path}: run counts {run.count} live keys, but it and the tree "
+                f"hold at most {most}"
+            )
+        self.frozen = run
+        self.frozen_cleared = run.cleared
+        self.frozen_seq = run.seq
+        self.frozen_count = run.count
+        return run
 
     def _read_logs(self) -> LogContents:
         """Read the partition's one or two logs; return what recovery is to consider (the older
@@ -219,12 +269,13 @@ class Partition:
         # above its base_seq; so one of them has no record after it, and is the older: what a
         # recovery replaced, or started a new log after, and then deleted.)
         found.sort(key=lambda item: (item[0].base_seq, bool(item[0].records)))
-        flushed = self.pager.meta.flushed_seq
+        flushed = self.covered_seq
         oldest, oldest_path = found[0]
         if oldest.base_seq > flushed:
             raise CorruptionError(
                 f"{oldest_path}: log follows sequence {oldest.base_seq} but the tree "
-                f"only holds writes up to {flushed}: the tree's newest meta page is damaged"
+                f"only holds writes up to {flushed}: the tree's newest meta page is damaged, "
+                f"or the run file {self.run_path} is missing"
             )
         newest, self.wal_path = found[-1]
         if len(found) == 1:
@@ -360,6 +411,9 @@ class Partition:
             self.fs.unlink(self.stale_path)
             self.fs.sync_dir(os.path.dirname(self.stale_path))
             self.stale_path = None
+        if self.stale_run:
+            self.fs.unlink(self.run_path)  # (its writes are in the tree; kept, it is ignored)
+            self.stale_run = False
         if self.log is not None:
             return
         records = self.contents.records
@@ -367,12 +421,13 @@ class Partition:
             records
             and records[-1].rtype == fmt.REC_CLOSE
             and not self.memtable.data
-            and self.frozen is None
+            and (self.frozen is None or isinstance(self.frozen, Run))
         ):
-            # Cleanly closed, everything in the tree: start a fresh log rather than write
-            # after the close record (after which a torn write would read as damage).
-            self.log = self._new_log(self.wal_path, self.flushed_seq, buffer_limit)
-            self.contents = LogContents(self.flushed_seq, [], self.log.end, False)
+            # Cleanly closed, everything in the tree or a run: start a fresh log rather than
+            # write after the close record (after which a torn write would read as damage).
+            covered = self.covered_seq
+            self.log = self._new_log(self.wal_path, covered, buffer_limit)
+            self.contents = LogContents(covered, [], self.log.end, False)
             return
         handle = self.fs.open(self.wal_path, write=True)
         end = self.contents.valid_end
@@ -633,6 +688,54 @@ class Partition:
         self.freeze()
         self.merge(sync_others, retire, locked=True)
 
+    def save_run(self, sync_others: Callable[[], None]) -> None:
+        """A clean close's save of the memtables, instead of a merge (caller holds ``lock``
+        and ``merge_lock``): the bloom filter, which holds their keys, is saved, then the newest
+        entry of every key they hold is written as a run file (durably); then one empty log
+        replaces the logs, whose records the run holds. The next open reads the run's header
+        only, and its worker merges it. Does nothing with nothing to save.
+
+        A crash on the way leaves the logs (before the run's rename), or the run and logs whose
+        records it holds, which recovery skips. When the memtables hold part of a batch that
+        spans partitions, ``sync_others`` first makes the other logs durable (as for
+        :meth:`merge`). Fsyncs: the bloom filter, the run, the new log, the directory."""
+        frozen = self.frozen
+        if not self.memtable.data and not self.cleared and not isinstance(frozen, Memtable):
+            return  # (a run from the last close is saved already)
+        assert self.log is not None
+        if self.batch_seen or (frozen is not None and self.frozen_batch):
+            sync_others()
+        self.save_bloom()  # (first: the bloom filter of the tree's transaction must hold the
+        # run's keys as soon as the run is there; one that holds more only costs a lookup)
+        if frozen is None or self.cleared:
+            newest = self.memtable.data
+        else:
+            newest = dict(frozen.data)
+            newest.update(self.memtable.data)
+        write_run(
+            self.fs,
+            self.run_path,
+            self.index,
+            newest,
+            cleared=self.cleared or (frozen is not None and self.frozen_cleared),
+            base_seq=self.flushed_seq,
+            seq=self.last_seq,
+            count=self.count,
+        )
+        self.stale_run = False
+        old, frozen_log = self.log, self.frozen_log
+        self.log = self._new_log(self.log_paths[0], self.last_seq, _buffer_limit(old))
+        self.contents = LogContents(self.last_seq, [], self.log.end, False)
+        self.wal_path = self.log_paths[0]
+        self.frozen_log = self.frozen_path = None
+        other = self.log_paths[1]
+        if self.fs.exists(other):
+            self.fs.unlink(other)
+            self.fs.sync_dir(os.path.dirname(other))
+        for wal in (old, frozen_log):
+            if wal is not None:
+                wal.retire(durable=True)
+
     def freeze(self) -> None:
         """Make the memtable frozen and start a new one, its records going to a new log (the
         other log file: temp, fsync, rename, fsync dir). Caller holds ``lock``; there is no
@@ -663,7 +766,7 @@ class Partition:
         retire: Callable[[LogWriter], None],
         *,
         locked: bool = False,
-    ) -> None:
+    ) -> bool:
         """Merge the frozen memtable into the tree, durably, then let go of it and delete its
         log (its writer, if still open, is retired and passed to ``retire``).
 
@@ -681,14 +784,27 @@ class Partition:
             sync_others()
         with collector_paused():
             keys, values = frozen.columns(None if locked else SORT_STEP)
-            count = self.tree.apply_columns(
-                keys, values, clear=self.frozen_cleared, flushed_seq=self.frozen_seq
-            )
+            try:
+                count = self.tree.apply_columns(
+                    keys,
+                    values,
+                    clear=self.frozen_cleared,
+                    flushed_seq=self.frozen_seq,
+                    stop=None if locked else self._merge_stopped,
+                )
+            except MergeStopped:
+                return False
             del values
         self.spare = self.pager.spare
         if count != self.frozen_count:
             # The files disagree with each other (say, a manifest whose hash seed does not
-            # match the bloom filters and trees), which no checksum can see.
+            # match the bloom filters and trees), which no checksum can see. (The row cache
+            # may hold rows that readers took from the tree before this commit.)
+            if locked:
+                self.tree.clear_rows()
+            else:
+                with self.lock:
+                    self.tree.clear_rows()
             raise CorruptionError(
                 f"{self.tree_path}: tree holds {count} keys after a flush, "
                 f"but {self.frozen_count} were counted from the tree, log and bloom filter"
@@ -707,6 +823,10 @@ class Partition:
             self._regrow_bloom(count, locked)
         self.save_bloom()
         self.flushes += 1
+        return True
+
+    def _merge_stopped(self) -> bool:
+        return self.closing
 
     def compact_due(self, ratio: float) -> bool:
         """Whether the worker should compact the tree file: a compaction is under way, or the
@@ -798,7 +918,10 @@ class Partition:
 
     def _drop_frozen_log(self) -> None:
         """Delete the frozen memtable's log (its records are in the durable tree): the log in
-        ``pNNN.wal2`` is renamed over it if it is ``pNNN.wal``."""
+        ``pNNN.wal2`` is renamed over it if it is ``pNNN.wal``. A run file goes the same way
+        (kept by a crash, it is stale: the tree holds its ``seq``)."""
+        if isinstance(self.frozen, Run) and self.fs.exists(self.run_path):
+            self.fs.unlink(self.run_path)
         path = self.frozen_path
         if path is not None:
             if path == self.log_paths[0] and self.log is not None:
@@ -895,10 +1018,10 @@ class Partition:
             cache_bytes=self.pager.cache_bytes,
             row_cache_bytes=self.tree.row_cache_bytes(),
             file_bytes=self.pager.file.size()
-            + sum(map(self.fs.size_of, (*self.log_paths, self.bloom_path))),
+            + sum(map(self.fs.size_of, (*self.log_paths, self.bloom_path, self.run_path))),
             live_bytes=self.pager.page_size
             * (meta.page_count - META_PAGES - meta.free_count - len(self.pager.freelist_pages)),
-            frozen_entries=0 if frozen is None else len(frozen.data),
+            frozen_entries=0 if frozen is None else len(frozen),
             frozen_bytes=0 if frozen is None else frozen.size,
             stalls=self.stalls,
             stall_seconds=self.stall_seconds,
@@ -943,7 +1066,8 @@ class Partition:
         the bloom filter holds each live key."""
         seed = self.seed
         might = self.bloom.might_contain
-        layers = [self.memtable]  # the frozen memtable (unless cleared) goes first
+        # The frozen memtable (unless cleared) goes first.
+        layers: list[Memtable | Run] = [self.memtable]
         if self.frozen is not None and not self.cleared:
             layers.insert(0, self.frozen)
         below: dict[bytes, bytes | None] = {}

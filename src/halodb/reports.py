@@ -116,9 +116,11 @@ class PartitionStats:
     cut off at the next commit) and the free list."""
     frozen_entries: int = 0
     """Entries of the frozen memtable: a full one that the worker is merging into the tree
-    while the memtable takes new writes (0 when there is none)."""
+    while the memtable takes new writes, or the run file the last clean close left, until the
+    worker has merged it (0 when there is none)."""
     frozen_bytes: int = 0
-    """The frozen memtable's size, as counted against ``memtable_size``."""
+    """The frozen memtable's size, as counted against ``memtable_size`` (a run's: its keys and
+    values, and what they take once decoded)."""
     stalls: int = 0
     """Writes to this partition that waited for its frozen memtable's merge."""
     stall_seconds: float = 0.0

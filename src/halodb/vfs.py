@@ -17,7 +17,7 @@ import fcntl
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
 from halodb.errors import OperationalError
@@ -327,8 +327,9 @@ class FileSystem:
             return None
         return Lock(path, fd)
 
-    def write_new(self, path: str, data: bytes) -> None:
-        """Make ``path`` hold exactly ``data``, atomically and durably.
+    def write_new(self, path: str, data: bytes | Sequence[bytes | bytearray | memoryview]) -> None:
+        """Make ``path`` hold exactly ``data`` (or its pieces, one after another), atomically
+        and durably.
 
         Writes a temporary file, fsyncs it, renames it over ``path`` and fsyncs the directory:
         after a crash ``path`` holds either its old content or ``data``, never a mix.
@@ -339,7 +340,13 @@ class FileSystem:
         handle = self.open(tmp, create=True)
         try:
             try:
-                handle.write_at(0, data)
+                if isinstance(data, bytes):
+                    handle.write_at(0, data)
+                else:
+                    at = 0
+                    for piece in data:
+                        handle.write_at(at, piece)
+                        at += len(piece)
                 handle.sync()
             finally:
                 handle.close()

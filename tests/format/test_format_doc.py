@@ -93,11 +93,15 @@ def section(text: str, title: str) -> str:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A new one-partition store after ``db["a"] = "b"`` and a clean close."""
-    path = tmp_path_factory.mktemp("format-doc") / "store"
-    with halodb.open(path, partitions=1, page_size=PAGE) as db:
-        db["a"] = "b"
-    return path
+    """Two new one-partition stores after ``db["a"] = "b"``: ``flushed`` then closed, and
+    ``closed`` right away (which leaves the write in a run file)."""
+    root = tmp_path_factory.mktemp("format-doc")
+    for name in ("flushed", "closed"):
+        with halodb.open(root / name, partitions=1, page_size=PAGE) as db:
+            db["a"] = "b"
+            if name == "flushed":
+                db.flush()
+    return root
 
 
 def _put_record(_: Path) -> bytes:
@@ -123,14 +127,14 @@ def _manifest(_: Path) -> bytes:
 
 def _tree_page(number: int) -> Callable[[Path], bytes]:
     def read(path: Path) -> bytes:
-        data = (path / fmt.partition_file(0, "tree")).read_bytes()
+        data = (path / "flushed" / fmt.partition_file(0, "tree")).read_bytes()
         return data[number * PAGE : (number + 1) * PAGE]
 
     return read
 
 
 PRODUCERS: dict[str, Callable[[Path], bytes]] = {
-    "lock": lambda path: (path / fmt.LOCK_NAME).read_bytes(),
+    "lock": lambda path: (path / "closed" / fmt.LOCK_NAME).read_bytes(),
     "manifest": _manifest,
     "wal-header": lambda _: wal.header_bytes(0, 0),
     "wal-put": _put_record,
@@ -140,7 +144,8 @@ PRODUCERS: dict[str, Callable[[Path], bytes]] = {
         fmt.REC_BATCH, 6, wal.encode_batch([0, 1], fmt.FLAG_CLEAR, [])
     ),
     "wal-close": lambda _: wal.frame(fmt.REC_CLOSE, 3, b""),
-    "wal-after-close": lambda path: (path / fmt.partition_file(0, "wal")).read_bytes(),
+    "wal-after-close": lambda path: (path / "closed" / fmt.partition_file(0, "wal")).read_bytes(),
+    "run": lambda path: (path / "closed" / fmt.partition_file(0, "run")).read_bytes(),
     "meta-new": lambda _: pager.new_tree_file(0, PAGE)[:PAGE],
     "meta-after-flush": _tree_page(0),
     "leaf": _tree_page(2),

@@ -138,7 +138,13 @@ def test_golden_store_is_what_its_version_says_with_data_in_trees_and_logs(
         assert newest[:3] == (fmt.TREE_MAGIC, version, index)
         assert newest[7] >= 2, "tree height: the golden store should have internal nodes"
         assert newest[14] > 0, "tree key count"
-    if version >= 3:  # partition 0 left with a frozen memtable's log and the newer one
+    if version >= 4:  # run files a clean close left, on the trees as they are
+        for index in range(partitions):
+            run = (store / fmt.partition_file(index, "run")).read_bytes()
+            head = fmt.RUN_HEADER.unpack_from(run)
+            assert head[:3] == (fmt.RUN_MAGIC, version, index)
+            assert head[7] > 0, "a run without entries"
+    if version == 3:  # partition 0 left with a frozen memtable's log and the newer one
         wal2 = (store / fmt.partition_file(0, "wal2")).read_bytes()
         assert fmt.WAL_HEADER.unpack_from(wal2)[:3] == (fmt.WAL_MAGIC, version, 0)
         assert len(wal2) > fmt.WAL_HEADER.size + fmt.WAL_RECORD.size, "a log without records"
@@ -157,9 +163,11 @@ def test_golden_store_opens_and_reads_back_exactly(tmp_path: Path, golden: Golde
     with halodb.open(copy, background=False) as db:
         _verify(db, golden)
         assert db.stats().partitions[0].memtable_entries > 0  # the logs were replayed
-        # version 3: the records of p000.wal make the frozen memtable again, merged later
+        # version 3: the records of p000.wal make the frozen memtable again, merged later;
+        # version 4: the run is the frozen memtable
         assert (db.stats().partitions[0].frozen_entries > 0) == (golden.version >= 3)
-    # closing flushed the logs into the trees: the data must survive that too
+    # closing saved the memtables (in the trees before version 4, in run files since): the
+    # data must survive that too
     with halodb.open(copy) as db:
         _verify(db, golden)
         assert all(p.memtable_entries == 0 for p in db.stats().partitions)

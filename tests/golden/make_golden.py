@@ -10,8 +10,10 @@ type, JSON, str and bytes values, a value spread over overflow pages, deleted ke
 flushed into the trees and part left only in the logs (the store is abandoned as a crash
 would leave it, so the logs keep their records, including a batch across both partitions). The
 hash seed and the creation time differ from run to run, but both are recorded in the manifest,
-so any run's files are self-consistent. From version 3 on, partition 0 is left with two logs:
-its memtable was frozen (a merge the crash interrupted), and later records went to the new log.
+so any run's files are self-consistent. In version 3, partition 0 was left with two logs: its
+memtable was frozen (a merge the crash interrupted), and later records went to the new log.
+From version 4 on, part of the data is in run files: a clean close left it there, unmerged,
+and the records after it are in the logs.
 Never regenerate an older version's store after a format change: old stores must keep opening;
 the new version's store is added beside them.
 
@@ -116,6 +118,17 @@ for i in range(60):  # enough keys for tree heights above one
 
 DELETED_BEFORE_FLUSH: list[halodb.Key] = ["deleted-in-tree", 77, ("gone",)]
 
+IN_RUN_PUTS: list[tuple[Any, Any]] = [
+    ("run only", "a value a clean close left in a run file"),
+    (("user", 2), {"name": "bob", "moved": "to the run"}),
+    (b"run\x00bytes", b"\x00\xffrun"),
+    ("run overflow", "R" * 2600),
+    (-1.25, "float key in the run"),
+]
+for i in range(0, 60, 7):
+    IN_RUN_PUTS.append((f"filler {i:03d}", f"overwritten in the run {i}"))
+DELETED_IN_RUN: list[halodb.Key] = ["filler 001", ("user", 1, "x\x00y"), 10**100]
+
 IN_LOG_PUTS: list[tuple[Any, Any]] = [
     ("log only", "a value only in the log"),
     (-7, ["log", -7]),
@@ -153,11 +166,20 @@ def build(store: Path) -> dict[bytes, tuple[Any, Any]]:
         expected[encode_key(key)] = (key, value)
     del db["deleted-in-log"]
     del expected[encode_key("deleted-in-log")]
-    # Version 3: partition 0's memtable frozen, as a merge in the background finds it: its
-    # records stay in p000.wal, the ones after it (a part of the batch below) go to p000.wal2.
-    part = halodb.testing.engine(db).parts[0]
-    with part.lock:
-        part.freeze()
+    # Version 4: a clean close leaves these in run files (the trees do not hold them); the
+    # records written after the next open are in the logs.
+    db.close()
+    db = halodb.open(store, background=False)
+    for key, value in IN_RUN_PUTS:
+        db[key] = value
+        expected[encode_key(key)] = (key, value)
+    for key in DELETED_IN_RUN:
+        del db[key]
+        del expected[encode_key(key)]
+    db.close()
+    db = halodb.open(store, background=False)
+    db[("after", "the run")] = "in the log after the run"
+    expected[encode_key(("after", "the run"))] = (("after", "the run"), "in the log after the run")
     with db.batch() as batch:
         for key, value in IN_LOG_BATCH:
             batch[key] = value
@@ -168,8 +190,10 @@ def build(store: Path) -> dict[bytes, tuple[Any, Any]]:
     assert parts == {0, 1}, "the batch must span both partitions"
     # abandon: as a crash would, leave the log records unflushed
     halodb.testing.abandon(db)
-    for name in ("p000.wal", "p000.wal2", "p001.wal"):
+    for name in ("p000.wal", "p001.wal"):
         assert (store / name).stat().st_size > 28, f"{name}: a log without records"
+    for name in ("p000.run", "p001.run"):
+        assert (store / name).stat().st_size > fmt.RUN_HEADER.size, f"{name}: an empty run"
     return expected
 
 
@@ -182,7 +206,9 @@ def main() -> int:
         "page_size": 1024,
         "codec": "halo1",
         "items": [[tag_key(k), tag_value(v)] for k, v in ordered],
-        "absent": [tag_key(k) for k in [*DELETED_BEFORE_FLUSH, "deleted-in-log", "a"]],
+        "absent": [
+            tag_key(k) for k in [*DELETED_BEFORE_FLUSH, *DELETED_IN_RUN, "deleted-in-log", "a"]
+        ],
     }
     # one item per line, so that a diff of this file is readable
     lines = ["{"]

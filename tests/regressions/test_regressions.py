@@ -28,6 +28,7 @@ def test_clear_does_not_read_the_old_tree_so_it_can_empty_a_damaged_store(tmp_pa
     path = tmp_path / "s"
     with halodb.open(path, partitions=1, page_size=1024) as db:
         db.update({i: "v" * 50 for i in range(500)})
+        db.flush()  # (into the tree, which is then damaged)
     tree = path / fmt.partition_file(0, "tree")
     _flip(tree, 3 * 1024 + 100)  # a node page, not a meta page
     with halodb.open(path) as db:

@@ -1,7 +1,8 @@
 """Damaged files: every case either raises ``CorruptionError`` or reads back exactly right.
 
-A small store (two partitions, 1 KiB pages, a value spanning overflow pages) is built twice:
-closed cleanly, and abandoned with records left only in the logs. Each case copies it, damages
+A small store (two partitions, 1 KiB pages, a value spanning overflow pages) is built three
+times: flushed and closed cleanly (everything in the trees), closed cleanly with its last writes
+in run files, and abandoned with records left only in the logs. Each case copies it, damages
 one file (flipped bytes, truncation, appended garbage, zeroed, swapped or stale pages), then opens
 it, runs ``check()`` and reads everything, by iteration and by point lookups. The outcome must be
 a ``CorruptionError`` (at open, from ``check()`` or from a read) or exactly the expected data:
@@ -145,6 +146,17 @@ def _build(root: Path, name: str, abandoned: bool) -> Template:
         assert any(len(parts) == 2 for _, parts in template.log_ops), "no batch spans both"
         _abandon(db)
     else:
+        db.flush()
+        if name == "run":  # the close saves these in run files
+            put("run-a", "in the run")
+            put("big", "R" * 3000)  # over one in the tree: overflow pages freed by its merge
+            put(("run", 2), b"\x00run bytes")
+            db["s0014"] = "gone"
+            del db["s0014"]
+            expected.pop("s0014", None)
+            for key in list(expected)[2::31]:
+                del db[key]
+                del expected[key]
         db.close()
         template.base = dict(expected)
     db = halodb.open(path, readonly=True)
@@ -154,10 +166,11 @@ def _build(root: Path, name: str, abandoned: bool) -> Template:
     template.files = {p.name: p.read_bytes() for p in path.iterdir()}
     if abandoned:
         assert all(len(template.files[f"p00{i}.wal"]) > 28 for i in (0, 1))
+    assert (name == "run") == all(f"p00{i}.run" in template.files for i in (0, 1))
     return template
 
 
-@pytest.fixture(scope="module", params=["closed", "abandoned"])
+@pytest.fixture(scope="module", params=["closed", "run", "abandoned"])
 def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Template:
     name = str(request.param)
     return _build(tmp_path_factory.mktemp("templates"), name, abandoned=name == "abandoned")
@@ -487,6 +500,43 @@ def test_bloom_damage_is_rebuilt(tmp_path: Path, template: Template, part: str) 
     other = "p001.bloom" if part == "p000" else "p000.bloom"
     cases.append(("the other partition's filter", name, lambda _: template.files[other]))
     _assert_ok(_run(tmp_path, template, cases, bloom=True))
+
+
+@pytest.fixture(scope="module")
+def run_template(tmp_path_factory: pytest.TempPathFactory) -> Template:
+    """The store closed cleanly with its last writes in run files."""
+    return _build(tmp_path_factory.mktemp("run-template"), "run", abandoned=False)
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_run_damage(tmp_path: Path, run_template: Template, part: str) -> None:
+    """Bytes of a run file flipped (every header byte, sampled body bytes), the file cut, or
+    garbage appended: always detected (its header and body are under checksums, its size is
+    in its header), by the open or by the first read that decodes it."""
+    template = run_template
+    name = f"{part}.run"
+    rng = random.Random(name)
+    data = template.files[name]
+    body = range(fmt.RUN_HEADER.size, len(data))
+    sampled = body if STRESS else rng.sample(body, min(150, len(body)))
+    positions = sorted({*range(fmt.RUN_HEADER.size), *sampled})
+    cases = _flips(name, positions, rng) + _cuts_and_garbage(name, len(data), rng)
+    cases.append(("all zero", name, lambda d: bytes(len(d))))
+    other = "p001.run" if part == "p000" else "p000.run"
+    cases.append(("the other partition's run", name, lambda _: template.files[other]))
+    outcome = _run(tmp_path, template, cases)
+    _assert_ok(outcome)
+    assert (outcome.detected, outcome.intact) == (len(cases), 0), "run damage went unnoticed"
+
+
+def test_a_missing_run_file_is_detected(tmp_path: Path, run_template: Template) -> None:
+    """A run file lost (deleted by hand): its writes are in no log any more, so the open must
+    refuse the store rather than show it without them."""
+    files = dict(run_template.files)
+    del files["p000.run"]
+    _write(tmp_path, files)
+    with pytest.raises(halodb.CorruptionError, match=r"p000\.run"):
+        halodb.open(tmp_path)
 
 
 def test_missing_bloom_file_is_rebuilt(tmp_path: Path, template: Template) -> None:

@@ -85,6 +85,8 @@ while True:
         op = {"id": op_id, "kind": "batch", "changes": sorted(changes.items())}
     elif r < 0.99:
         op = {"id": op_id, "kind": "flush", "changes": []}
+    elif r < 0.995:  # the close leaves run files, which the open's worker merges
+        op = {"id": op_id, "kind": "reopen", "changes": []}
     elif r < 0.99975:
         op = {"id": op_id, "kind": "compact", "changes": []}
     else:
@@ -107,6 +109,9 @@ while True:
         db.flush()
     elif kind == "compact":
         db.compact()
+    elif kind == "reopen":
+        db.close()
+        db = halodb.open(cfg["store"], durability=cfg["mode"], **cfg["options"])
     else:
         db.clear()
     emit("ack %d" % op_id)
@@ -227,6 +232,8 @@ def run_child(
         mark, delay = b'"kind": "flush"', rng.uniform(0, 0.004)
     elif when < 0.45:  # in the middle of a compaction (its steps: a few ms each)
         mark, delay = b'"kind": "compact"', rng.uniform(0, 0.01)
+    elif when < 0.55:  # in a reopen: the close's run files, or the worker's merge of them
+        mark, delay = b'"kind": "reopen"', rng.uniform(0, 0.02)
     else:  # at any moment of a run of writes (which flush on their own now and then)
         mark, delay = b"opened\n", rng.uniform(0.05, 0.4)
     proc = subprocess.Popen(

@@ -532,6 +532,8 @@ class Template:
     """What the trees hold."""
     log_ops: list[tuple[dict[Any, Any], set[int]]] = field(default_factory=list)
     """Changes that are only in the logs, in order, with the partitions each touches."""
+    closed: dict[str, bytes] = field(default_factory=dict)
+    """The same store after a clean close: the logs' changes in run files."""
 
     def route(self, key: Any) -> int:
         """The partition of ``key`` (format.md, "Hashing": ``(h2 >> 32) mod partitions``)."""
@@ -640,6 +642,8 @@ def build_template(path: Path, mine: int = 250, theirs: int = 60, big: int = 500
     # A crash image: the files as they are while the store is open (every record written).
     tpl.files = {p.name: p.read_bytes() for p in path.iterdir()}
     db.close()
+    tpl.closed = {p.name: p.read_bytes() for p in path.iterdir()}
+    assert "p000.run" in tpl.closed and "p001.run" in tpl.closed
     assert tpl.state() == model
     assert any(parts == {0, 1} for _, parts in tpl.log_ops)
     return tpl
@@ -1271,8 +1275,65 @@ def _file_cases() -> list[Case]:
     return cases
 
 
+def closed(then: Edit | None = None) -> Edit:
+    """The template as a clean close left it (its logs' changes in run files), then ``then``."""
+
+    def edit(path: Path, tpl: Template) -> None:
+        for name in os.listdir(path):
+            os.unlink(path / name)
+        for name, data in tpl.closed.items():
+            (path / name).write_bytes(data)
+        if then is not None:
+            then(path, tpl)
+
+    return edit
+
+
+def _forged_run_body(path: Path, tpl: Template) -> None:
+    """Partition 0's run with its first key twice (the body checksum recomputed)."""
+    name = path / "p000.run"
+    data = bytearray(name.read_bytes())
+    head = list(fmt.RUN_HEADER.unpack_from(data))
+    n, size = head[7], fmt.RUN_HEADER.size
+    first = fmt.U16.unpack_from(data, size)[0]
+    second = fmt.U16.unpack_from(data, size + 2)[0]
+    keys_at = size + 6 * n
+    if first == second:  # the second key becomes the first
+        data[keys_at + first : keys_at + 2 * first] = data[keys_at : keys_at + first]
+    head[10] = fmt.crc(bytes(data[size:]))
+    fmt.RUN_HEADER.pack_into(data, 0, *head)
+    head[11] = fmt.crc(bytes(data[: size - 4]))
+    fmt.RUN_HEADER.pack_into(data, 0, *head)
+    name.write_bytes(bytes(data))
+
+
+def _run_cases() -> list[Case]:
+    """Run file headers (partition 0's): every count, size and sequence field hostile, the
+    header checksum recomputed."""
+
+    def on_run(index: int, value: int) -> Edit:
+        return closed(on_struct("p000.run", fmt.RUN_HEADER, index, value, crc_at=11))
+
+    cases = [Case("a clean close's run files, untouched", closed(), exact=True)]
+    for version in (3, 5, U16):
+        cases.append(Case(f"run version {version:#x}", on_run(1, version)))
+    cases.append(Case("run partition 1", on_run(2, 1)))
+    for flags in (2, U32):
+        cases.append(Case(f"run flags {flags:#x}", on_run(3, flags)))
+    cases.append(Case("run flags: cleared (what the tree holds is gone)", on_run(3, 1)))
+    for index, field_name in ((4, "base_seq"), (5, "seq"), (6, "count")):
+        for value in (0, 1, fmt.SEQ_LIMIT - 1, fmt.SEQ_LIMIT, U64):
+            cases.append(Case(f"run {field_name} {value:#x}", on_run(index, value)))
+    for index, field_name in ((7, "entries"), (8, "key_bytes"), (9, "value_bytes")):
+        for value in (0, *WIDE[64]):
+            cases.append(Case(f"run {field_name} {value:#x}", on_run(index, value)))
+    cases.append(Case("run body with a key twice", closed(_forged_run_body)))
+    return cases
+
+
 CASES = [
     Case("the untouched template", lambda path, tpl: None, exact=True),
+    *_run_cases(),
     *_log_cases(),
     *_meta_cases(),
     *_page_cases(),

@@ -22,7 +22,7 @@ The harness is shown to bite: each ``test_harness_catches_*`` plants a bug in th
 fsync, a skipped directory fsync, a rename before its fsync, a log reader that takes a lost sector
 for damage, a recovery that keeps the writes after a dropped batch, a meta page written before its
 pages, a page reused while the committed tree still refers to it, a frozen memtable's log dropped
-before its merge is durable, a tree file cut before the meta page that stops counting its end is
+before its merge is durable, a run file deleted before its merge is durable, a tree file cut before the meta page that stops counting its end is
 durable, a compaction that moves a page over one still referenced) and requires the harness to
 report it.
 
@@ -398,6 +398,31 @@ def test_harness_catches_a_frozen_log_dropped_before_its_merge_is_durable(
         or "lost a write promised durable" in v.problem
         for v in found
     ), _show(found)
+
+
+def test_harness_catches_a_run_deleted_before_its_merge_is_durable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A clean close leaves the memtables in run files, with empty logs after them; the next
+    merge deletes a run only once the tree holding its writes is durable. Planted: the run goes
+    first, so a power cut before the tree's commit leaves the writes in no file at all."""
+
+    def bug() -> None:
+        plant(
+            monkeypatch,
+            halodb.partition.Partition,
+            "merge",
+            (
+                "        keys, values = frozen.columns(None if locked else SORT_STEP)\n",
+                "        keys, values = frozen.columns(None if locked else SORT_STEP)\n"
+                "        self._drop_frozen_log()  # planted\n",
+            ),
+        )
+
+    found = caught(monkeypatch, "full", ("reopen", "flush"), bug)
+    assert any("or the run file" in v.problem and "is missing" in v.problem for v in found), _show(
+        found
+    )
 
 
 def test_harness_catches_a_tree_file_cut_before_its_meta_page_stops_counting_the_end(

@@ -134,6 +134,7 @@ def test_the_caches_byte_counts_cover_what_they_hold(tmp_path: Path) -> None:
     data = _varied_entries(random.Random(11))
     with halodb.open(path, partitions=1) as db:
         db.update(data)
+        db.flush()  # (the scan then reads the tree)
     with halodb.open(path, cache_size=256 * MiB) as db:
         gc.collect()
         tracemalloc.start()

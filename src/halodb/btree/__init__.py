@@ -33,6 +33,7 @@ from halodb.btree.node import (
 )
 from halodb.btree.rows import ROW_OVERHEAD
 from halodb.btree.tree import BTree, Change
+from halodb.btree.writer import MergeStopped
 
 __all__ = [
     "BYTES_OBJECT",
@@ -46,6 +47,7 @@ __all__ = [
     "Change",
     "Internal",
     "Leaf",
+    "MergeStopped",
     "Overflow",
     "internal_cost",
     "leaf_cost",

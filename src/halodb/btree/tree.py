@@ -15,7 +15,7 @@ node is charged, :mod:`.rows` for a row).
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from halodb import format as fmt
@@ -321,11 +321,18 @@ class BTree(RowCache):
         )
 
     def apply_columns(
-        self, keys: list[bytes], values: list[bytes | None], *, clear: bool, flushed_seq: int
+        self,
+        keys: list[bytes],
+        values: list[bytes | None],
+        *,
+        clear: bool,
+        flushed_seq: int,
+        stop: Callable[[], bool] | None = None,
     ) -> int:
         """:meth:`apply` with the changes as two parallel lists (sorted, unique keys), by a
-        :class:`TreeWriter` of its own (see :meth:`TreeWriter.apply`: all or nothing)."""
-        return TreeWriter(self, keys, values).apply(clear=clear, flushed_seq=flushed_seq)
+        :class:`TreeWriter` of its own (see :meth:`TreeWriter.apply`: all or nothing).
+        ``stop``: asked as the merge goes; ``True`` gives it up (:class:`MergeStopped`)."""
+        return TreeWriter(self, keys, values, stop).apply(clear=clear, flushed_seq=flushed_seq)
 
     def compact_step(self, start: bytes, budget: int) -> Compaction:
         """One compaction step from key ``start``, reading at most ``budget`` leaves, committed

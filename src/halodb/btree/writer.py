@@ -11,6 +11,7 @@ writes holds none of it.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from itertools import accumulate
 from operator import add
 from typing import Protocol
@@ -52,6 +53,10 @@ class Tree(Protocol):
     def drop_rows(self, keys: list[bytes]) -> None: ...
 
     def clear_rows(self) -> None: ...
+
+
+class MergeStopped(Exception):
+    """A flush told to stop (by its ``stop``) gave up part-way; nothing of it was written."""
 
 
 class Run:
@@ -106,13 +111,23 @@ class TreeWriter:
         "node",
         "pager",
         "release_overflow",
+        "stop",
         "tree",
         "usable",
         "values",
     )
 
-    def __init__(self, tree: Tree, keys: list[bytes], values: list[bytes | None]) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        keys: list[bytes],
+        values: list[bytes | None],
+        stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.tree = tree
+        self.stop = stop
+        """Asked before each subtree is rewritten: ``True`` gives the flush up
+        (:class:`MergeStopped`), before its commit."""
         self.pager = tree.pager
         self.usable = tree.usable
         self.max_inline = tree.max_inline
@@ -196,11 +211,17 @@ class TreeWriter:
         )
         return self.count
 
+    def _go_on(self) -> None:
+        """Raise :class:`MergeStopped` if the flush is told to stop."""
+        if self.stop is not None and self.stop():
+            raise MergeStopped
+
     def _update(
         self, page_no: int, crc: int, level: int, lo: int, hi: int, lower: bytes
     ) -> list[Ref]:
         """The subtree in ``page_no`` with ``changes[lo:hi]`` merged, written: its new nodes
         (the first one's lower bound ``lower``)."""
+        self._go_on()
         node = self.node(page_no, crc, level)
         self.pager.release(page_no)
         if level == 0:
@@ -227,6 +248,7 @@ class TreeWriter:
                     # Neighbouring leaves that change are merged as one run and cut into
                     # full leaves: a copy-on-write rewrite gains nothing from slack, and
                     # splitting each leaf on its own would leave them half full.
+                    self._go_on()
                     leaf = self.node(children[i], crcs[i], 0)
                     assert isinstance(leaf, Leaf)
                     self.pager.release(children[i])

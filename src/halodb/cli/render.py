@@ -131,6 +131,7 @@ def _stats_rows(st: halodb.StoreStats) -> list[tuple[str, list[str], str]]:
         ("keys", counts([p.keys for p in parts])),
         ("memtable entries", counts([p.memtable_entries for p in parts])),
         ("memtable size", sizes([p.memtable_bytes for p in parts])),
+        ("frozen entries", counts([p.frozen_entries for p in parts])),
         ("log size", sizes([p.wal_bytes for p in parts])),
         ("tree height", ([str(p.tree_height) for p in parts],
                          str(max((p.tree_height for p in parts), default=0)))),
@@ -168,7 +169,7 @@ def stats_table(st: halodb.StoreStats, width: int) -> Table:
         for name, per, total in rows:
             table.add_row(name, *per, total)
         return table
-    table.add_column("partition", style="bold")
+    table.add_column("partition", style="bold", no_wrap=True, min_width=5)
     for name, _, _ in rows:
         table.add_column(name, justify="right")
     for i in range(len(st.partitions)):

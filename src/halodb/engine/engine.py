@@ -554,9 +554,15 @@ class Engine:
     def flush_part(self, part: Partition, *, force: bool = False) -> None:
         """Merge one partition's frozen memtable and memtable into its tree (caller holds its
         lock, and its merge lock if a worker runs), leaving it one empty log."""
+        self._replacing_log(
+            part, lambda: part.flush(lambda: self._sync_others(part), self.logs.retire, force=force)
+        )
+
+    def _replacing_log(self, part: Partition, step: Callable[[], None]) -> None:
+        """``step()``, which may replace ``part``'s log; a failure stops the store's writes."""
         old = part.log
         try:
-            part.flush(lambda: self._sync_others(part), self.logs.retire, force=force)
+            step()
             if old is not None and part.log is not old:
                 self.logs.retire(old)  # its records are in the tree
         except Error as exc:
@@ -683,14 +689,16 @@ class Engine:
             stack.enter_context(part.lock)
 
     def close(self, *, merge: bool = True) -> None:
-        """Flush (unless read-only or failed) and close every file; idempotent. Without
-        ``merge`` the memtables are not merged into the trees: the logs are written out and
-        the next open replays them."""
+        """Save the memtables in run files (unless read-only or failed: see
+        ``Partition.save_run``) and close every file; idempotent. Without ``merge`` the
+        memtables are not saved: the logs are written out and the next open replays them."""
         process.unregister(self)
         if self.closed:
             return
+        for part in self.parts:
+            part.closing = True  # a merge under way stops: close saves what it would merge
         if self.worker is not None and self.pid == os.getpid():
-            self.worker.stop()  # after the merge under way: close merges the rest itself
+            self.worker.stop()
         with ExitStack() as stack:
             self._lock_all(stack)
             if self.closed:
@@ -708,7 +716,9 @@ class Engine:
                             and error is None
                             and self.pid == os.getpid()
                         ):
-                            self.flush_part(part)
+                            self._replacing_log(
+                                part, partial(part.save_run, partial(self._sync_others, part))
+                            )
                             clean_seq = next(self.sequence)
                     except BaseException as exc:
                         # A failure was recorded by flush_part; an interrupt (KeyboardInterrupt,

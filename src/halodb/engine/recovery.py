@@ -35,7 +35,8 @@ class LogState:
 
     index: int
     flushed_seq: int
-    """The newest sequence number the partition's tree holds."""
+    """The newest sequence number the partition's tree holds (or its run: see
+    ``Partition.covered_seq``)."""
     records: Sequence[Record]
     """The log's intact records, in order."""
     wal_path: str
@@ -207,7 +208,7 @@ def open_partitions(
 def log_states(parts: Sequence[Partition]) -> list[LogState]:
     """What :func:`plan` needs of opened partitions (their logs read, not yet replayed)."""
     return [
-        LogState(part.index, part.flushed_seq, part.contents.records, part.wal_path, part.tree_path)
+        LogState(part.index, part.covered_seq, part.contents.records, part.wal_path, part.tree_path)
         for part in parts
     ]
 

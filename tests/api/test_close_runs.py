@@ -1,0 +1,210 @@
+"""A clean close saves the memtables in run files instead of merging them into the trees; the
+next open reads them lazily, and its worker merges them (docs/design.md, "Close";
+docs/format.md, "Run file")."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import halodb
+from halodb import format as fmt
+from halodb.run import write_run
+from halodb.vfs import FileSystem
+
+OPTIONS: dict[str, Any] = {"partitions": 2, "page_size": 1024}
+
+
+def _runs(path: Path) -> list[str]:
+    return sorted(p.name for p in path.glob("*.run"))
+
+
+def _files(path: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir())}
+
+
+def _settled(db: halodb.Store, path: Path) -> None:
+    """Wait for the worker to merge the runs (it starts at the open)."""
+    deadline = time.monotonic() + 30
+    while _runs(path) or any(p.frozen_entries for p in db.stats().partitions):
+        assert time.monotonic() < deadline, "the worker did not merge the runs"
+        time.sleep(0.01)
+
+
+def test_a_clean_close_leaves_the_memtables_in_runs_not_in_the_trees(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with halodb.open(path, **OPTIONS) as db:
+        db.update({f"k{i:04d}": i for i in range(500)})
+        db.flush()
+        trees = [p.tree_keys for p in db.stats().partitions]
+        db.update({f"k{i:04d}": -i for i in range(0, 500, 3)})  # overwrites
+        db.update({f"n{i:04d}": "new" for i in range(200)})
+        for i in range(1, 500, 7):
+            del db[f"k{i:04d}"]
+        expected = dict(db.items())
+    assert _runs(path) == ["p000.run", "p001.run"]
+    with halodb.open(path, background=False) as db:
+        stats = db.stats()
+        assert [p.tree_keys for p in stats.partitions] == trees  # nothing was merged
+        assert all(p.frozen_entries > 0 for p in stats.partitions)  # the runs, not decoded
+        assert all(p.memtable_entries == 0 for p in stats.partitions)
+        assert len(db) == len(expected)
+        assert dict(db.items()) == expected
+        assert all(db[k] == v for k, v in expected.items())
+        assert "k0001" not in db and db.get("k0008") is None
+        db.check()
+        db.flush()  # merges the runs into the trees, and deletes them
+        assert _runs(path) == []
+        assert sum(p.tree_keys for p in db.stats().partitions) == len(expected)
+        assert dict(db.items()) == expected
+        db.check()
+
+
+def test_the_worker_merges_the_runs_after_the_open(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with halodb.open(path, **OPTIONS) as db:
+        db.update({i: str(i) for i in range(2000)})
+    assert _runs(path)
+    with halodb.open(path) as db:
+        _settled(db, path)
+        assert sum(p.tree_keys for p in db.stats().partitions) == 2000
+        assert dict(db.items()) == {i: str(i) for i in range(2000)}
+        db.check()
+    assert _runs(path) == []  # nothing left in memory, nothing to save
+
+
+def test_writes_over_a_run_are_saved_with_it_at_the_next_close(tmp_path: Path) -> None:
+    """Opened without a worker, the run stays; a close then writes one run of the newest of
+    both, and deletes of keys in the run and in the tree stick."""
+    path = tmp_path / "s"
+    with halodb.open(path, **OPTIONS) as db:
+        db.update({f"t{i}": "tree" for i in range(100)})
+        db.flush()
+        db.update({f"r{i}": "run" for i in range(100)})
+    model = {**{f"t{i}": "tree" for i in range(100)}, **{f"r{i}": "run" for i in range(100)}}
+    for round_ in range(3):
+        with halodb.open(path, background=False) as db:
+            for i in range(round_, 100, 4):
+                db[f"r{i}"] = f"again {round_}"
+                model[f"r{i}"] = f"again {round_}"
+                del db[f"t{i}"]
+                model.pop(f"t{i}", None)
+            db[("round", round_)] = str(round_)
+            model[("round", round_)] = str(round_)  # type: ignore[index]
+        assert _runs(path) == ["p000.run", "p001.run"]
+        with halodb.open(path, readonly=True) as db:
+            assert dict(db.items()) == model
+            assert len(db) == len(model)
+            db.check()
+
+
+def test_a_close_without_writes_keeps_the_runs_as_they_are(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with halodb.open(path, **OPTIONS) as db:
+        db.update({i: i for i in range(300)})
+    runs = {name: (path / name).read_bytes() for name in _runs(path)}
+    with halodb.open(path, background=False) as db:
+        assert db[7] == 7
+    assert {name: (path / name).read_bytes() for name in _runs(path)} == runs
+
+
+def test_a_read_only_open_reads_the_runs_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with halodb.open(path, **OPTIONS) as db:
+        db.update({i: "x" * (i % 50) for i in range(1000)})
+        del db[5]
+    before = _files(path)
+    with halodb.open(path, readonly=True) as db:
+        assert len(db) == 999
+        assert db[6] == "x" * 6 and 5 not in db
+        assert [k for k, _ in db.range(10, 15)] == [10, 11, 12, 13, 14]
+        db.check()
+    assert _files(path) == before
+
+
+def test_a_clear_saved_in_a_run_hides_the_tree(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with halodb.open(path, **OPTIONS) as db:
+        db.update({i: i for i in range(400)})
+        db.flush()
+        db.clear()
+        db["after"] = "the clear"
+    with halodb.open(path, background=False) as db:
+        assert dict(db.items()) == {"after": "the clear"}
+        assert len(db) == 1
+        db.check()
+        db.flush()
+        assert dict(db.items()) == {"after": "the clear"}
+        assert sum(p.tree_keys for p in db.stats().partitions) == 1
+
+
+def test_a_close_during_merges_gives_them_up_and_loses_nothing(tmp_path: Path) -> None:
+    """Small memtables freeze again and again, so the worker is merging when the close comes:
+    the close gives the merge up and saves its frozen memtable in the run instead."""
+    path = tmp_path / "s"
+    model: dict[int, str] = {}
+    for round_ in range(4):
+        with halodb.open(path, **OPTIONS, memtable_size=64 * 1024) as db:
+            for i in range(3000):
+                key = (i * 7919 + round_) % 5000
+                db[key] = model[key] = f"{round_}:{i}:" + "v" * 40
+    with halodb.open(path, readonly=True) as db:
+        assert dict(db.items()) == model
+        db.check()
+
+
+def test_a_stale_run_is_ignored_and_deleted(tmp_path: Path) -> None:
+    """A run whose merge is durable but whose deletion was lost (a power cut) comes back: the
+    tree holds its writes, so it is ignored (and deleted by a writable open)."""
+    path = tmp_path / "s"
+    with halodb.open(path, partitions=1) as db:
+        db.update({i: "old" for i in range(100)})
+    old_run = (path / "p000.run").read_bytes()
+    with halodb.open(path, partitions=1, background=False) as db:
+        db.flush()  # merges the run (and deletes it)
+        db.update({i: "new" for i in range(50)})
+        db.flush()
+    (path / "p000.run").write_bytes(old_run)
+    expected = {i: "new" if i < 50 else "old" for i in range(100)}
+    with halodb.open(path, readonly=True) as db:
+        assert dict(db.items()) == expected
+    assert (path / "p000.run").exists()
+    with halodb.open(path) as db:
+        assert dict(db.items()) == expected
+    assert _runs(path) == []
+
+
+def test_a_run_on_another_tree_is_refused(tmp_path: Path) -> None:
+    """A run lies on the tree as it was at the close (``base_seq``): put beside another tree,
+    it is refused, never mixed in."""
+    path = tmp_path / "s"
+    with halodb.open(path, partitions=1) as db:
+        db["a"] = 1
+        db.flush()
+    write_run(
+        FileSystem(),
+        str(path / fmt.partition_file(0, "run")),
+        0,
+        {b"\x30b": b"\x01x"},
+        cleared=False,
+        base_seq=0,
+        seq=99,
+        count=2,
+    )
+    with pytest.raises(halodb.CorruptionError, match=r"p000\.run: run lies on a tree"):
+        halodb.open(path)
+
+
+def test_a_store_with_runs_copied_elsewhere_opens_there(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with halodb.open(path, **OPTIONS) as db:
+        db.update({f"k{i}": i for i in range(100)})
+    shutil.copytree(path, tmp_path / "copy")
+    with halodb.open(tmp_path / "copy") as db:
+        assert dict(db.items()) == {f"k{i}": i for i in range(100)}
+        db.check()
