@@ -194,7 +194,7 @@ BLOOM_HEADER: Final = struct.Struct("<8sHHHHQQQII")
 # ---------------------------------------------------------------------------------------------
 # Sorted run: ``pNNN.run``, a clean close's memtables. A header, then the body: ``entries`` u16
 # key lengths, ``entries`` u32 value lengths (``RUN_TOMBSTONE``: a delete, no value bytes), the
-# keys one after another in strictly increasing order, then the values.
+# keys one after another (in no order; each once), then the values.
 # ---------------------------------------------------------------------------------------------
 
 RUN_MAGIC: Final = b"HaloRUN\x00"

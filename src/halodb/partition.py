@@ -31,7 +31,7 @@ from itertools import repeat
 
 from halodb import format as fmt
 from halodb.bloom import BloomFilter, read_filter
-from halodb.btree import BTree, MergeStopped
+from halodb.btree import BTree, MergeStopped, limits
 from halodb.collector import collector_paused
 from halodb.errors import CorruptionError
 from halodb.hashing import key_hash
@@ -190,6 +190,14 @@ class Partition:
         (compaction steps save it at the compaction's end; a clean close saves it too)."""
         self.merged_leaves = 0
         """Leaves fewer than before, by compaction steps since the store was opened."""
+        self.run_due = False
+        """The run a clean close left (the frozen memtable) is to be merged now. It is not at
+        once: reads find its entries as fast as the tree's, and a merge competes with them.
+        It is due once the memtable fills halfway (so that it is merged before the memtable
+        must freeze), and for a flush or a compaction."""
+        self.limit = 0
+        """Memtable bytes past which a write calls the engine's ``_full`` (set by the engine:
+        ``memtable_size``, or half of it while a run waits, so that its merge starts then)."""
         self.closing = False
         """Set by a close: a merge without the lock stops part-way (all of it forgotten), since
         the close saves the frozen memtable in a run instead."""
@@ -214,6 +222,32 @@ class Partition:
         """The newest sequence number the tree holds."""
         return self.pager.meta.flushed_seq
 
+    def merge_due(self) -> bool:
+        """Whether the frozen memtable is to be merged now: always, but for a run that is not
+        yet due (see :attr:`run_due`)."""
+        frozen = self.frozen
+        return frozen is not None and (self.run_due or not isinstance(frozen, Run))
+
+    def run_waits(self) -> bool:
+        """Whether the frozen memtable is a run whose merge is not yet due."""
+        return isinstance(self.frozen, Run) and not self.run_due
+
+    def run_bytes(self) -> int:
+        """The size of the run the last close left (0 if none is left to merge)."""
+        frozen = self.frozen
+        return frozen.size if isinstance(frozen, Run) else 0
+
+    def run_outgrows(self, limit: int) -> bool:
+        """Whether a run the last close left, with what the memtable holds over it, would make
+        a run of more than ``limit`` bytes (a close merges instead: runs do not grow from
+        close to close)."""
+        frozen = self.frozen
+        return (
+            isinstance(frozen, Run)
+            and bool(self.memtable.data or self.cleared)
+            and frozen.size + self.memtable.size > limit
+        )
+
     @property
     def covered_seq(self) -> int:
         """The newest sequence number held durably outside the logs: by the tree, or by the
@@ -229,7 +263,7 @@ class Partition:
         """The run a clean close left, if any and live: made the frozen memtable."""
         if not self.fs.exists(self.run_path):
             return None
-        run = Run.open(self.fs, self.run_path, self.index)
+        run = Run.open(self.fs, self.run_path, self.index, max_key=limits(self.pager.page_size)[0])
         flushed = self.pager.meta.flushed_seq
         if run.seq <= flushed:  # the tree holds it: its merge's leftover
             self.stale_run = True
@@ -702,6 +736,8 @@ class Partition:
         frozen = self.frozen
         if not self.memtable.data and not self.cleared and not isinstance(frozen, Memtable):
             return  # (a run from the last close is saved already)
+        if self.last_seq <= self.flushed_seq:
+            return  # (the tree holds it all: a merge interrupted after its commit)
         assert self.log is not None
         if self.batch_seen or (frozen is not None and self.frozen_batch):
             sync_others()
@@ -728,13 +764,15 @@ class Partition:
         self.contents = LogContents(self.last_seq, [], self.log.end, False)
         self.wal_path = self.log_paths[0]
         self.frozen_log = self.frozen_path = None
-        other = self.log_paths[1]
-        if self.fs.exists(other):
-            self.fs.unlink(other)
-            self.fs.sync_dir(os.path.dirname(other))
-        for wal in (old, frozen_log):
-            if wal is not None:
-                wal.retire(durable=True)
+        try:
+            other = self.log_paths[1]
+            if self.fs.exists(other):
+                self.fs.unlink(other)
+                self.fs.sync_dir(os.path.dirname(other))
+        finally:  # (their records are in the run, durably)
+            for wal in (old, frozen_log):
+                if wal is not None:
+                    wal.retire(durable=True)
 
     def freeze(self) -> None:
         """Make the memtable frozen and start a new one, its records going to a new log (the

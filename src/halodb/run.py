@@ -119,6 +119,7 @@ class Run:
         "entries",
         "fs",
         "key_bytes",
+        "max_key",
         "partition",
         "path",
         "seq",
@@ -138,8 +139,10 @@ class Run:
         entries: int,
         key_bytes: int,
         value_bytes: int,
+        max_key: int,
     ) -> None:
         self.fs = fs
+        self.max_key = max_key
         self.path = path
         self.partition = partition
         self.cleared = cleared
@@ -154,9 +157,10 @@ class Run:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, fs: FileSystem, path: str, partition: int) -> Run:
-        """Read and check the header of the run file ``path`` (partition ``partition``'s).
-        Raises :class:`CorruptionError` naming the file."""
+    def open(cls, fs: FileSystem, path: str, partition: int, *, max_key: int = 0xFFFF) -> Run:
+        """Read and check the header of the run file ``path`` (partition ``partition``'s, of a
+        store whose keys are at most ``max_key`` bytes). Raises :class:`CorruptionError`
+        naming the file."""
         size = fmt.RUN_HEADER.size
         handle = fs.open(path)
         try:
@@ -198,6 +202,7 @@ class Run:
             entries=entries,
             key_bytes=key_bytes,
             value_bytes=value_bytes,
+            max_key=max_key,
         )
 
     def __len__(self) -> int:
@@ -256,8 +261,14 @@ class Run:
         if sum(key_lengths) != self.key_bytes:
             raise CorruptionError(f"{path}: run key lengths disagree with its header")
         tombstone = fmt.RUN_TOMBSTONE
-        if sum(length for length in value_lengths if length != tombstone) != self.value_bytes:
+        puts = [length for length in value_lengths if length != tombstone]
+        if sum(puts) != self.value_bytes:
             raise CorruptionError(f"{path}: run value lengths disagree with its header")
+        if max(key_lengths, default=0) > self.max_key or max(puts, default=0) > fmt.MAX_VALUE_SIZE:
+            raise CorruptionError(
+                f"{path}: run holds a key or value over the limits of the store "
+                f"({self.max_key}-byte keys, {fmt.MAX_VALUE_SIZE}-byte values)"
+            )
         key_ends = list(accumulate(key_lengths, initial=keys_at))
         keys = [bytes(view[a:b]) for a, b in pairwise(key_ends)]
         values: list[bytes | None] = []

@@ -65,17 +65,25 @@ def test_a_clean_close_leaves_the_memtables_in_runs_not_in_the_trees(tmp_path: P
         db.check()
 
 
-def test_the_worker_merges_the_runs_after_the_open(tmp_path: Path) -> None:
+def test_the_worker_merges_a_run_once_the_memtable_fills_halfway(tmp_path: Path) -> None:
+    """Reads find a run's entries as fast as the tree's: the worker leaves it alone while the
+    store only reads, and merges it once writes fill the memtable halfway."""
     path = tmp_path / "s"
-    with halodb.open(path, **OPTIONS) as db:
+    options = {**OPTIONS, "memtable_size": 1 << 20}
+    with halodb.open(path, **options) as db:
         db.update({i: str(i) for i in range(2000)})
     assert _runs(path)
-    with halodb.open(path) as db:
+    with halodb.open(path, **options) as db:
+        assert all(db[i] == str(i) for i in range(2000))
+        time.sleep(0.3)
+        assert _runs(path) == ["p000.run", "p001.run"]  # not merged: nothing asked for it
+        assert db.stats().worker == "idle"
+        for i in range(2000, 8000):
+            db[i] = "w" * 200
         _settled(db, path)
-        assert sum(p.tree_keys for p in db.stats().partitions) == 2000
-        assert dict(db.items()) == {i: str(i) for i in range(2000)}
+        assert sum(p.tree_keys for p in db.stats().partitions) >= 2000
+        assert dict(db.items()) == {i: str(i) if i < 2000 else "w" * 200 for i in range(8000)}
         db.check()
-    assert _runs(path) == []  # nothing left in memory, nothing to save
 
 
 def test_writes_over_a_run_are_saved_with_it_at_the_next_close(tmp_path: Path) -> None:
@@ -208,3 +216,39 @@ def test_a_store_with_runs_copied_elsewhere_opens_there(tmp_path: Path) -> None:
     with halodb.open(tmp_path / "copy") as db:
         assert dict(db.items()) == {f"k{i}": i for i in range(100)}
         db.check()
+
+
+def test_runs_do_not_grow_from_close_to_close(tmp_path: Path) -> None:
+    """Sessions that each write too little to fill a memtable: each close folds its writes
+    into the run, until the run would pass ``memtable_size``; that close merges instead."""
+    path = tmp_path / "s"
+    limit = 64 * 1024
+    model: dict[int, str] = {}
+    merged = False
+    for session in range(12):
+        with halodb.open(path, **OPTIONS, memtable_size=limit, background=False) as db:
+            for i in range(150):
+                key = session * 150 + i
+                db[key] = model[key] = "v" * 100
+        sizes = [p.stat().st_size for p in path.glob("*.run")]
+        assert all(size < 2 * limit for size in sizes), sizes
+        merged |= len(sizes) < 2
+    assert merged, "no close ever merged: the runs only grew"
+    with halodb.open(path, readonly=True) as db:
+        assert dict(db.items()) == model
+        db.check()
+
+
+def test_a_directory_without_manifest_holding_a_run_is_not_recreated(tmp_path: Path) -> None:
+    """A run file holds data: a directory that lost its manifest but has one is damage (never
+    made a new store over it); a run's temporary file is an interrupted write's leftover."""
+    path = tmp_path / "s"
+    with halodb.open(path, partitions=1) as db:
+        db["a"] = 1
+    for name in (fmt.MANIFEST_NAME, "p000.bloom", "p000.tree", "p000.wal"):
+        (path / name).unlink()
+    with pytest.raises(halodb.CorruptionError, match=r"p000\.run"):
+        halodb.open(path)
+    (path / "p000.run").rename(path / "p000.run.tmp")
+    with halodb.open(path, partitions=1) as db:  # only leftovers: the store is created
+        assert len(db) == 0

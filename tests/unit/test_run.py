@@ -135,3 +135,8 @@ def test_forged_runs_are_refused(tmp_path: Path) -> None:
             Run.open(fs, str(path), 3)
     _forge(path, good, 1, 1, 1)
     assert Run.open(fs, str(path), 3).data == {b"k": b"v"}
+    long_key = fmt.U16.pack(600) + fmt.U32.pack(1) + b"k" * 600 + b"v"
+    _forge(path, long_key, 1, 600, 1)
+    with pytest.raises(CorruptionError, match="over the limits of the store"):
+        Run.open(fs, str(path), 3, max_key=512).check()
+    assert len(Run.open(fs, str(path), 3, max_key=600).data) == 1

@@ -35,10 +35,12 @@ PART_SUFFIXES = (
     "wal2",
     "tree",
     "bloom",
+    "run",
     "wal.tmp",
     "wal2.tmp",
     "tree.tmp",
     "bloom.tmp",
+    "run.tmp",
 )
 """What follows ``pNNN.`` in the name of a partition's file (``.tmp``: being written)."""
 

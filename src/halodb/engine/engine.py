@@ -90,6 +90,10 @@ class Engine:
                     fs, path, m.partitions, m.page_size, m.hash_seed, options
                 )
                 next_seq = self._recover()
+            for part in self.parts:  # (a run's merge starts once its memtable is half full)
+                part.limit = self.memtable_limit // (2 if part.run_waits() else 1)
+                if part.run_bytes() > self.memtable_limit:
+                    part.run_due = True  # (a run larger than a memtable is merged at once)
             self.sequence = itertools.count(next_seq)
             """The store-wide sequence numbers: ``next()`` hands out the next one."""
             if m.version < fmt.FORMAT_VERSION and not self.readonly:
@@ -112,7 +116,7 @@ class Engine:
                 None if options.compact_threshold is None else self.compact_due,
                 self.compact_part,
             )
-            if any(part.frozen is not None for part in self.parts):
+            if any(part.merge_due() for part in self.parts):
                 self.worker.wake()  # a merge a crash interrupted
         process.register(self)
 
@@ -271,7 +275,7 @@ class Engine:
             except BaseException as exc:  # logged, not counted: see commit()
                 self.fail(exc)
                 raise
-            if part.memtable.size > self.memtable_limit or wal.end > self.log_limit:
+            if part.memtable.size > part.limit or wal.end > self.log_limit:
                 self._full(part)
         if self.full:
             self._sync(wal, end)
@@ -329,7 +333,7 @@ class Engine:
         except BaseException as exc:  # logged, not counted: see commit()
             self.fail(exc)
             raise
-        if part.memtable.size > self.memtable_limit or wal.end > self.log_limit:
+        if part.memtable.size > part.limit or wal.end > self.log_limit:
             self._full(part)
         return wal, end
 
@@ -369,9 +373,7 @@ class Engine:
     def _over(self, part: Partition) -> bool:
         """Whether ``part``'s memtable or log is past its limit (caller holds its lock)."""
         wal = part.log
-        return part.memtable.size > self.memtable_limit or (
-            wal is not None and wal.end > self.log_limit
-        )
+        return part.memtable.size > part.limit or (wal is not None and wal.end > self.log_limit)
 
     def _log_batch(
         self, parts: list[Partition], groups: dict[int, list[Entry]], seq: int, *, clear: bool
@@ -403,7 +405,15 @@ class Engine:
     def _full(self, part: Partition) -> None:
         """``part``'s memtable (or log) is full (caller holds its lock): freeze it and have it
         merged. If the frozen one is still merging, this write waits for it first: a stall,
-        counted in ``stats()``."""
+        counted in ``stats()``. A run the last close left, whose merge waits, is due from the
+        time the memtable is half full (``part.limit``): its merge starts then, and the write
+        goes on."""
+        if part.limit < self.memtable_limit:
+            part.limit = self.memtable_limit
+            if part.run_waits():
+                self._run_due(part)
+            if not self._over(part):
+                return
         try:
             if part.frozen is not None:
                 if self.worker is None:
@@ -423,6 +433,13 @@ class Engine:
         if self.worker is None:
             self._merge_locked(part)
         else:
+            self.worker.wake()
+
+    def _run_due(self, part: Partition) -> None:
+        """Have ``part``'s run (the frozen memtable a close left) merged now (caller holds its
+        lock): by the worker, which is woken."""
+        part.run_due = True
+        if self.worker is not None:
             self.worker.wake()
 
     def _stall(self, part: Partition) -> None:
@@ -546,6 +563,8 @@ class Engine:
         if self.worker is None:
             return
         with part.lock:
+            if part.run_waits():
+                self._run_due(part)
             while part.frozen is not None:
                 self._check_writable()
                 self.worker.wake()
@@ -688,6 +707,27 @@ class Engine:
         for part in self.parts:
             stack.enter_context(part.lock)
 
+    def _stop_worker(self) -> None:
+        """Have a merge under way give up (the close saves what it would merge) and stop the
+        worker. Interrupted, the store stays open and its merges go on."""
+        for part in self.parts:
+            part.closing = True
+        if self.worker is not None and self.pid == os.getpid():
+            try:
+                self.worker.stop()
+            except BaseException:
+                for part in self.parts:
+                    part.closing = False
+                raise
+
+    def _save(self, part: Partition) -> None:
+        """A clean close's save of ``part``'s memtables (caller holds its locks): a run file,
+        or a merge when the run the last close left would grow past ``memtable_size``."""
+        if part.run_outgrows(self.memtable_limit):
+            self.flush_part(part)
+        else:
+            self._replacing_log(part, partial(part.save_run, partial(self._sync_others, part)))
+
     def close(self, *, merge: bool = True) -> None:
         """Save the memtables in run files (unless read-only or failed: see
         ``Partition.save_run``) and close every file; idempotent. Without ``merge`` the
@@ -695,10 +735,7 @@ class Engine:
         process.unregister(self)
         if self.closed:
             return
-        for part in self.parts:
-            part.closing = True  # a merge under way stops: close saves what it would merge
-        if self.worker is not None and self.pid == os.getpid():
-            self.worker.stop()
+        self._stop_worker()
         with ExitStack() as stack:
             self._lock_all(stack)
             if self.closed:
@@ -716,14 +753,12 @@ class Engine:
                             and error is None
                             and self.pid == os.getpid()
                         ):
-                            self._replacing_log(
-                                part, partial(part.save_run, partial(self._sync_others, part))
-                            )
+                            self._save(part)
                             clean_seq = next(self.sequence)
                     except BaseException as exc:
-                        # A failure was recorded by flush_part; an interrupt (KeyboardInterrupt,
-                        # ...) left everything as it was: either way the rest close without
-                        # flushing, and the logs still hold every write.
+                        # A failure was recorded by _save; an interrupt (KeyboardInterrupt, ...)
+                        # left everything as it was: either way the rest close without saving,
+                        # and the logs still hold every write.
                         error = error or exc
                     finally:
                         try:

@@ -169,7 +169,7 @@ def _cut(
             if covered:
                 raise CorruptionError(
                     f"{logs[index].wal_path}: the batch at sequence {record.seq} is in "
-                    f"the tree of partition {covered[0]} but cannot apply here (a part "
+                    f"the tree (or run) of partition {covered[0]} but cannot apply here (a part "
                     "of it, or of a batch before it, is missing from a log)"
                 )
         cut[index] = i

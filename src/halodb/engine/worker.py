@@ -23,8 +23,7 @@ log = logging.getLogger(__name__)
 class Mergeable(Protocol):
     """What the worker asks of a partition."""
 
-    @property
-    def frozen(self) -> object: ...
+    def merge_due(self) -> bool: ...
 
 
 class Worker:
@@ -64,7 +63,7 @@ class Worker:
                 for index, part in enumerate(self.parts):
                     if self.stopping:
                         break
-                    if part.frozen is not None:
+                    if part.merge_due():
                         self.state = "merging"
                         self.merge(index)
                         self.state = "idle"
@@ -84,7 +83,7 @@ class Worker:
             return
         for index in range(len(self.parts)):
             while not self.stopping and due(index):
-                if any(part.frozen is not None for part in self.parts):
+                if any(part.merge_due() for part in self.parts):
                     self.event.set()
                     return
                 self.state = "compacting"
