@@ -244,7 +244,8 @@ class Partition:
         frozen = self.frozen
         return (
             isinstance(frozen, Run)
-            and bool(self.memtable.data or self.cleared)
+            and bool(self.memtable.data)
+            and not self.cleared  # (then the run would hold the memtable alone)
             and frozen.size + self.memtable.size > limit
         )
 

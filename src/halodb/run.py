@@ -22,7 +22,7 @@ import threading
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
-from itertools import accumulate, islice, pairwise
+from itertools import accumulate, pairwise
 
 from halodb import format as fmt
 from halodb.errors import CorruptionError
@@ -111,6 +111,7 @@ class Run:
 
     __slots__ = (
         "_data",
+        "_error",
         "_lock",
         "_sorted",
         "base_seq",
@@ -153,6 +154,9 @@ class Run:
         self.key_bytes = key_bytes
         self.value_bytes = value_bytes
         self._data: dict[bytes, bytes | None] | None = None
+        self._error: CorruptionError | None = None
+        """What the decode found wrong, raised again by every later use (the file is not
+        read again)."""
         self._sorted: list[bytes] | None = None
         self._lock = threading.Lock()
 
@@ -225,8 +229,14 @@ class Run:
         data = self._data
         if data is None:
             with self._lock:
+                if self._error is not None:
+                    raise self._error
                 if self._data is None:
-                    self._data = self._read_body()
+                    try:
+                        self._data = self._read_body()
+                    except CorruptionError as exc:
+                        self._error = exc
+                        raise
                 data = self._data
         return data
 
@@ -291,9 +301,9 @@ class Run:
         start = 0 if lo is None else bisect_left(keys, lo)
         end = len(keys) if hi is None else bisect_left(keys, hi)
         end = max(start, end)
-        if reverse:
-            return islice(reversed(keys), len(keys) - end, len(keys) - start)
-        return islice(keys, start, end)
+        if reverse:  # (by index: an islice would step over every key before the start)
+            return map(keys.__getitem__, range(end - 1, start - 1, -1))
+        return map(keys.__getitem__, range(start, end))
 
     def columns(self, step: int | None = None) -> tuple[list[bytes], list[bytes | None]]:
         """Every key in order, and the values (or ``None``) in the same order (``step``: as

@@ -86,6 +86,22 @@ def test_the_worker_merges_a_run_once_the_memtable_fills_halfway(tmp_path: Path)
         db.check()
 
 
+def test_an_ordered_read_has_the_worker_merge_the_runs(tmp_path: Path) -> None:
+    """A scan over a run is slower than one over the tree alone: the first one starts the
+    runs' merge (and reads right, before and after it)."""
+    path = tmp_path / "s"
+    with halodb.open(path, **OPTIONS) as db:
+        db.update({i: str(i) for i in range(3000)})
+    with halodb.open(path) as db:
+        assert db[10] == "10"
+        time.sleep(0.2)
+        assert _runs(path) == ["p000.run", "p001.run"]
+        assert [k for k, _ in db.range(100, 110)] == list(range(100, 110))
+        _settled(db, path)
+        assert [k for k, _ in db.range(2990, reverse=True)][:3] == [2999, 2998, 2997]
+        assert len(list(db.items())) == 3000
+
+
 def test_writes_over_a_run_are_saved_with_it_at_the_next_close(tmp_path: Path) -> None:
     """Opened without a worker, the run stays; a close then writes one run of the newest of
     both, and deletes of keys in the run and in the tree stick."""

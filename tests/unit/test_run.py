@@ -78,6 +78,17 @@ def test_every_body_byte_is_checked_on_first_use(tmp_path: Path) -> None:
             run.check()
 
 
+def test_damage_found_by_a_decode_is_raised_again_without_reading_the_file(
+    tmp_path: Path,
+) -> None:
+    run = Run.open(FileSystem(), _damaged(tmp_path, fmt.RUN_HEADER.size + 3), 3)
+    with pytest.raises(CorruptionError, match="body checksum mismatch"):
+        run.check()
+    (tmp_path / "p003.run").unlink()
+    with pytest.raises(CorruptionError, match="body checksum mismatch"):
+        assert run.data
+
+
 def test_a_run_of_another_partition_or_cut_short_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "p003.run"
     _write(path)

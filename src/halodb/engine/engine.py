@@ -242,6 +242,13 @@ class Engine:
         """
         self._guard()
         self.check_open()
+        for part in self.parts:
+            if part.run_waits():
+                # An ordered read of a run is slower than one of the tree alone: its merge
+                # starts now (point reads find a run's entries in memory as fast).
+                with part.lock:
+                    if part.run_waits():
+                        self._run_due(part)
         first = first_chunk(limit, len(self.parts))
         sources = [
             chunks(p, lo, hi, reverse, chunk, self._guard, self.check_open, first, limit)
@@ -409,9 +416,9 @@ class Engine:
         time the memtable is half full (``part.limit``): its merge starts then, and the write
         goes on."""
         if part.limit < self.memtable_limit:
-            part.limit = self.memtable_limit
             if part.run_waits():
                 self._run_due(part)
+            part.limit = self.memtable_limit
             if not self._over(part):
                 return
         try:
@@ -447,6 +454,8 @@ class Engine:
         lock, which the merge may need) until its frozen memtable is merged."""
         started = time.perf_counter()
         part.stalls += 1
+        if part.run_waits():
+            self._run_due(part)
         try:
             while part.frozen is not None:
                 self._check_writable()  # a failed worker, or a close, ends the wait
@@ -718,6 +727,8 @@ class Engine:
             except BaseException:
                 for part in self.parts:
                     part.closing = False
+                self.worker.resume()
+                process.register(self)
                 raise
 
     def _save(self, part: Partition) -> None:

@@ -92,6 +92,16 @@ class Worker:
                 if done:
                     break
 
+    def resume(self) -> None:
+        """Undo a :meth:`stop` that was interrupted: go on merging (a new thread if the old
+        one has ended)."""
+        self.stopping = False
+        if not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._run, name=self.thread.name, daemon=True)
+            self.state = "idle"
+            self.thread.start()
+        self.event.set()
+
     def stop(self) -> None:
         """Stop after the merge under way, if any (waits for it); idempotent."""
         self.stopping = True
