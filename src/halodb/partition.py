@@ -241,12 +241,11 @@ class Partition:
         """Whether a run the last close left, with what the memtable holds over it, would make
         a run of more than ``limit`` bytes (a close merges instead: runs do not grow from
         close to close)."""
-        frozen = self.frozen
         return (
-            isinstance(frozen, Run)
-            and bool(self.memtable.data)
+            bool(self.memtable.data)
             and not self.cleared  # (then the run would hold the memtable alone)
-            and frozen.size + self.memtable.size > limit
+            and self.run_bytes() > 0
+            and self.run_bytes() + self.memtable.size > limit
         )
 
     @property
@@ -805,7 +804,7 @@ class Partition:
         retire: Callable[[LogWriter], None],
         *,
         locked: bool = False,
-    ) -> bool:
+    ) -> None:
         """Merge the frozen memtable into the tree, durably, then let go of it and delete its
         log (its writer, if still open, is retired and passed to ``retire``).
 
@@ -831,8 +830,8 @@ class Partition:
                     flushed_seq=self.frozen_seq,
                     stop=None if locked else self._merge_stopped,
                 )
-            except MergeStopped:
-                return False
+            except MergeStopped:  # (a close: it saves the frozen memtable in a run instead)
+                return
             del values
         self.spare = self.pager.spare
         if count != self.frozen_count:
@@ -862,7 +861,6 @@ class Partition:
             self._regrow_bloom(count, locked)
         self.save_bloom()
         self.flushes += 1
-        return True
 
     def _merge_stopped(self) -> bool:
         return self.closing

@@ -268,3 +268,40 @@ def test_a_directory_without_manifest_holding_a_run_is_not_recreated(tmp_path: P
     (path / "p000.run").rename(path / "p000.run.tmp")
     with halodb.open(path, partitions=1) as db:  # only leftovers: the store is created
         assert len(db) == 0
+
+
+class _InterruptOnce(FileSystem):
+    """Raises KeyboardInterrupt at the first rename or unlink of a log once armed: a merge
+    interrupted after its commit, before it lets go of the frozen memtable's log."""
+
+    armed = False
+
+    def _maybe(self, path: str) -> None:
+        if self.armed and path.endswith((".wal", ".wal2")):
+            self.armed = False
+            raise KeyboardInterrupt
+
+    def rename_open(self, handle: Any, dst: str) -> None:
+        self._maybe(dst)
+        super().rename_open(handle, dst)
+
+    def unlink(self, path: str) -> None:
+        self._maybe(path)
+        super().unlink(path)
+
+
+def test_a_close_after_a_flush_interrupted_past_its_commit_opens_again(tmp_path: Path) -> None:
+    """The flush's tree holds everything, but its frozen memtable was never let go: the close
+    has nothing newer than the tree to save, and the next open finds every write."""
+    path = tmp_path / "s"
+    fs = _InterruptOnce()
+    db = halodb.open(path, partitions=1, background=False, filesystem=fs)
+    db.update({i: str(i) for i in range(200)})
+    fs.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        db.flush()
+    assert not fs.armed, "the interrupt never came"
+    db.close()
+    with halodb.open(path) as db:
+        assert dict(db.items()) == {i: str(i) for i in range(200)}
+        db.check()
