@@ -117,6 +117,47 @@ def test_writes_go_on_during_a_merge_and_a_second_full_memtable_stalls(tmp_path:
         again.check()
 
 
+def test_a_write_whose_wait_ends_in_a_failure_is_refused_whole(tmp_path: Path) -> None:
+    """A write that finds the memtable full while the frozen one merges waits before it is
+    logged or applied: when the store fails meanwhile (or closes), it raises and is not in
+    the store, not even after the logs are replayed; every write that returned is."""
+    fs = FaultFS(tmp_path / "s")
+    gate = Gate()
+    fs.before_sync = gate
+    db = halodb.open(tmp_path / "s", filesystem=fs, **OPTIONS)
+    model: dict[str, str] = {}
+    refused: list[tuple[str, BaseException]] = []
+    try:
+        _fill_until_frozen(db, model, gate)
+
+        def writer() -> None:
+            for i in range(100_000):
+                key = f"w{i:06d}"
+                try:
+                    db[key] = VALUE
+                except halodb.OperationalError as exc:
+                    refused.append((key, exc))
+                    return
+                model[key] = VALUE
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        _until(lambda: db.stats().stalls >= 1, "a write waits for the merge")
+        testing.engine(db).fail(halodb.OperationalError("planted failure"))
+        thread.join(WAIT)
+        assert not thread.is_alive()
+        [(key, error)] = refused
+        assert "planted failure" in str(error)
+        assert key not in db
+    finally:
+        gate.open()
+        db.close()  # after a failure: nothing merged, the logs keep what was written
+    with halodb.open(tmp_path / "s", **OPTIONS) as again:
+        assert key not in again
+        _assert_reads(again, model)
+        again.check()
+
+
 def test_a_failed_merge_stops_writes_with_its_error(tmp_path: Path) -> None:
     fs = FaultFS(tmp_path / "s")
     db = halodb.open(tmp_path / "s", filesystem=fs, **OPTIONS)
@@ -219,7 +260,7 @@ def test_a_batch_that_fills_a_merging_partition_waits_holding_no_other_lock(
     tmp_path: Path,
 ) -> None:
     """The worker merges partition 1, held before its commit; partition 0 has a frozen memtable
-    waiting its turn. A batch over both partitions fills partition 0 again: it must wait for
+    waiting its turn, and a full memtable again. A batch over both partitions must wait for
     partition 0's merge without holding partition 1's lock, which the merge of partition 1
     needs for its last step (else neither ever ends)."""
     fs = FaultFS(tmp_path / "s")
@@ -239,6 +280,10 @@ def test_a_batch_that_fills_a_merging_partition_waits_holding_no_other_lock(
         _until(gate.entered.is_set, "partition 1's merge commits")
         i = 0
         while engine.parts[0].frozen is None:  # partition 0 freezes, waits for the worker
+            db[zero[i]] = model[zero[i]] = VALUE
+            i += 1
+        part = engine.parts[0]
+        while part.memtable.size <= part.limit:  # and fills again: its next write must wait
             db[zero[i]] = model[zero[i]] = VALUE
             i += 1
         batch = {key: VALUE for key in zero[i : i + 400]} | {one[-1]: "last"}

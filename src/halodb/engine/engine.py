@@ -268,6 +268,8 @@ class Engine:
         with part.lock:
             if self.closed or self.failure is not None or self.readonly:
                 self._check_writable()
+            if part.frozen is not None and self._over(part):
+                self._full(part)  # a stall, before this write is applied (see _full)
             # _write_locked, inlined for a put: the hot path of every single put
             wal = part.log
             assert wal is not None
@@ -283,7 +285,7 @@ class Engine:
                 self.fail(exc)
                 raise
             if part.memtable.size > part.limit or wal.end > self.log_limit:
-                self._full(part)
+                self._full(part, wait=False)
         if self.full:
             self._sync(wal, end)
 
@@ -293,6 +295,7 @@ class Engine:
         part, h = self.part_of(key)
         with part.lock:
             self._check_writable()
+            self._room(part)
             old = part.get(key, h) if want_value else None
             if not (old is not None if want_value else part.contains(key, h)):
                 return False, None
@@ -307,6 +310,7 @@ class Engine:
         part, h = self.part_of(key)
         with part.lock:
             self._check_writable()
+            self._room(part)
             old = part.get(key, h)
             if old is not None:
                 return old
@@ -319,8 +323,8 @@ class Engine:
         self, part: Partition, key: bytes, value: bytes | None, h: tuple[int, int]
     ) -> tuple[LogWriter, int]:
         """Log and apply one put (or delete of a live key, ``value`` None) with ``part.lock``
-        held; flush the partition if its memtable is full. Returns the log and the offset to
-        sync to."""
+        held, after :meth:`_room`; freeze the memtable if it is full. Returns the log and the
+        offset to sync to."""
         wal = part.log
         assert wal is not None
         seq = next(self.sequence)
@@ -341,8 +345,24 @@ class Engine:
             self.fail(exc)
             raise
         if part.memtable.size > part.limit or wal.end > self.log_limit:
-            self._full(part)
+            self._full(part, wait=False)
         return wal, end
+
+    def _make_room(self, parts: list[Partition]) -> None:
+        """:meth:`_room` in each of ``parts`` that needs it, before a batch takes their locks:
+        one lock at a time (a stall must hold no other partition's lock)."""
+        for part in parts:
+            if part.frozen is not None and self._over(part):  # (a hint: checked again locked)
+                with part.lock:
+                    self._check_writable()
+                    self._room(part)
+
+    def _room(self, part: Partition) -> None:
+        """Before a write to ``part`` (its lock held, and no other): if its memtable is full
+        and the frozen one is still merging, wait for the merge (a stall), so that the write is
+        applied whole or, if the store is closed or fails meanwhile, not at all."""
+        if part.frozen is not None and self._over(part):
+            self._full(part)
 
     def commit(self, changes: dict[bytes, bytes | None], *, clear: bool = False) -> None:
         """Apply ``changes`` (``None``: delete) atomically across partitions, after clearing the
@@ -352,6 +372,7 @@ class Engine:
             return
         self._guard()
         parts = [self.parts[i] for i in sorted(groups)]
+        self._make_room(parts)
         with ExitStack() as stack:
             for part in parts:
                 stack.enter_context(part.lock)
@@ -372,7 +393,7 @@ class Engine:
         for part in full:  # one lock at a time: a stall must hold no other partition's lock
             with part.lock:
                 if not self.closed and self.failure is None and self._over(part):
-                    self._full(part)
+                    self._full(part, wait=False)
         if self.full:
             for wal, end in logged:
                 self._sync(wal, end)
@@ -409,12 +430,15 @@ class Engine:
             self.fail(exc)
             raise
 
-    def _full(self, part: Partition) -> None:
+    def _full(self, part: Partition, *, wait: bool = True) -> None:
         """``part``'s memtable (or log) is full (caller holds its lock): freeze it and have it
-        merged. If the frozen one is still merging, this write waits for it first: a stall,
-        counted in ``stats()``. A run the last close left, whose merge waits, is due from the
-        time the memtable is half full (``part.limit``): its merge starts then, and the write
-        goes on."""
+        merged. If the frozen one is still merging, a write waits for it first: a stall,
+        counted in ``stats()``. Without ``wait`` (after a write is applied) the memtable stays
+        full instead, and the next write stalls before it is applied (:meth:`_room`): a
+        write that a close or failure ends while it waits is then refused whole, never applied
+        and refused. A run the last close left, whose merge waits, is due from the time the
+        memtable is half full (``part.limit``): its merge starts then, and the write goes
+        on."""
         if part.limit < self.memtable_limit:
             if part.run_waits():
                 self._run_due(part)
@@ -422,13 +446,8 @@ class Engine:
             if not self._over(part):
                 return
         try:
-            if part.frozen is not None:
-                if self.worker is None:
-                    self._merge_locked(part)  # (left by recovery, or by an interrupted merge)
-                else:
-                    self._stall(part)
-                    if not self._over(part):
-                        return  # a writer that waited too froze it meanwhile
+            if part.frozen is not None and not self._frozen_gone(part, wait):
+                return
             part.freeze()
         except OperationalError as exc:
             self.fail(exc)
@@ -441,6 +460,17 @@ class Engine:
             self._merge_locked(part)
         else:
             self.worker.wake()
+
+    def _frozen_gone(self, part: Partition, wait: bool) -> bool:
+        """Before ``part``'s memtable can freeze: merge its frozen one (no worker), or wait
+        for the worker's merge (``wait``). Whether the memtable is to freeze now."""
+        if self.worker is None:
+            self._merge_locked(part)  # (left by recovery, or by an interrupted merge)
+            return True
+        if not wait:
+            return False
+        self._stall(part)
+        return self._over(part)  # (else a writer that waited too froze it meanwhile)
 
     def _run_due(self, part: Partition) -> None:
         """Have ``part``'s run (the frozen memtable a close left) merged now (caller holds its
