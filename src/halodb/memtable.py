@@ -86,7 +86,8 @@ class Memtable:
         data.update(items)
         return olds
 
-    def _sorted(self) -> SortedList:
+    def ordered(self) -> SortedList:
+        """The keys, sorted (the new ones join the order now); not to be changed."""
         if self.pending:
             self.order.update(self.pending)
             self.pending = []
@@ -94,13 +95,13 @@ class Memtable:
 
     def keys(self, lo: bytes | None, hi: bytes | None, *, reverse: bool) -> Iterator[bytes]:
         """Keys in ``[lo, hi)`` (``None``: unbounded), in either order. O(log n) to start."""
-        order = self._sorted()
+        order = self.ordered()
         it: Iterator[bytes] = order.irange(lo, hi, inclusive=(True, False), reverse=reverse)
         return it
 
     def items(self) -> list[tuple[bytes, bytes | None]]:
         """Every ``(key, value or None)``, in key order."""
-        order = self._sorted()
+        order = self.ordered()
         return list(zip(order, map(self.data.__getitem__, order), strict=True))
 
     def columns(self, step: int | None = None) -> tuple[list[bytes], list[bytes | None]]:

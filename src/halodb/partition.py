@@ -26,8 +26,14 @@ import logging
 import os
 import threading
 import time
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from itertools import repeat
+from operator import itemgetter
+from typing import Any
+
+from sortedcontainers import SortedList
 
 from halodb import format as fmt
 from halodb.bloom import BloomFilter, read_filter
@@ -63,26 +69,47 @@ def _buffer_limit(wal: LogWriter) -> int | None:
     return None if wal.buffer is None else wal.buffer_limit
 
 
-def _overlay(
-    upper: dict[bytes, bytes | None],
-    upper_keys: Iterator[bytes],
-    lower: dict[bytes, bytes | None],
-    lower_keys: Iterator[bytes],
+def _head(
+    keys: list[bytes] | SortedList,
+    lo: bytes | None,
+    hi: bytes | None,
     reverse: bool,
-) -> Iterator[tuple[bytes, bytes | None]]:
-    """Merge two ordered key streams into ``(key, value)``; a key in both takes ``upper``'s."""
-    a = next(upper_keys, None)
-    b = next(lower_keys, None)
-    while a is not None or b is not None:
-        if b is None or (a is not None and (a >= b if reverse else a <= b)):
-            assert a is not None
-            if a == b:
-                b = next(lower_keys, None)
-            yield a, upper[a]
-            a = next(upper_keys, None)
-        else:
-            yield b, lower[b]
-            b = next(lower_keys, None)
+    limit: int,
+    edge: bytes | None,
+) -> list[bytes]:
+    """The first ``limit`` of sorted ``keys`` in ``[lo, hi)``, ascending or descending, none
+    past ``edge`` (``None``: no such bound): one slice."""
+    if isinstance(keys, list):
+        left, right = partial(bisect_left, keys), partial(bisect_right, keys)
+    else:
+        left, right = keys.bisect_left, keys.bisect_right
+    start = 0 if lo is None else left(lo)
+    end = len(keys) if hi is None else left(hi)
+    if reverse:
+        if edge is not None:
+            start = max(start, left(edge))
+        start = max(start, end - limit)
+    else:
+        if edge is not None:
+            end = min(end, right(edge))
+        end = min(end, start + limit)
+    if start >= end:
+        return []
+    out: list[bytes] = keys[start:end]
+    if reverse:
+        out.reverse()
+    return out
+
+
+def _upto(items: list[Any], edge: bytes | None, reverse: bool, *, pairs: bool = False) -> list[Any]:
+    """The head of ordered ``items`` (keys, or ``(key, value)`` with ``pairs``) up to and
+    including ``edge`` (``None``: all of them), ascending or descending."""
+    if edge is None:
+        return items
+    key = itemgetter(0) if pairs else None
+    if reverse:
+        return items[: len(items) - bisect_left(items[::-1], edge, key=key)]
+    return items[: bisect_right(items, edge, key=key)]
 
 
 class Partition:
@@ -555,53 +582,65 @@ class Partition:
 
     def scan(
         self, lo: bytes | None, hi: bytes | None, reverse: bool, limit: int
-    ) -> list[tuple[bytes, bytes]]:
-        """Up to ``limit`` live ``(key, value)`` in ``[lo, hi)``, ascending or descending."""
-        out: list[tuple[bytes, bytes]] = []
-        recent = self._recent(lo, hi, reverse)
-        mkv = next(recent, None)
-        buried = self.cleared or (self.frozen is not None and self.frozen_cleared)
-        if mkv is None:  # nothing recent in range: the tree alone
-            if buried:
-                return out
-            for items in self.tree.iterate_leaves(lo, hi, reverse=reverse):
-                out += items
-                if len(out) >= limit:
-                    del out[limit:]
-                    break
-            return out
-        disk: Iterator[tuple[bytes, bytes]] = (
-            iter(()) if buried else self.tree.iterate(lo, hi, reverse=reverse)
-        )
-        dkv = next(disk, None)
-        while len(out) < limit and (mkv is not None or dkv is not None):
-            if dkv is None or (
-                mkv is not None and (mkv[0] >= dkv[0] if reverse else mkv[0] <= dkv[0])
-            ):
-                assert mkv is not None
-                if dkv is not None and dkv[0] == mkv[0]:
-                    dkv = next(disk, None)
-                if mkv[1] is not None:
-                    out.append(mkv)  # type: ignore[arg-type]
-                mkv = next(recent, None)
-            else:
-                out.append(dkv)
-                dkv = next(disk, None)
-        return out
+    ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """Live ``(key, value)`` in ``[lo, hi)``, ascending or descending: at most ``limit``
+        of them, and the last key this read covered (``None``: none is left in range). The
+        next read resumes after that key; tombstones may make it lie past the last item.
 
-    def _recent(
-        self, lo: bytes | None, hi: bytes | None, reverse: bool
-    ) -> Iterator[tuple[bytes, bytes | None]]:
-        """``(key, value or None)`` of the memtable over the frozen one, in ``[lo, hi)``, in
-        order: a key both hold has the memtable's value."""
-        data = self.memtable.data
-        mine = self.memtable.keys(lo, hi, reverse=reverse)
-        frozen = self.frozen
-        if frozen is None or self.cleared:
-            # (a second iterator over the same keys: the pairs are made in C)
-            again = self.memtable.keys(lo, hi, reverse=reverse)
-            return zip(mine, map(data.__getitem__, again), strict=True)
-        return _overlay(data, mine, frozen.data, frozen.keys(lo, hi, reverse=reverse), reverse)
+        Each layer (memtable, frozen memtable or run, tree) gives at most ``limit`` keys, as
+        whole lists; the layers are combined in one dict, upper over lower, and one sort (the
+        sort finds the layers' ordered runs and merges them): no Python step per item.
+        """
+        buried = self.cleared or (self.frozen is not None and self.frozen_cleared)
+        tree = [] if buried else self._tree_head(lo, hi, reverse, limit)
+        edge = tree[-1][0] if len(tree) >= limit else None
+        layers: list[Memtable | Run] = []
+        if self.frozen is not None and not self.cleared:
+            layers.append(self.frozen)
+        if self.memtable.data:
+            layers.append(self.memtable)
+        heads = []
+        for layer in layers:  # (each cut at the edge so far: no key past it is read)
+            keys = _head(layer.ordered(), lo, hi, reverse, limit, edge)
+            if len(keys) >= limit:
+                edge = keys[-1]
+            heads.append((keys, layer.data))
+        if not any(keys for keys, _ in heads):
+            return tree, edge  # nothing recent in range: the tree alone
+        below = _upto(tree, edge, reverse, pairs=True)
+        parts = [(keys, data) for keys, data in heads if keys]
+        tombstones = False
+        if not below and len(parts) == 1:  # one layer alone: its pairs as they are
+            keys = _upto(parts[0][0], edge, reverse)
+            values = list(map(parts[0][1].__getitem__, keys))
+            tombstones = None in values
+            out = list(zip(keys, values, strict=True))
+        else:
+            merged = dict(below)
+            for layer_keys, data in parts:
+                keys = _upto(layer_keys, edge, reverse)
+                values = list(map(data.__getitem__, keys))
+                tombstones = tombstones or None in values
+                merged.update(zip(keys, values, strict=True))
+            out = sorted(merged.items(), key=itemgetter(0), reverse=reverse)
+        if tombstones:
+            out = [item for item in out if item[1] is not None]
+        if len(out) > limit:
+            del out[limit:]
+            edge = out[-1][0]
+        return out, edge  # type: ignore[return-value]
+
+    def _tree_head(
+        self, lo: bytes | None, hi: bytes | None, reverse: bool, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        """The first ``limit`` ``(key, value)`` of the tree in ``[lo, hi)``, in order."""
+        out: list[tuple[bytes, bytes]] = []
+        for items in self.tree.iterate_leaves(lo, hi, reverse=reverse):
+            out += items
+            if len(out) >= limit:
+                del out[limit:]
+                break
+        return out
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -240,8 +240,8 @@ class Run:
                 data = self._data
         return data
 
-    def _order(self) -> list[bytes]:
-        """The keys, sorted (on first use)."""
+    def ordered(self) -> list[bytes]:
+        """The keys, sorted (on first use); not to be changed."""
         order = self._sorted
         if order is None:
             data = self.data
@@ -297,7 +297,7 @@ class Run:
 
     def keys(self, lo: bytes | None, hi: bytes | None, *, reverse: bool) -> Iterator[bytes]:
         """Keys in ``[lo, hi)`` (``None``: unbounded), in either order."""
-        keys = self._order()
+        keys = self.ordered()
         start = 0 if lo is None else bisect_left(keys, lo)
         end = len(keys) if hi is None else bisect_left(keys, hi)
         end = max(start, end)
@@ -308,9 +308,9 @@ class Run:
     def columns(self, step: int | None = None) -> tuple[list[bytes], list[bytes | None]]:
         """Every key in order, and the values (or ``None``) in the same order (``step``: as
         for a memtable's, unused)."""
-        keys = self._order()
+        keys = self.ordered()
         return list(keys), list(map(self.data.__getitem__, keys))
 
     def check(self) -> None:
         """Read, check and decode the whole body (raises :class:`CorruptionError`)."""
-        self._order()
+        self.ordered()

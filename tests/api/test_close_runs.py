@@ -102,6 +102,46 @@ def test_an_ordered_read_has_the_worker_merge_the_runs(tmp_path: Path) -> None:
         assert len(list(db.items())) == 3000
 
 
+def test_ordered_reads_over_memtable_run_and_tree_read_right(tmp_path: Path) -> None:
+    """A scan reads memtable, run and tree together a list at a time: every ordered read, in
+    either direction, with or without a limit, sees the newest value of each key, deletes in
+    the memtable over the run and in the run over the tree included."""
+    path = tmp_path / "s"
+    model: dict[int, str] = {}
+    with halodb.open(path, **OPTIONS) as db:
+        db.update({i: f"tree {i}" for i in range(0, 3000, 2)})
+        db.flush()
+        for i in range(0, 3000, 3):
+            db[i] = f"run {i}"
+        for i in range(0, 3000, 10):
+            del db[i]
+        model = {k: v for k, v in db.items() if isinstance(k, int)}
+    with halodb.open(path, background=False) as db:
+        for i in range(0, 3000, 7):
+            db[i] = f"memtable {i}"
+            model[i] = f"memtable {i}"
+        for i in range(1, 3000, 11):
+            db.pop(i, None)
+            model.pop(i, None)
+        for i in range(1000, 2000):  # a stretch of tombstones: chunks that hold no item
+            db.pop(i, None)
+            model.pop(i, None)
+        want = sorted(model.items())
+        assert list(db.items()) == want
+        assert list(db.range(reverse=True)) == want[::-1]
+        for start in (None, 5, 1000, 1500, 2999):
+            for limit in (1, 7, 100, 5000):
+                head = [kv for kv in want if start is None or kv[0] >= start][:limit]
+                assert list(db.range(start, limit=limit)) == head
+                tail = [kv for kv in want[::-1] if start is None or kv[0] < start][:limit]
+                assert list(db.range(None, start, reverse=True, limit=limit)) == tail
+        assert list(db.range(100, 200)) == [kv for kv in want if 100 <= kv[0] < 200]
+        assert _runs(path) == ["p000.run", "p001.run"]
+        db.flush()
+        assert _runs(path) == []
+        assert list(db.items()) == want
+
+
 def test_writes_over_a_run_are_saved_with_it_at_the_next_close(tmp_path: Path) -> None:
     """Opened without a worker, the run stays; a close then writes one run of the newest of
     both, and deletes of keys in the run and in the tree stick."""

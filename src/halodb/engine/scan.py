@@ -29,8 +29,8 @@ def chunks(
 ) -> Iterator[Items]:
     """Live items of ``part`` in ``[lo, hi)``, in order, at most ``most`` of them (``None``:
     all), in chunks of ``first`` items, then twice as many each time up to ``chunk``. Each
-    chunk is read under the partition's lock and resumed after the last key returned, so keys
-    come strictly in order and never twice. ``guard`` runs before each lock is taken,
+    chunk is read under the partition's lock and resumed after the last key it covered, so
+    keys come strictly in order and never twice. ``guard`` runs before each lock is taken,
     ``check_open`` with it held (both raise if the store was closed meanwhile)."""
     left = -1 if most is None else most
     limit = min(chunk, first) if most is None else max(1, min(chunk, first, most))
@@ -38,17 +38,17 @@ def chunks(
         guard()
         with part.lock:
             check_open()
-            items = part.scan(lo, hi, reverse, limit)
+            items, edge = part.scan(lo, hi, reverse, limit)
         if items:
             yield items
-        if len(items) < limit:
+        if edge is None:
             return
         left -= len(items)
         limit = min(limit * 2, chunk) if left < 0 else min(limit * 2, chunk, left)
         if reverse:
-            hi = items[-1][0]
+            hi = edge
         else:
-            lo = items[-1][0] + b"\x00"
+            lo = edge + b"\x00"
 
 
 def first_chunk(limit: int | None, partitions: int) -> int:
