@@ -65,7 +65,7 @@ def open(
     create: bool = True,
     partitions: int | None = None,
     page_size: int | None = None,
-    memtable_size: int = DEFAULTS.memtable_size,
+    memtable_size: int | None = DEFAULTS.memtable_size,
     cache_size: int = DEFAULTS.cache_size,
     bloom_bits_per_key: int = DEFAULTS.bloom_bits_per_key,
     fast_buffer_size: int = DEFAULTS.fast_buffer_size,
@@ -86,12 +86,12 @@ def open(
             processes may open a store read-only together.
         create: Create the store if the directory has none (never when ``readonly``).
         partitions: Hash partitions (1 to 256); fixed when the store is created, ``None``
-            means what the store has (4 for a new store).
+            means what the store has (1 for a new store).
         page_size: B+ tree page size, a power of two from 1 KiB to 64 KiB; fixed at creation,
             ``None`` means what the store has (4096 for a new store). Keys may encode to
             ``page_size // 8`` bytes.
         memtable_size: Bytes of writes a partition keeps in memory before it flushes them into
-            its tree (64 KiB to 4 GiB).
+            its tree (64 KiB to 4 GiB); ``None`` shares 64 MiB among the partitions.
         cache_size: Bytes of decoded tree nodes kept in memory for the whole store; a row
             cache of recently read entries gets as much again.
         bloom_bits_per_key: Bloom filter bits per key (1 to 64; 10 gives about 1% false

@@ -13,6 +13,7 @@ from halodb.errors import InterfaceError
 
 KiB = 1024
 MiB = 1024 * KiB
+MIN_MEMTABLE_SIZE = 64 * KiB
 
 
 class Durability(enum.Enum):
@@ -46,11 +47,12 @@ class Options:
     """
 
     partitions: int | None = None
-    """Hash partitions; ``None``: what the store has (4 for a new store)."""
+    """Hash partitions; ``None``: what the store has (1 for a new store)."""
     page_size: int | None = None
     """B+ tree page size; ``None``: what the store has (4096 for a new store)."""
-    memtable_size: int = 16 * MiB
-    """Bytes of writes a partition keeps in memory before it flushes them into its tree."""
+    memtable_size: int | None = None
+    """Bytes of writes a partition keeps in memory before it flushes them into its tree;
+    ``None``: ``MEMTABLE_BUDGET`` shared by the store's partitions (see :func:`memtable_limit`)."""
     cache_size: int = 256 * MiB
     """Bytes of decoded tree nodes kept for the whole store (a row cache gets as much)."""
     durability: Durability = Durability.NORMAL
@@ -76,7 +78,22 @@ class Options:
 
 
 DEFAULTS = Options()
-DEFAULT_PARTITIONS = 4
+DEFAULT_PARTITIONS = 1
+"""Partitions of a new store. One: a partition's ordered reads need no merge with the
+others, and at the same memory for memtables four partitions write no faster (docs/design.md,
+"Partitions")."""
+MEMTABLE_BUDGET = 64 * MiB
+"""Bytes of memtable the partitions of a store share when ``memtable_size`` is not given."""
+
+
+def memtable_limit(memtable_size: int | None, partitions: int) -> int:
+    """A partition's memtable size: ``memtable_size``, or its share of ``MEMTABLE_BUDGET``
+    (at least the smallest ``memtable_size`` allowed)."""
+    if memtable_size is not None:
+        return memtable_size
+    return max(MIN_MEMTABLE_SIZE, MEMTABLE_BUDGET // partitions)
+
+
 DEFAULT_PAGE_SIZE = 4096
 MAX_PARTITIONS = 256
 MIN_PAGE_SIZE = 1024
@@ -147,7 +164,9 @@ def validate_options(
         if partitions is None
         else _int_option("partitions", partitions, 1, MAX_PARTITIONS),
         page_size=None if page_size is None else validate_page_size(page_size),
-        memtable_size=_int_option("memtable_size", memtable_size, 64 * KiB, 4096 * MiB),
+        memtable_size=None
+        if memtable_size is None
+        else _int_option("memtable_size", memtable_size, MIN_MEMTABLE_SIZE, 4096 * MiB),
         cache_size=_int_option("cache_size", cache_size, 0, 1 << 40),
         durability=durability,
         bloom_bits_per_key=_int_option("bloom_bits_per_key", bloom_bits_per_key, 1, 64),

@@ -1044,7 +1044,7 @@ def test_batch_stays_atomic_through_a_power_cut_while_flushing(
     every fsync they make must each hold all of the batch or none of it."""
     path = tmp_path / "db"
     fs = FaultFS(path)
-    db = halodb.open(path, filesystem=fs, partitions=2, durability=mode, **SMALL)
+    db = halodb.open(path, filesystem=fs, durability=mode, **{**SMALL, "partitions": 2})
     db["before"] = 0
     db.flush()
     batch: dict[halodb.Key, int] = {i: i for i in range(50)}

@@ -44,6 +44,9 @@ def run(store: Path | str, *args: str, input: str | bytes | None = None, **kw: A
 
 
 def make_store(path: Path, items: dict[Any, Any] | None = None, **options: Any) -> Path:
+    """A store at ``path`` holding ``items``; four partitions unless ``options`` say (the
+    default of the stores these tests were written for: their listings span partitions)."""
+    options.setdefault("partitions", 4)
     with halodb.open(path, **options) as db:
         db.update(items or {})
     return path
@@ -1393,10 +1396,10 @@ def test_shell_in_a_real_terminal(tmp_path: Path, terminal_env: dict[str, str]) 
     assert term.expect(r"halodb> ").endswith("deleted 1 key\nhalodb> ")
 
     stats = term.command("stats")
-    assert re.search(r"partition\s+0\s+1\s+2\s+3\s+total", stats)
-    assert re.search(r"keys\s+0\s+0\s+0\s+0\s+0", stats)
+    assert re.search(r"partition\s+0\s+total", stats)  # (a new store has one partition)
+    assert re.search(r"keys\s+0\s+0\s", stats)
     tree = term.command("tree")
-    assert "partition 3: height" in tree
+    assert "partition 0: height" in tree
     assert "fill factor" in tree
 
     assert "unknown command" in term.command("bogus")

@@ -151,10 +151,11 @@ def test_an_interrupted_creation_is_completed(tmp_path: Path) -> None:
     for index in range(2):
         create_files(FileSystem(), str(path), index, 4096)
     (path / "HALODB.tmp").write_bytes(b"half a manifest")
-    with halodb.open(path) as db:
+    with halodb.open(path, partitions=4) as db:  # (half of its partitions' files are there)
         db["k"] = "v"
     with halodb.open(path) as db:
         assert dict(db.items()) == {"k": "v"}
+        assert len(db.stats().partitions) == 4
 
 
 class _BytearrayCodec:

@@ -38,7 +38,7 @@ from halodb.engine.worker import Worker
 from halodb.errors import CorruptionError, Error, OperationalError, ProgrammingError
 from halodb.hashing import key_hash, route
 from halodb.memtable import MISSING
-from halodb.options import Durability, Options
+from halodb.options import Durability, Options, memtable_limit
 from halodb.partition import Partition
 from halodb.reports import CompactReport, StoreStats, TreeReport
 from halodb.vfs import FileSystem
@@ -72,12 +72,12 @@ class Engine:
         self.directory = Directory(fs, path)
         self.durability = options.durability
         self.full = options.durability is Durability.FULL
-        self.memtable_limit = options.memtable_size
-        self.log_limit = 2 * options.memtable_size
-        """Overwrites grow a log but not its memtable: past this size the partition is flushed
-        anyway, which bounds recovery time."""
         self.parts: list[Partition] = []
         self.manifest = m = self.directory.open(options, codec)
+        self.memtable_limit = memtable_limit(options.memtable_size, m.partitions)
+        self.log_limit = 2 * self.memtable_limit
+        """Overwrites grow a log but not its memtable: past this size the partition is flushed
+        anyway, which bounds recovery time."""
         try:
             self.seed = m.hash_seed
             self.page_size = m.page_size
