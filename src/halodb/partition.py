@@ -218,13 +218,12 @@ class Partition:
         self.merged_leaves = 0
         """Leaves fewer than before, by compaction steps since the store was opened."""
         self.run_due = False
-        """The run a clean close left (the frozen memtable) is to be merged now. It is not at
-        once: reads find its entries as fast as the tree's, and a merge competes with them.
-        It is due once the memtable fills halfway (so that it is merged before the memtable
-        must freeze), and for a flush or a compaction."""
+        """The run a clean close left (the frozen memtable) is for the worker to merge: set
+        by the engine at the open of a store with a worker. Without one, a run stays until the
+        memtable fills (or a flush): the write that fills it merges it first."""
         self.limit = 0
-        """Memtable bytes past which a write calls the engine's ``_full`` (set by the engine:
-        ``memtable_size``, or half of it while a run waits, so that its merge starts then)."""
+        """Memtable bytes past which a write calls the engine's ``_full`` (``memtable_size``,
+        set by the engine)."""
         self.closing = False
         """Set by a close: a merge without the lock stops part-way (all of it forgotten), since
         the close saves the frozen memtable in a run instead."""

@@ -65,41 +65,40 @@ def test_a_clean_close_leaves_the_memtables_in_runs_not_in_the_trees(tmp_path: P
         db.check()
 
 
-def test_the_worker_merges_a_run_once_the_memtable_fills_halfway(tmp_path: Path) -> None:
-    """Reads find a run's entries as fast as the tree's: the worker leaves it alone while the
-    store only reads, and merges it once writes fill the memtable halfway."""
+def test_the_worker_merges_the_runs_right_after_the_open(tmp_path: Path) -> None:
+    """The next open's worker merges the runs at once (an ordered read over a run and a tree
+    is slower than over the tree alone), while reads and writes go on and read right."""
+    path = tmp_path / "s"
+    with halodb.open(path, **OPTIONS) as db:
+        db.update({i: str(i) for i in range(3000)})
+    assert _runs(path) == ["p000.run", "p001.run"]
+    with halodb.open(path) as db:
+        assert db[10] == "10"
+        db[3000] = "new"
+        assert [k for k, _ in db.range(100, 110)] == list(range(100, 110))
+        _settled(db, path)
+        assert sum(p.tree_keys for p in db.stats().partitions) == 3000
+        assert [k for k, _ in db.range(2990, reverse=True)][:3] == [3000, 2999, 2998]
+        assert dict(db.items()) == {**{i: str(i) for i in range(3000)}, 3000: "new"}
+        db.check()
+
+
+def test_without_a_worker_a_run_stays_until_the_memtable_fills(tmp_path: Path) -> None:
+    """Opened with ``background=False`` (or read-only) nothing merges a run in the
+    background: it stays, and the write that fills the memtable merges it first."""
     path = tmp_path / "s"
     options = {**OPTIONS, "memtable_size": 1 << 20}
     with halodb.open(path, **options) as db:
         db.update({i: str(i) for i in range(2000)})
-    assert _runs(path)
-    with halodb.open(path, **options) as db:
+    with halodb.open(path, background=False, **options) as db:
         assert all(db[i] == str(i) for i in range(2000))
-        time.sleep(0.3)
-        assert _runs(path) == ["p000.run", "p001.run"]  # not merged: nothing asked for it
-        assert db.stats().worker == "idle"
-        for i in range(2000, 8000):
-            db[i] = "w" * 200
-        _settled(db, path)
-        assert sum(p.tree_keys for p in db.stats().partitions) >= 2000
-        assert dict(db.items()) == {i: str(i) if i < 2000 else "w" * 200 for i in range(8000)}
-        db.check()
-
-
-def test_an_ordered_read_has_the_worker_merge_the_runs(tmp_path: Path) -> None:
-    """A scan over a run is slower than one over the tree alone: the first one starts the
-    runs' merge (and reads right, before and after it)."""
-    path = tmp_path / "s"
-    with halodb.open(path, **OPTIONS) as db:
-        db.update({i: str(i) for i in range(3000)})
-    with halodb.open(path) as db:
-        assert db[10] == "10"
-        time.sleep(0.2)
         assert _runs(path) == ["p000.run", "p001.run"]
-        assert [k for k, _ in db.range(100, 110)] == list(range(100, 110))
-        _settled(db, path)
-        assert [k for k, _ in db.range(2990, reverse=True)][:3] == [2999, 2998, 2997]
-        assert len(list(db.items())) == 3000
+        for i in range(2000, 12000):
+            db[i] = "w" * 200
+        assert _runs(path) == []
+        assert sum(p.tree_keys for p in db.stats().partitions) >= 2000
+        assert dict(db.items()) == {i: str(i) if i < 2000 else "w" * 200 for i in range(12000)}
+        db.check()
 
 
 def test_ordered_reads_over_memtable_run_and_tree_read_right(tmp_path: Path) -> None:

@@ -90,10 +90,10 @@ class Engine:
                     fs, path, m.partitions, m.page_size, m.hash_seed, options
                 )
                 next_seq = self._recover()
-            for part in self.parts:  # (a run's merge starts once its memtable is half full)
-                part.limit = self.memtable_limit // (2 if part.run_waits() else 1)
-                if part.run_bytes() > self.memtable_limit:
-                    part.run_due = True  # (a run larger than a memtable is merged at once)
+            merges = options.background and not self.readonly
+            for part in self.parts:
+                part.limit = self.memtable_limit
+                part.run_due = merges  # (a run the last close left: the worker merges it now)
             self.sequence = itertools.count(next_seq)
             """The store-wide sequence numbers: ``next()`` hands out the next one."""
             if m.version < fmt.FORMAT_VERSION and not self.readonly:
@@ -242,13 +242,6 @@ class Engine:
         """
         self._guard()
         self.check_open()
-        for part in self.parts:
-            if part.run_waits():
-                # An ordered read of a run is slower than one of the tree alone: its merge
-                # starts now (point reads find a run's entries in memory as fast).
-                with part.lock:
-                    if part.run_waits():
-                        self._run_due(part)
         first = first_chunk(limit, len(self.parts))
         sources = [
             chunks(p, lo, hi, reverse, chunk, self._guard, self.check_open, first, limit)
@@ -436,15 +429,7 @@ class Engine:
         counted in ``stats()``. Without ``wait`` (after a write is applied) the memtable stays
         full instead, and the next write stalls before it is applied (:meth:`_room`): a
         write that a close or failure ends while it waits is then refused whole, never applied
-        and refused. A run the last close left, whose merge waits, is due from the time the
-        memtable is half full (``part.limit``): its merge starts then, and the write goes
-        on."""
-        if part.limit < self.memtable_limit:
-            if part.run_waits():
-                self._run_due(part)
-            part.limit = self.memtable_limit
-            if not self._over(part):
-                return
+        and refused."""
         try:
             if part.frozen is not None and not self._frozen_gone(part, wait):
                 return
