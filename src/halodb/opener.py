@@ -102,9 +102,9 @@ def open(
             For tests and reproducible layouts: which keys share a partition depends on it.
         background: Merge full memtables into the trees in a background thread, one per
             store (the default), so that a write never waits for a merge (only, counted as a
-            stall in :meth:`Store.stats`, when a second memtable of a partition fills while
-            the first is still merging); ``False`` runs no thread: the write that fills a
-            memtable merges it.
+            stall in :meth:`Store.stats`, the write after a second memtable of a partition
+            filled while the first was still merging); ``False`` runs no thread: the write
+            that fills a memtable merges it.
         compact_threshold: The background worker compacts a partition's tree file on its
             own (:meth:`Store.compact`, a step at a time) once a merge leaves this fraction of
             the file's pages free that it did not need (0 to 1; 0.25 by default; ``None``: only

@@ -254,10 +254,6 @@ class Partition:
         frozen = self.frozen
         return frozen is not None and (self.run_due or not isinstance(frozen, Run))
 
-    def run_waits(self) -> bool:
-        """Whether the frozen memtable is a run whose merge is not yet due."""
-        return isinstance(self.frozen, Run) and not self.run_due
-
     def run_bytes(self) -> int:
         """The size of the run the last close left (0 if none is left to merge)."""
         frozen = self.frozen

@@ -49,6 +49,14 @@ def _until(condition: Any, what: str) -> None:
         time.sleep(0.005)
 
 
+def _gated_store(tmp_path: Path) -> tuple[halodb.Store, Gate]:
+    """A store at ``tmp_path / "s"`` whose worker's tree fsyncs wait for the returned gate."""
+    fs = FaultFS(tmp_path / "s")
+    gate = Gate()
+    fs.before_sync = gate
+    return halodb.open(tmp_path / "s", filesystem=fs, **OPTIONS), gate
+
+
 def _fill_until_frozen(db: halodb.Store, model: dict[str, str], gate: Gate) -> None:
     """Write keys until the worker is held in the middle of a merge."""
     i = len(model)
@@ -71,10 +79,7 @@ def _assert_reads(db: halodb.Store, model: dict[str, str]) -> None:
 
 
 def test_writes_go_on_during_a_merge_and_a_second_full_memtable_stalls(tmp_path: Path) -> None:
-    fs = FaultFS(tmp_path / "s")
-    gate = Gate()
-    fs.before_sync = gate
-    db = halodb.open(tmp_path / "s", filesystem=fs, **OPTIONS)
+    db, gate = _gated_store(tmp_path)
     model: dict[str, str] = {}
     try:
         _fill_until_frozen(db, model, gate)
@@ -121,10 +126,7 @@ def test_a_write_whose_wait_ends_in_a_failure_is_refused_whole(tmp_path: Path) -
     """A write that finds the memtable full while the frozen one merges waits before it is
     logged or applied: when the store fails meanwhile (or closes), it raises and is not in
     the store, not even after the logs are replayed; every write that returned is."""
-    fs = FaultFS(tmp_path / "s")
-    gate = Gate()
-    fs.before_sync = gate
-    db = halodb.open(tmp_path / "s", filesystem=fs, **OPTIONS)
+    db, gate = _gated_store(tmp_path)
     model: dict[str, str] = {}
     refused: list[tuple[str, BaseException]] = []
     try:
@@ -156,6 +158,37 @@ def test_a_write_whose_wait_ends_in_a_failure_is_refused_whole(tmp_path: Path) -
         assert key not in again
         _assert_reads(again, model)
         again.check()
+
+
+def test_a_memtable_that_filled_during_a_merge_is_merged_without_another_write(
+    tmp_path: Path,
+) -> None:
+    """The write that fills the memtable while the frozen one merges returns at once and
+    leaves it full; once the merge ends the worker freezes and merges it too, though no write
+    comes after (an idle store must not keep a full memtable only in its log)."""
+    db, gate = _gated_store(tmp_path)
+    model: dict[str, str] = {}
+    try:
+        _fill_until_frozen(db, model, gate)
+        part = testing.engine(db).parts[0]
+        i = 0
+        while part.memtable.size <= part.limit:  # fills again; returns without waiting
+            db[f"w{i:05d}"] = model[f"w{i:05d}"] = VALUE
+            i += 1
+        assert db.stats().stalls == 0
+        gate.open()
+        _until(
+            lambda: (
+                db.stats().partitions[0].flushes >= 2
+                and db.stats().partitions[0].memtable_entries == 0
+                and db.stats().worker == "idle"
+            ),
+            "the full memtable is merged",
+        )
+        _assert_reads(db, model)
+    finally:
+        gate.open()
+        db.close()
 
 
 def test_a_failed_merge_stops_writes_with_its_error(tmp_path: Path) -> None:

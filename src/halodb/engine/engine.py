@@ -117,7 +117,7 @@ class Engine:
                 self.compact_part,
             )
             if any(part.merge_due() for part in self.parts):
-                self.worker.wake()  # a merge a crash interrupted
+                self.worker.wake()  # a run the last close left, or a merge a crash interrupted
         process.register(self)
 
     # -- opening -----------------------------------------------------------------------------
@@ -457,24 +457,18 @@ class Engine:
         self._stall(part)
         return self._over(part)  # (else a writer that waited too froze it meanwhile)
 
-    def _run_due(self, part: Partition) -> None:
-        """Have ``part``'s run (the frozen memtable a close left) merged now (caller holds its
-        lock): by the worker, which is woken."""
-        part.run_due = True
-        if self.worker is not None:
-            self.worker.wake()
-
     def _stall(self, part: Partition) -> None:
         """Wait (``part``'s lock released meanwhile; the caller holds no other partition's
         lock, which the merge may need) until its frozen memtable is merged."""
         started = time.perf_counter()
         part.stalls += 1
-        if part.run_waits():
-            self._run_due(part)
+        if self.worker is not None:
+            self.worker.wake()  # (a frozen memtable an interrupted flush left: nobody else will)
         try:
             while part.frozen is not None:
                 self._check_writable()  # a failed worker, or a close, ends the wait
                 part.cond.wait(0.05)
+            self._check_writable()  # (closed or failed while the lock was let go)
         finally:
             part.stall_seconds += time.perf_counter() - started
 
@@ -500,6 +494,12 @@ class Engine:
             if part.frozen is None or self.closed or self.failure is not None:
                 return
             self._guarded_merge(part, locked=False)
+        with part.lock:
+            # The write that filled the memtable during the merge left it full (it does not
+            # wait: see _full): it freezes now, not at the next write, which may never come.
+            open_ = not self.closed and self.failure is None
+            if open_ and part.frozen is None and self._over(part):
+                self._full(part, wait=False)
 
     def _guarded_merge(self, part: Partition, *, locked: bool) -> None:
         sync_others = partial(self._sync_others, part)
@@ -587,8 +587,6 @@ class Engine:
         if self.worker is None:
             return
         with part.lock:
-            if part.run_waits():
-                self._run_due(part)
             while part.frozen is not None:
                 self._check_writable()
                 self.worker.wake()

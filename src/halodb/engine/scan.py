@@ -30,7 +30,10 @@ def chunks(
     """Live items of ``part`` in ``[lo, hi)``, in order, at most ``most`` of them (``None``:
     all), in chunks of ``first`` items, then twice as many each time up to ``chunk``. Each
     chunk is read under the partition's lock and resumed after the last key it covered, so
-    keys come strictly in order and never twice. ``guard`` runs before each lock is taken,
+    keys come strictly in order and never twice. A read that tombstones left short is followed
+    by one twice its size, whatever ``chunk`` and ``most`` say (what it returns past ``most``
+    is cut), so a stretch of deleted keys costs a few reads, not one per key. ``guard`` runs
+    before each lock is taken,
     ``check_open`` with it held (both raise if the store was closed meanwhile)."""
     left = -1 if most is None else most
     limit = min(chunk, first) if most is None else max(1, min(chunk, first, most))
@@ -39,12 +42,19 @@ def chunks(
         with part.lock:
             check_open()
             items, edge = part.scan(lo, hi, reverse, limit)
+        if 0 < left < len(items):  # (a read past what is left: see below)
+            del items[left:]
+            edge = items[-1][0]
         if items:
             yield items
         if edge is None:
             return
+        short = len(items) < limit  # tombstones: the next read covers twice as many keys
         left -= len(items)
-        limit = min(limit * 2, chunk) if left < 0 else min(limit * 2, chunk, left)
+        if short:  # (past ``chunk`` and ``left`` too: only live items count against them)
+            limit = min(limit * 2, max(chunk, SCAN_CHUNK))
+        else:
+            limit = min(limit * 2, chunk) if left < 0 else min(limit * 2, chunk, left)
         if reverse:
             hi = edge
         else:
