@@ -29,6 +29,8 @@ from collections.abc import (
     MutableMapping,
     ValuesView,
 )
+from itertools import chain
+from operator import itemgetter
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -370,36 +372,22 @@ class Store(MutableMapping[Key, Any]):
         return self._m.scan_batches(lo, hi, reverse=reverse, limit=limit)
 
     def _decoded(self, batches: Iterator[list[tuple[bytes, bytes]]]) -> Iterator[tuple[Key, Any]]:
-        """Each list of encoded pairs decoded in one pass. The lists are in key order, so when
-        the first and last keys of one are bytes, or both str, every key between is too (the
-        type tag is a key's first byte): those lists decode with ``decode_key``'s and the
-        ``halo1`` codec's bytes and str cases inlined, without a call per key. (A key that is
-        not UTF-8 falls back to ``decode_key``, which names the damage.)"""
-        decode = self._decode_value
-        halo1 = self._halo1
-        vb = _VALUE_BYTES
-        for items in batches:
-            if not items:
-                continue
-            tag = items[0][0][0]
-            if halo1 and tag == items[-1][0][0] == KEY_TAG_BYTES:
-                yield from [(k[1:], v[1:] if v[:1] == vb else decode(v)) for k, v in items]
-                continue
-            if halo1 and tag == items[-1][0][0] == KEY_TAG_STR:
-                try:
-                    out = [
-                        (
-                            k[1:].decode("utf-8", "surrogatepass"),
-                            v[1:] if v[:1] == vb else decode(v),
-                        )
-                        for k, v in items
-                    ]
-                except UnicodeDecodeError:
-                    pass
-                else:
-                    yield from out
-                    continue
-            yield from [(decode_key(key), decode(value)) for key, value in items]
+        """The pairs of ``batches``, each list decoded whole (:meth:`_decode_pairs`) and the
+        lists chained in C: no Python step per pair."""
+        return chain.from_iterable(map(self._decode_pairs, batches))
+
+    def _decode_pairs(self, items: list[tuple[bytes, bytes]]) -> list[tuple[Key, Any]]:
+        """A list of encoded pairs decoded: the keys as :func:`_decode_keys` does, the values
+        by slicing when the codec is ``halo1`` and every value is bytes (one C-level pass
+        checks their tags), else by the codec, one call each."""
+        if not items:
+            return []
+        values: list[Any] = list(map(_SECOND, items))
+        if self._halo1 and _all_bytes(values):
+            values = list(map(_TAIL, values))
+        else:
+            values = list(map(self._decode_value, values))
+        return list(zip(_decode_keys(items), values, strict=True))
 
     def first(self) -> tuple[Key, Any] | None:
         """The smallest ``(key, value)``, or ``None`` if the store is empty. O(log n)."""
@@ -525,12 +513,10 @@ class _ValuesView(ValuesView[Any]):
         self._store = store
 
     def __iter__(self) -> Iterator[Any]:
-        for _, value in self._store.range():
-            yield value
+        return map(_SECOND, self._store.range())
 
     def __reversed__(self) -> Iterator[Any]:
-        for _, value in self._store.range(reverse=True):
-            yield value
+        return map(_SECOND, self._store.range(reverse=True))
 
 
 class Batch:
@@ -597,12 +583,28 @@ class Batch:
             self.discard()
 
 
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
+_TAIL = itemgetter(slice(1, None))
+"""``x[1:]``: a key or value without its tag byte."""
+
+
+def _all_bytes(values: list[bytes]) -> bool:
+    """Whether every one of the encoded ``halo1`` ``values`` is bytes (its tag says so)."""
+    try:
+        return set(map(_FIRST, values)) == {VALUE_TAG_BYTES}
+    except IndexError:  # an empty encoding: the codec names the damage
+        return False
+
+
 def _decode_keys(items: list[tuple[bytes, bytes]]) -> list[Key]:
-    """The keys of a list of encoded pairs in key order, as :meth:`Store._decoded` decodes
-    them (bytes and str runs in one pass)."""
+    """The keys of a list of encoded pairs in key order. The pairs are in key order, so when
+    the first and last keys are bytes, or both str, every key between is too (the type tag is
+    a key's first byte): those decode in one pass, without a call per key. (A key that is not
+    UTF-8 falls back to ``decode_key``, which names the damage.)"""
     tag = items[0][0][0]
     if tag == items[-1][0][0] == KEY_TAG_BYTES:
-        return [k[1:] for k, _ in items]
+        return list(map(_TAIL, map(_FIRST, items)))
     if tag == items[-1][0][0] == KEY_TAG_STR:
         try:
             return [k[1:].decode("utf-8", "surrogatepass") for k, _ in items]
