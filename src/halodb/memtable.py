@@ -9,7 +9,6 @@ start. Its owner (the partition) serialises every call; it is not thread-safe.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from itertools import repeat
 
 from sortedcontainers import SortedList
@@ -92,12 +91,6 @@ class Memtable:
             self.order.update(self.pending)
             self.pending = []
         return self.order
-
-    def keys(self, lo: bytes | None, hi: bytes | None, *, reverse: bool) -> Iterator[bytes]:
-        """Keys in ``[lo, hi)`` (``None``: unbounded), in either order. O(log n) to start."""
-        order = self.ordered()
-        it: Iterator[bytes] = order.irange(lo, hi, inclusive=(True, False), reverse=reverse)
-        return it
 
     def items(self) -> list[tuple[bytes, bytes | None]]:
         """Every ``(key, value or None)``, in key order."""

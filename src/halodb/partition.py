@@ -600,10 +600,10 @@ class Partition:
             if len(keys) >= limit:
                 edge = keys[-1]
             heads.append((keys, layer.data))
-        if not any(keys for keys, _ in heads):
+        parts = [(keys, data) for keys, data in heads if keys]
+        if not parts:
             return tree, edge  # nothing recent in range: the tree alone
         below = _upto(tree, edge, reverse, pairs=True)
-        parts = [(keys, data) for keys, data in heads if keys]
         tombstones = False
         if not below and len(parts) == 1:  # one layer alone: its pairs as they are
             keys = _upto(parts[0][0], edge, reverse)

@@ -20,8 +20,6 @@ from __future__ import annotations
 import sys
 import threading
 from array import array
-from bisect import bisect_left
-from collections.abc import Iterator
 from itertools import accumulate, pairwise
 
 from halodb import format as fmt
@@ -104,7 +102,7 @@ class Run:
     """An open run file: its header read and checked, its body decoded on first use.
 
     Offers what the partition reads of a frozen memtable: ``data`` (a dict of key to value or
-    ``None``), ``keys(lo, hi, reverse)``, ``columns()``, ``len()`` and ``size``. Decoding is
+    ``None``), ``ordered()`` (the sorted keys), ``columns()``, ``len()`` and ``size``. Decoding is
     done once, by whichever thread needs it first (the others wait for it); after that every
     read is a dict or list lookup. Never written.
     """
@@ -294,16 +292,6 @@ class Run:
         if len(data) != n:
             raise CorruptionError(f"{path}: run holds a key more than once")
         return data
-
-    def keys(self, lo: bytes | None, hi: bytes | None, *, reverse: bool) -> Iterator[bytes]:
-        """Keys in ``[lo, hi)`` (``None``: unbounded), in either order."""
-        keys = self.ordered()
-        start = 0 if lo is None else bisect_left(keys, lo)
-        end = len(keys) if hi is None else bisect_left(keys, hi)
-        end = max(start, end)
-        if reverse:  # (by index: an islice would step over every key before the start)
-            return map(keys.__getitem__, range(end - 1, start - 1, -1))
-        return map(keys.__getitem__, range(start, end))
 
     def columns(self, step: int | None = None) -> tuple[list[bytes], list[bytes | None]]:
         """Every key in order, and the values (or ``None``) in the same order (``step``: as

@@ -11,7 +11,7 @@ PAGE = 1024
 FS = FileSystem()
 
 
-def test_memtable_ordering_and_ranges() -> None:
+def test_memtable_ordering() -> None:
     rng = random.Random(3)
     mem = Memtable()
     model: dict[bytes, bytes | None] = {}
@@ -21,19 +21,11 @@ def test_memtable_ordering_and_ranges() -> None:
         mem.put(key, value)
         model[key] = value
         if rng.random() < 0.01:  # ordered reads in between take pending keys in
-            assert list(mem.keys(None, None, reverse=False)) == sorted(model)
+            assert list(mem.ordered()) == sorted(model)
     keys = sorted(model)
     assert len(mem) == len(model)
-    assert list(mem.keys(None, None, reverse=False)) == keys
-    assert list(mem.keys(None, None, reverse=True)) == keys[::-1]
+    assert list(mem.ordered()) == keys
     assert mem.items() == [(k, model[k]) for k in keys]
-    for _ in range(200):
-        lo, hi = (bytes(rng.randrange(256) for _ in range(rng.randrange(0, 4))) for _ in "ab")
-        want = [k for k in keys if lo <= k < hi]
-        assert list(mem.keys(lo, hi, reverse=False)) == want
-        assert list(mem.keys(lo, hi, reverse=True)) == want[::-1]
-        assert list(mem.keys(lo, None, reverse=False)) == [k for k in keys if k >= lo]
-        assert list(mem.keys(None, hi, reverse=True)) == [k for k in keys if k < hi][::-1]
 
 
 def test_memtable_columns_with_and_without_ordered_reads_between() -> None:
@@ -50,7 +42,7 @@ def test_memtable_columns_with_and_without_ordered_reads_between() -> None:
                 mem.put(key, value)
                 model[key] = value
                 if reads and rng.random() < 0.01:
-                    next(mem.keys(None, None, reverse=False), None)
+                    mem.ordered()
             assert bool(mem.order) == reads
             keys = sorted(model)
             assert mem.columns() == (keys, [model[k] for k in keys]), (reads, round_)
@@ -78,9 +70,9 @@ def test_memtable_size_accounting_and_tombstones() -> None:
     tomb = [k for k, v in sorted(model.items()) if v is None]
     assert tomb and [k for k, v in mem.items() if v is None] == tomb
     assert all(mem.data[k] is None for k in tomb)
-    assert set(mem.keys(None, None, reverse=False)) == set(model)
+    assert set(mem.ordered()) == set(model)
     mem.clear()
-    assert (len(mem), mem.size, mem.items(), list(mem.keys(None, None, reverse=False))) == (
+    assert (len(mem), mem.size, mem.items(), list(mem.ordered())) == (
         0,
         0,
         [],
