@@ -29,8 +29,8 @@ import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from itertools import repeat
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import is_not
 from typing import Any
 
 from sortedcontainers import SortedList
@@ -101,15 +101,38 @@ def _head(
     return out
 
 
-def _upto(items: list[Any], edge: bytes | None, reverse: bool, *, pairs: bool = False) -> list[Any]:
-    """The head of ordered ``items`` (keys, or ``(key, value)`` with ``pairs``) up to and
-    including ``edge`` (``None``: all of them), ascending or descending."""
+def count_upto(keys: list[bytes], edge: bytes | None, reverse: bool) -> int:
+    """How many of ordered ``keys`` (ascending, or descending with ``reverse``) come up to and
+    including ``edge`` (``None``: all of them); a binary search."""
     if edge is None:
-        return items
-    key = itemgetter(0) if pairs else None
-    if reverse:
-        return items[: len(items) - bisect_left(items[::-1], edge, key=key)]
-    return items[: bisect_right(items, edge, key=key)]
+        return len(keys)
+    if not reverse:
+        return bisect_right(keys, edge)
+    low, high = 0, len(keys)
+    while low < high:
+        mid = (low + high) // 2
+        if keys[mid] >= edge:
+            low = mid + 1
+        else:
+            high = mid
+    return low
+
+
+def _combine(
+    keys: list[bytes],
+    values: list[Any],
+    heads: list[tuple[list[bytes], dict[bytes, bytes | None]]],
+    edge: bytes | None,
+    reverse: bool,
+) -> tuple[list[bytes], list[Any]]:
+    """The tree's ``keys`` and ``values`` with the memtables' ``heads`` (each a layer's keys
+    and its data, lower layers first) over them, up to ``edge``, in order (tombstones kept)."""
+    merged = dict(zip(keys, values, strict=True))
+    for layer_keys, data in heads:
+        upto = layer_keys[: count_upto(layer_keys, edge, reverse)]
+        merged.update(zip(upto, map(data.__getitem__, upto), strict=True))
+    keys = sorted(merged, reverse=reverse)
+    return keys, list(map(merged.__getitem__, keys))
 
 
 class Partition:
@@ -577,18 +600,21 @@ class Partition:
 
     def scan(
         self, lo: bytes | None, hi: bytes | None, reverse: bool, limit: int
-    ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
-        """Live ``(key, value)`` in ``[lo, hi)``, ascending or descending: at most ``limit``
-        of them, and the last key this read covered (``None``: none is left in range). The
-        next read resumes after that key; tombstones may make it lie past the last item.
+    ) -> tuple[list[bytes], list[bytes], bytes | None]:
+        """Live keys in ``[lo, hi)``, ascending or descending, and their values, as two lists:
+        at most ``limit`` of them, and the last key this read covered (``None``: none is left
+        in range). The next read resumes after that key; tombstones may make it lie past the
+        last key returned.
 
         Each layer (memtable, frozen memtable or run, tree) gives at most ``limit`` keys, as
         whole lists; the layers are combined in one dict, upper over lower, and one sort (the
         sort finds the layers' ordered runs and merges them): no Python step per item.
         """
         buried = self.cleared or (self.frozen is not None and self.frozen_cleared)
-        tree = [] if buried else self._tree_head(lo, hi, reverse, limit)
-        edge = tree[-1][0] if len(tree) >= limit else None
+        keys: list[bytes]
+        values: list[Any]
+        keys, values = ([], []) if buried else self.tree.head(lo, hi, reverse, limit)
+        edge = keys[-1] if len(keys) >= limit else None
         layers: list[Memtable | Run] = []
         if self.frozen is not None and not self.cleared:
             layers.append(self.frozen)
@@ -596,46 +622,28 @@ class Partition:
             layers.append(self.memtable)
         heads = []
         for layer in layers:  # (each cut at the edge so far: no key past it is read)
-            keys = _head(layer.ordered(), lo, hi, reverse, limit, edge)
-            if len(keys) >= limit:
-                edge = keys[-1]
-            heads.append((keys, layer.data))
-        parts = [(keys, data) for keys, data in heads if keys]
-        if not parts:
-            return tree, edge  # nothing recent in range: the tree alone
-        below = _upto(tree, edge, reverse, pairs=True)
-        tombstones = False
-        if not below and len(parts) == 1:  # one layer alone: its pairs as they are
-            keys = _upto(parts[0][0], edge, reverse)
-            values = list(map(parts[0][1].__getitem__, keys))
-            tombstones = None in values
-            out = list(zip(keys, values, strict=True))
+            layer_keys = _head(layer.ordered(), lo, hi, reverse, limit, edge)
+            if len(layer_keys) >= limit:
+                edge = layer_keys[-1]
+            if layer_keys:
+                heads.append((layer_keys, layer.data))
+        if not heads:
+            return keys, values, edge  # nothing recent in range: the tree alone
+        below = count_upto(keys, edge, reverse)
+        if not below and len(heads) == 1:  # one layer alone: its keys and values as they are
+            layer_keys, data = heads[0]
+            keys = layer_keys[: count_upto(layer_keys, edge, reverse)]
+            values = list(map(data.__getitem__, keys))
         else:
-            merged = dict(below)
-            for layer_keys, data in parts:
-                keys = _upto(layer_keys, edge, reverse)
-                values = list(map(data.__getitem__, keys))
-                tombstones = tombstones or None in values
-                merged.update(zip(keys, values, strict=True))
-            out = sorted(merged.items(), key=itemgetter(0), reverse=reverse)
-        if tombstones:
-            out = [item for item in out if item[1] is not None]
-        if len(out) > limit:
-            del out[limit:]
-            edge = out[-1][0]
-        return out, edge  # type: ignore[return-value]
-
-    def _tree_head(
-        self, lo: bytes | None, hi: bytes | None, reverse: bool, limit: int
-    ) -> list[tuple[bytes, bytes]]:
-        """The first ``limit`` ``(key, value)`` of the tree in ``[lo, hi)``, in order."""
-        out: list[tuple[bytes, bytes]] = []
-        for items in self.tree.iterate_leaves(lo, hi, reverse=reverse):
-            out += items
-            if len(out) >= limit:
-                del out[limit:]
-                break
-        return out
+            keys, values = _combine(keys[:below], values[:below], heads, edge, reverse)
+        if None in values:  # tombstones
+            live = list(map(is_not, values, repeat(None)))
+            keys = list(compress(keys, live))
+            values = list(compress(values, live))
+        if len(keys) > limit:
+            del keys[limit:], values[limit:]
+            edge = keys[-1]
+        return keys, values, edge
 
     # -- writes ------------------------------------------------------------------------------
 

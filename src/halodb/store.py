@@ -23,6 +23,7 @@ import weakref
 from collections.abc import (
     Callable,
     ItemsView,
+    Iterable,
     Iterator,
     KeysView,
     Mapping,
@@ -200,13 +201,13 @@ class Store(MutableMapping[Key, Any]):
         two steps) are seen only if their key lies ahead of where its partition's chunks have
         read; nothing is raised for them. Once the store is closed, the iterator returns what
         it had already read, then raises ``ProgrammingError``. O(1) per key."""
-        for items in self._m.scan_batches(None, None):
-            yield from [decode_key(key) for key, _ in items]
+        for keys, _ in self._m.scan_batches(None, None):
+            yield from _decode_keys(keys)
 
     def __reversed__(self) -> Iterator[Key]:
         """Keys in reverse order, lazily (as :meth:`__iter__`, from the largest key down)."""
-        for items in self._m.scan_batches(None, None, reverse=True):
-            yield from [decode_key(key) for key, _ in items]
+        for keys, _ in self._m.scan_batches(None, None, reverse=True):
+            yield from _decode_keys(keys)
 
     def keys(self) -> KeysView[Key]:
         """A view of the keys, in order; ``reversed()`` walks it from the end."""
@@ -242,11 +243,11 @@ class Store(MutableMapping[Key, Any]):
             batch = next(self._m.scan_batches(None, None, chunk=1), None)
             if batch is None:
                 raise KeyError("popitem(): store is empty")
-            first = batch[0]
-            deleted, old = self._m.delete(first[0], want_value=True)
+            first = batch[0][0]
+            deleted, old = self._m.delete(first, want_value=True)
             if deleted:
                 assert old is not None
-                return decode_key(first[0]), self._decode_value(old)
+                return decode_key(first), self._decode_value(old)
 
     def setdefault(self, key: KeyLike, default: Any = None) -> Any:
         """``db[key]`` if present, else store ``default`` and return it. Atomic. ``default`` is
@@ -342,7 +343,7 @@ class Store(MutableMapping[Key, Any]):
         batches = self._scan("range_keys", start, stop, reverse, prefix, limit)
         if batches is None:
             return iter(())
-        return (key for items in batches for key in _decode_keys(items))
+        return chain.from_iterable(map(_decode_keys, map(_FIRST, batches)))
 
     def _scan(
         self,
@@ -352,7 +353,7 @@ class Store(MutableMapping[Key, Any]):
         reverse: object,
         prefix: str | bytes | tuple[KeyLike, ...] | None,
         limit: object = None,
-    ) -> Iterator[list[tuple[bytes, bytes]]] | None:
+    ) -> Iterator[tuple[list[bytes], list[bytes]]] | None:
         """The checked arguments of a range scan as its chunks, or ``None`` if it is empty."""
         if type(reverse) is not bool:
             raise TypeError(f"{caller}(): reverse must be a bool, not {type(reverse).__name__}")
@@ -371,23 +372,25 @@ class Store(MutableMapping[Key, Any]):
             return None
         return self._m.scan_batches(lo, hi, reverse=reverse, limit=limit)
 
-    def _decoded(self, batches: Iterator[list[tuple[bytes, bytes]]]) -> Iterator[tuple[Key, Any]]:
-        """The pairs of ``batches``, each list decoded whole (:meth:`_decode_pairs`) and the
-        lists chained in C: no Python step per pair."""
-        return chain.from_iterable(map(self._decode_pairs, batches))
+    def _decoded(
+        self, batches: Iterator[tuple[list[bytes], list[bytes]]]
+    ) -> Iterator[tuple[Key, Any]]:
+        """The pairs of ``batches``, each chunk decoded whole (:meth:`_decode_chunk`) and the
+        chunks chained in C: no Python step per pair."""
+        return chain.from_iterable(map(self._decode_chunk, batches))
 
-    def _decode_pairs(self, items: list[tuple[bytes, bytes]]) -> list[tuple[Key, Any]]:
-        """A list of encoded pairs decoded: the keys as :func:`_decode_keys` does, the values
-        by slicing when the codec is ``halo1`` and every value is bytes (one C-level pass
-        checks their tags), else by the codec, one call each."""
-        if not items:
-            return []
-        values: list[Any] = list(map(_SECOND, items))
+    def _decode_chunk(self, columns: tuple[list[bytes], list[bytes]]) -> Iterator[tuple[Key, Any]]:
+        """A chunk's encoded keys and values as decoded pairs: the keys as :func:`_decode_keys`
+        does, the values by slicing when the codec is ``halo1`` and every value is bytes (one
+        C-level pass checks their tags), else by the codec, one call each. The pairs are made
+        as they are taken (a zip of maps), not kept in a list."""
+        keys, values = columns
+        decoded: Iterable[Any]
         if self._halo1 and _all_bytes(values):
-            values = list(map(_TAIL, values))
+            decoded = map(_TAIL, values)
         else:
-            values = list(map(self._decode_value, values))
-        return list(zip(_decode_keys(items), values, strict=True))
+            decoded = list(map(self._decode_value, values))  # (raises here, not midway)
+        return zip(_decode_keys(keys), decoded, strict=True)
 
     def first(self) -> tuple[Key, Any] | None:
         """The smallest ``(key, value)``, or ``None`` if the store is empty. O(log n)."""
@@ -587,6 +590,8 @@ _FIRST = itemgetter(0)
 _SECOND = itemgetter(1)
 _TAIL = itemgetter(slice(1, None))
 """``x[1:]``: a key or value without its tag byte."""
+_BYTES_KEY = bytes([KEY_TAG_BYTES])
+_STR_KEY = bytes([KEY_TAG_STR])
 
 
 def _all_bytes(values: list[bytes]) -> bool:
@@ -597,20 +602,22 @@ def _all_bytes(values: list[bytes]) -> bool:
         return False
 
 
-def _decode_keys(items: list[tuple[bytes, bytes]]) -> list[Key]:
-    """The keys of a list of encoded pairs in key order. The pairs are in key order, so when
-    the first and last keys are bytes, or both str, every key between is too (the type tag is
-    a key's first byte): those decode in one pass, without a call per key. (A key that is not
-    UTF-8 falls back to ``decode_key``, which names the damage.)"""
-    tag = items[0][0][0]
-    if tag == items[-1][0][0] == KEY_TAG_BYTES:
-        return list(map(_TAIL, map(_FIRST, items)))
-    if tag == items[-1][0][0] == KEY_TAG_STR:
+def _decode_keys(keys: list[bytes]) -> Iterable[Key]:
+    """Encoded keys in key order, decoded. The keys are in order, so when the first and last
+    are bytes, or both str, every key between is too (the type tag is a key's first byte):
+    those decode in one pass, without a call per key (bytes keys lazily, as they are taken).
+    (A key that is not UTF-8 falls back to ``decode_key``, which names the damage.)"""
+    if not keys:
+        return ()
+    tag = keys[0][:1]  # (b"" for an empty encoding, which decode_key names as damage)
+    if tag == keys[-1][:1] == _BYTES_KEY:
+        return map(_TAIL, keys)
+    if tag == keys[-1][:1] == _STR_KEY:
         try:
-            return [k[1:].decode("utf-8", "surrogatepass") for k, _ in items]
+            return [k[1:].decode("utf-8", "surrogatepass") for k in keys]
         except UnicodeDecodeError:
             pass
-    return [decode_key(key) for key, _ in items]
+    return list(map(decode_key, keys))
 
 
 def _close_dropped(manager: Engine) -> None:

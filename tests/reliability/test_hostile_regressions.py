@@ -110,6 +110,8 @@ def test_a_cached_leaf_where_an_internal_node_belongs_is_damage(tmp_path: Path) 
     with pytest.raises(halodb.CorruptionError, match="level 0 where level 1 belongs"):
         list(tree.iterate(None, None))
     with pytest.raises(halodb.CorruptionError, match="level 0 where level 1 belongs"):
+        tree.head(None, None, False, 1000)
+    with pytest.raises(halodb.CorruptionError, match="level 0 where level 1 belongs"):
         tree.apply([(keys[5], b"x")], clear=False, flushed_seq=2)
     tree.pager.close()
 
@@ -129,6 +131,8 @@ def test_a_cached_internal_node_where_a_leaf_belongs_is_damage(tmp_path: Path) -
         tree.contains(keys[-1])
     with pytest.raises(halodb.CorruptionError, match="level 1 where level 0 belongs"):
         list(tree.iterate(None, None, reverse=True))
+    with pytest.raises(halodb.CorruptionError, match="level 1 where level 0 belongs"):
+        tree.head(None, None, True, 1000)
     tree.get(keys[0])  # the other leaves are fine
     tree.pager.close()
 

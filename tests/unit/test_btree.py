@@ -60,6 +60,10 @@ def _verify(
         want = items[a:b] if a < b else []
         assert list(tree.iterate(lo, hi)) == want, (lo, hi)
         assert list(tree.iterate(lo, hi, reverse=True)) == want[::-1], (lo, hi)
+        limit = rng.choice([1, 7, 100, len(keys) + 1])
+        for reverse, wanted in ((False, want), (True, want[::-1])):
+            head = tree.head(lo, hi, reverse, limit)
+            assert head == ([k for k, _ in wanted[:limit]], [v for _, v in wanted[:limit]])
     for key in rng.sample(keys, min(25, len(keys))):
         assert tree.get(key) == model[key]
         assert tree.contains(key)

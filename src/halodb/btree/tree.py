@@ -225,48 +225,117 @@ class BTree(RowCache):
     # -- ordered reads -----------------------------------------------------------------------
 
     def leaves(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[Leaf]:
-        """The leaves that may hold keys in ``[lo, hi)``, in order (reversed: backwards).
+        """The leaves that may hold keys in ``[lo, hi)``, in order (reversed: backwards), from
+        the first one on to the end of the tree (the caller stops).
 
         Each leaf's keys must follow the previous leaf's: a subtree reached twice (which
         could otherwise make the walk visit a page an exponential number of times) is damage,
         met at its second visit."""
-        meta = self.pager.meta
-        if not meta.height:
+        if not self.pager.meta.height:
             return
-        node = self.node
-        stack: list[tuple[Internal, int, int]] = []
-        top = node(meta.root, meta.root_crc, meta.height - 1)
-        if isinstance(top, Leaf):
-            yield top
-            return
+        path: list[list[Any]] = []  # [internal node, child index], from the root down
+        leaf: Leaf | None = self._first_leaf(lo, hi, reverse, path)
+        edge: bytes | None = None  # the previous leaf's last key (reversed: first)
+        while leaf is not None:
+            edge = self._follows(leaf.keys, edge, reverse, path)
+            yield leaf
+            leaf = self._next_leaf(path, reverse)
 
-        def start(inner: Internal) -> int:
+    def _follows(
+        self, keys: tuple[bytes, ...], edge: bytes | None, reverse: bool, path: list[list[Any]]
+    ) -> bytes:
+        """Check that a leaf's ``keys`` follow ``edge``, the last key of the leaf before
+        (reversed: the first; ``None``: no leaf before); returns this leaf's. ``path`` leads to
+        the leaf (for the page number in the error)."""
+        if edge is not None and (keys[-1] >= edge if reverse else keys[0] <= edge):
+            raise CorruptionError(
+                f"{self.where} page {path[-1][0].children[path[-1][1]]}: leaf keys out of "
+                "order with the previous leaf's"
+            )
+        return keys[0] if reverse else keys[-1]
+
+    def head(
+        self, lo: bytes | None, hi: bytes | None, reverse: bool, limit: int
+    ) -> tuple[list[bytes], list[bytes]]:
+        """The first ``limit`` keys in ``[lo, hi)`` (``reverse``: the last ones, descending)
+        and their values (overflow values read), as two lists.
+
+        Each leaf's part is taken as one slice, and the walk is a loop over a path of
+        internal nodes (:meth:`_next_leaf`), not a generator: a range scan of a hundred items
+        spends most of its time here. Each leaf's keys must follow the previous leaf's
+        (:meth:`_follows`)."""
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        if not self.pager.meta.height or limit <= 0:
+            return keys, values
+        path: list[list[Any]] = []  # [internal node, child index], from the root down
+        leaf: Leaf | None = self._first_leaf(lo, hi, reverse, path)
+        edge: bytes | None = None  # the previous leaf's last key (reversed: first)
+        while leaf is not None:
+            leaf_keys = leaf.keys
+            edge = self._follows(leaf_keys, edge, reverse, path)
+            a = 0 if lo is None else bisect_left(leaf_keys, lo)
+            b = len(leaf_keys) if hi is None else bisect_left(leaf_keys, hi)
+            want = limit - len(keys)
             if reverse:
-                return len(inner.keys) if hi is None else bisect_left(inner.keys, hi)
-            return 0 if lo is None else bisect_right(inner.keys, lo)
-
-        stack.append((top, start(top), meta.height - 1))
-        step = -1 if reverse else 1
-        edge: bytes | None = None  # the last key yielded so far (reversed: the first)
-        while stack:
-            inner, i, level = stack.pop()
-            if not 0 <= i < len(inner.children):
-                continue
-            stack.append((inner, i + step, level))
-            child = node(inner.children[i], inner.crcs[i], level - 1)
-            if level == 1:
-                assert isinstance(child, Leaf)  # node checked its level
-                keys = child.keys
-                if edge is not None and (keys[-1] >= edge if reverse else keys[0] <= edge):
-                    raise CorruptionError(
-                        f"{self.where} page {inner.children[i]}: leaf keys out of order with "
-                        "the previous leaf's"
-                    )
-                edge = keys[0] if reverse else keys[-1]
-                yield child
+                cut = max(a, b - want)
+                part = leaf.values[cut:b][::-1]
+                keys += leaf_keys[cut:b][::-1]
             else:
-                assert isinstance(child, Internal)  # node checked its level
-                stack.append((child, start(child), level - 1))
+                cut = min(b, a + want)
+                part = leaf.values[a:cut]
+                keys += leaf_keys[a:cut]
+            if leaf.big:
+                read = self.read_overflow
+                values += [v if type(v) is bytes else read(v) for v in part]  # type: ignore[arg-type]
+            else:
+                values += part  # type: ignore[arg-type]
+            if len(keys) >= limit or (a > 0 if reverse else b < len(leaf_keys)):
+                break
+            leaf = self._next_leaf(path, reverse)
+        return keys, values
+
+    def _first_leaf(
+        self, lo: bytes | None, hi: bytes | None, reverse: bool, path: list[list[Any]]
+    ) -> Leaf:
+        """The leaf where :meth:`head` starts, the internal nodes above it added to ``path``
+        with the index of the child taken."""
+        meta = self.pager.meta
+        level = meta.height - 1
+        node: Any = self.node(meta.root, meta.root_crc, level)
+        while level:
+            if reverse:
+                i = len(node.keys) if hi is None else bisect_left(node.keys, hi)
+            else:
+                i = 0 if lo is None else bisect_right(node.keys, lo)
+            path.append([node, i])
+            level -= 1
+            node = self.node(node.children[i], node.crcs[i], level)
+        return node  # type: ignore[no-any-return]
+
+    def _next_leaf(self, path: list[list[Any]], reverse: bool) -> Leaf | None:
+        """The leaf after the one ``path`` leads to (reversed: before it), ``path`` moved to
+        it: the next child of the lowest node that has one, then its first children down
+        (reversed: last); ``None`` at the end of the tree."""
+        step = -1 if reverse else 1
+        while path:
+            entry = path[-1]
+            entry[1] += step
+            if 0 <= entry[1] < len(entry[0].children):
+                break
+            path.pop()
+        else:
+            return None
+        level = self.pager.meta.height - len(path)  # the level of the node at path[-1]
+        inner, i = path[-1]
+        while True:
+            level -= 1
+            node: Any = self.node(inner.children[i], inner.crcs[i], level)
+            if not level:
+                return node  # type: ignore[no-any-return]
+            inner = node
+            i = len(inner.children) - 1 if reverse else 0
+            path.append([inner, i])
 
     def iterate(
         self, lo: bytes | None, hi: bytes | None, *, reverse: bool = False

@@ -33,7 +33,7 @@ from halodb.collector import collector_paused
 from halodb.engine import process, recovery
 from halodb.engine.commit import LogSync, apply_parts, group, log_parts
 from halodb.engine.directory import Directory
-from halodb.engine.scan import SCAN_CHUNK, Items, chunks, first_chunk, merge, take
+from halodb.engine.scan import SCAN_CHUNK, Columns, chunks, first_chunk, merge, take
 from halodb.engine.worker import Worker
 from halodb.errors import CorruptionError, Error, OperationalError, ProgrammingError
 from halodb.hashing import key_hash, route
@@ -232,10 +232,11 @@ class Engine:
         reverse: bool = False,
         chunk: int = SCAN_CHUNK,
         limit: int | None = None,
-    ) -> Iterator[Items]:
-        """Live ``(key, value)`` in ``[lo, hi)`` across partitions, in key order, lazily, a list
-        at a time (each list in order and after the one before, so a caller can process a whole
-        list in one go); at most ``limit`` of them, and no partition reads more than that.
+    ) -> Iterator[Columns]:
+        """Live keys in ``[lo, hi)`` across partitions, in key order, and their values, lazily,
+        as lists of keys and of values (each chunk in order and after the one before, so a
+        caller can process whole lists in one go); at most ``limit`` of them, and no
+        partition reads more than that.
 
         A write made after a partition's chunk was read shows up only if its key lies ahead of
         where that chunk ended (see :mod:`halodb.engine.scan`).

@@ -4,11 +4,11 @@ chunks merged a round at a time. Knows nothing of writes or of the directory."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from operator import itemgetter
 
-from halodb.partition import Partition
+from halodb.partition import Partition, count_upto
 
-Items = list[tuple[bytes, bytes]]
+Columns = tuple[list[bytes], list[bytes]]
+"""Keys in order and their values, as two lists of the same length."""
 
 SCAN_CHUNK = 1024
 FIRST_CHUNK = 32
@@ -26,7 +26,7 @@ def chunks(
     check_open: Callable[[], None],
     first: int = FIRST_CHUNK,
     most: int | None = None,
-) -> Iterator[Items]:
+) -> Iterator[Columns]:
     """Live items of ``part`` in ``[lo, hi)``, in order, at most ``most`` of them (``None``:
     all), in chunks of ``first`` items, then twice as many each time up to ``chunk``. Each
     chunk is read under the partition's lock and resumed after the last key it covered, so
@@ -41,16 +41,16 @@ def chunks(
         guard()
         with part.lock:
             check_open()
-            items, edge = part.scan(lo, hi, reverse, limit)
-        if 0 < left < len(items):  # (a read past what is left: see below)
-            del items[left:]
-            edge = items[-1][0]
-        if items:
-            yield items
+            keys, values, edge = part.scan(lo, hi, reverse, limit)
+        if 0 < left < len(keys):  # (a read past what is left: see below)
+            del keys[left:], values[left:]
+            edge = keys[-1]
+        if keys:
+            yield keys, values
         if edge is None:
             return
-        short = len(items) < limit  # tombstones: the next read covers twice as many keys
-        left -= len(items)
+        short = len(keys) < limit  # tombstones: the next read covers twice as many keys
+        left -= len(keys)
         if short:  # (past ``chunk`` and ``left`` too: only live items count against them)
             limit = min(limit * 2, max(chunk, SCAN_CHUNK))
         else:
@@ -70,51 +70,37 @@ def first_chunk(limit: int | None, partitions: int) -> int:
     return min(limit, max(FIRST_CHUNK, -(-5 * limit // (4 * partitions))))
 
 
-def take(batches: Iterator[Items], most: int) -> Iterator[Items]:
-    """The first ``most`` items of ``batches``, lists as they come (the last one cut)."""
-    for items in batches:
-        if len(items) >= most:
+def take(batches: Iterator[Columns], most: int) -> Iterator[Columns]:
+    """The first ``most`` items of ``batches``, lists as they come (the last ones cut)."""
+    for keys, values in batches:
+        if len(keys) >= most:
             if most:
-                yield items[:most]
+                yield keys[:most], values[:most]
             return
-        most -= len(items)
-        yield items
+        most -= len(keys)
+        yield keys, values
 
 
-def merge(sources: list[Iterator[Items]], reverse: bool) -> Iterator[Items]:
-    """Merge ordered chunk streams into one, a list at a time: every buffered item up to the
+def merge(sources: list[Iterator[Columns]], reverse: bool) -> Iterator[Columns]:
+    """Merge ordered chunk streams into one, a chunk at a time: every buffered item up to the
     smallest last key among the buffers (the largest, reversed) is sorted and yielded; no
     source can still produce a key before that bound."""
-    live: list[tuple[Iterator[Items], Items]] = []
+    live: list[tuple[Iterator[Columns], Columns]] = []
     for source in sources:
-        items = next(source, None)
-        if items:
-            live.append((source, items))
-    first = itemgetter(0)
+        columns = next(source, None)
+        if columns:
+            live.append((source, columns))
     while live:
-        lasts = [items[-1][0] for _, items in live]
+        lasts = [keys[-1] for _, (keys, _) in live]
         bound = max(lasts) if reverse else min(lasts)
-        out: Items = []
+        merged: dict[bytes, bytes] = {}
         keep = []
-        for source, items in live:
-            taken = _upto(items, bound, reverse)
-            out.extend(items[:taken])
-            rest = items[taken:] or next(source, [])
+        for source, (keys, values) in live:
+            taken = count_upto(keys, bound, reverse)
+            merged.update(zip(keys[:taken], values[:taken], strict=True))
+            rest = (keys[taken:], values[taken:]) if taken < len(keys) else next(source, None)
             if rest:
                 keep.append((source, rest))
         live = keep
-        out.sort(key=first, reverse=reverse)
-        yield out
-
-
-def _upto(items: Items, bound: bytes, reverse: bool) -> int:
-    """How many of ``items`` come before the first key past ``bound`` (a binary search; either
-    order)."""
-    low, high = 0, len(items)
-    while low < high:
-        mid = (low + high) // 2
-        if (items[mid][0] >= bound) if reverse else (items[mid][0] <= bound):
-            low = mid + 1
-        else:
-            high = mid
-    return low
+        out = sorted(merged, reverse=reverse)  # (partitions hold different keys)
+        yield out, list(map(merged.__getitem__, out))
