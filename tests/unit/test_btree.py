@@ -227,6 +227,28 @@ def test_btree_internal_node_left_with_one_child(tmp_path: Path) -> None:
     tree.pager.close()
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_walk_stays_on_the_tree_it_started_on_when_a_merge_commits(
+    tmp_path: Path, reverse: bool
+) -> None:
+    """A merge commits without the partition's lock, so a reader's walk may see the tree's
+    meta change under it (here: the tree grows a level). The pages of the tree it started on
+    stay as they were until the reader lets the lock go, and the walk must finish on them."""
+    tree = _tree(tmp_path)
+    model = {b"k%04d" % i: b"x" * 50 for i in range(200)}
+    tree.apply(sorted(model.items()), clear=False, flushed_seq=1)
+    assert tree.pager.meta.height == 2
+    walk = tree.leaves(None, None, reverse)  # (each leaf's keys ascending)
+    seen = sorted(next(walk).keys, reverse=reverse)
+    more = {b"m%04d" % i: b"y" * 50 for i in range(3000)}
+    tree.apply(sorted(more.items()), clear=False, flushed_seq=2)
+    assert tree.pager.meta.height == 3
+    for leaf in walk:
+        seen += sorted(leaf.keys, reverse=reverse)
+    assert seen == sorted(model, reverse=reverse)
+    tree.pager.close()
+
+
 # -- leaf layouts ------------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ from halodb.btree.node import (
 from halodb.btree.rows import RowCache
 from halodb.btree.writer import TreeWriter
 from halodb.errors import CorruptionError
-from halodb.pager import META_PAGES, Pager
+from halodb.pager import META_PAGES, Meta, Pager
 from halodb.reports import TreeReport
 
 Change = tuple[bytes, bytes | None]
@@ -231,15 +231,16 @@ class BTree(RowCache):
         Each leaf's keys must follow the previous leaf's: a subtree reached twice (which
         could otherwise make the walk visit a page an exponential number of times) is damage,
         met at its second visit."""
-        if not self.pager.meta.height:
+        meta = self.pager.meta  # (a merge may commit meanwhile: the walk stays on this tree)
+        if not meta.height:
             return
         path: list[list[Any]] = []  # [internal node, child index], from the root down
-        leaf: Leaf | None = self._first_leaf(lo, hi, reverse, path)
+        leaf: Leaf | None = self._first_leaf(meta, lo, hi, reverse, path)
         edge: bytes | None = None  # the previous leaf's last key (reversed: first)
         while leaf is not None:
             edge = self._follows(leaf.keys, edge, reverse, path)
             yield leaf
-            leaf = self._next_leaf(path, reverse)
+            leaf = self._next_leaf(meta.height, path, reverse)
 
     def _follows(
         self, keys: tuple[bytes, ...], edge: bytes | None, reverse: bool, path: list[list[Any]]
@@ -266,10 +267,11 @@ class BTree(RowCache):
         (:meth:`_follows`)."""
         keys: list[bytes] = []
         values: list[bytes] = []
-        if not self.pager.meta.height or limit <= 0:
+        meta = self.pager.meta  # (a merge may commit meanwhile: the walk stays on this tree)
+        if not meta.height or limit <= 0:
             return keys, values
         path: list[list[Any]] = []  # [internal node, child index], from the root down
-        leaf: Leaf | None = self._first_leaf(lo, hi, reverse, path)
+        leaf: Leaf | None = self._first_leaf(meta, lo, hi, reverse, path)
         edge: bytes | None = None  # the previous leaf's last key (reversed: first)
         while leaf is not None:
             leaf_keys = leaf.keys
@@ -292,15 +294,14 @@ class BTree(RowCache):
                 values += part  # type: ignore[arg-type]
             if len(keys) >= limit or (a > 0 if reverse else b < len(leaf_keys)):
                 break
-            leaf = self._next_leaf(path, reverse)
+            leaf = self._next_leaf(meta.height, path, reverse)
         return keys, values
 
     def _first_leaf(
-        self, lo: bytes | None, hi: bytes | None, reverse: bool, path: list[list[Any]]
+        self, meta: Meta, lo: bytes | None, hi: bytes | None, reverse: bool, path: list[list[Any]]
     ) -> Leaf:
-        """The leaf where :meth:`head` starts, the internal nodes above it added to ``path``
-        with the index of the child taken."""
-        meta = self.pager.meta
+        """The leaf of the tree ``meta`` describes where :meth:`head` starts, the internal
+        nodes above it added to ``path`` with the index of the child taken."""
         level = meta.height - 1
         node: Any = self.node(meta.root, meta.root_crc, level)
         while level:
@@ -313,10 +314,12 @@ class BTree(RowCache):
             node = self.node(node.children[i], node.crcs[i], level)
         return node  # type: ignore[no-any-return]
 
-    def _next_leaf(self, path: list[list[Any]], reverse: bool) -> Leaf | None:
+    def _next_leaf(self, height: int, path: list[list[Any]], reverse: bool) -> Leaf | None:
         """The leaf after the one ``path`` leads to (reversed: before it), ``path`` moved to
         it: the next child of the lowest node that has one, then its first children down
-        (reversed: last); ``None`` at the end of the tree."""
+        (reversed: last); ``None`` at the end of the tree. ``height``: the tree's when the
+        walk started (a merge that commits meanwhile leaves that tree's pages as they are,
+        until the partition's lock, which the reader holds, lets it go)."""
         step = -1 if reverse else 1
         while path:
             entry = path[-1]
@@ -326,7 +329,7 @@ class BTree(RowCache):
             path.pop()
         else:
             return None
-        level = self.pager.meta.height - len(path)  # the level of the node at path[-1]
+        level = height - len(path)  # the level of the node at path[-1]
         inner, i = path[-1]
         while True:
             level -= 1
