@@ -37,7 +37,7 @@ from sortedcontainers import SortedList
 
 from halodb import format as fmt
 from halodb.bloom import BloomFilter, read_filter
-from halodb.btree import BTree, MergeStopped, limits
+from halodb.btree import ROW_STEP, BTree, MergeStopped, limits
 from halodb.collector import collector_paused
 from halodb.errors import CorruptionError
 from halodb.hashing import key_hash
@@ -893,8 +893,14 @@ class Partition:
         if locked:
             self._let_go(keys)
         else:
+            # The rows of the changed keys go a step at a time, each under the lock: a reader
+            # after the commit reads the new tree, so only rows taken before it are stale, and
+            # until the frozen memtable goes it answers for these keys, not the row cache.
+            for i in range(0, len(keys), ROW_STEP):
+                with self.lock:
+                    self.tree.drop_rows(keys[i : i + ROW_STEP])
             with self.lock:
-                self._let_go(keys)
+                self._let_go(None)
         del keys
         if old is not None:
             old.retire(durable=True)
@@ -982,14 +988,16 @@ class Partition:
         self.fs.write_new(self.bloom_path, self.bloom.to_bytes(self.index, self.pager.meta.txn))
         self.bloom_stale = False
 
-    def _let_go(self, keys: list[bytes]) -> None:
+    def _let_go(self, keys: list[bytes] | None) -> None:
         """The last step of a merge, the tree durable (``lock`` held): the frozen log goes (the
         log in ``pNNN.wal2`` is renamed over it if it was ``pNNN.wal``, so that a partition
-        without a frozen memtable has its log there), the row cache forgets the changed keys'
-        old values, then the frozen memtable goes, and stalled writers are woken."""
+        without a frozen memtable has its log there), the row cache forgets the changed
+        ``keys``' old values (``None``: the caller did), then the frozen memtable goes, and
+        stalled writers are woken."""
         self._drop_frozen_log()
         self.frozen_log = None  # (its writer stays attached, and closed at close, until here)
-        self.tree.drop_rows(keys)
+        if keys is not None:
+            self.tree.drop_rows(keys)
         self.frozen = None
         if self.on_let_go is not None:
             self.on_let_go()

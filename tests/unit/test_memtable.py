@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from halodb.memtable import ENTRY_OVERHEAD, Memtable
+from halodb.memtable import ENTRY_OVERHEAD, Memtable, merge_sorted
 from halodb.vfs import FileSystem
 
 PAGE = 1024
@@ -50,6 +50,27 @@ def test_memtable_columns_with_and_without_ordered_reads_between() -> None:
         mem.put(b"b", b"2")
         mem.put(b"a", None)
         assert mem.columns() == ([b"a", b"b"], [None, b"2"])
+
+
+def test_memtable_columns_in_steps_match_one_sort() -> None:
+    """With a ``step`` the keys are sorted in runs and merged a bounded round at a time
+    (``merge_sorted``): the same columns as one sort, for skewed runs and small steps too."""
+    rng = random.Random(11)
+    for count, step in ((0, 4), (1, 1), (5, 2), (1000, 7), (4000, 64), (3000, 5000)):
+        mem = Memtable()
+        model: dict[bytes, bytes | None] = {}
+        for i in range(count):
+            # (half the keys share a prefix: runs whose keys bunch together)
+            key = (b"p" if i % 2 else b"") + rng.randbytes(rng.randrange(0, 4))
+            value = None if rng.random() < 0.2 else b"v" * rng.randrange(4)
+            mem.put(key, value)
+            model[key] = value
+        keys = sorted(model)
+        assert mem.columns(step) == (keys, [model[k] for k in keys]), (count, step)
+    pool = [x.to_bytes(4, "big") for x in rng.sample(range(10**6), 2000)]
+    cuts = sorted(rng.sample(range(2001), 8))  # nine runs of distinct keys, some empty
+    runs = [sorted(pool[a:b]) for a, b in zip([0, *cuts], [*cuts, 2000], strict=True)]
+    assert merge_sorted(runs, 16) == sorted(pool)
 
 
 def test_memtable_size_accounting_and_tombstones() -> None:

@@ -31,7 +31,7 @@ from halodb.btree.node import (
     leaf_cost,
     limits,
 )
-from halodb.btree.rows import ROW_OVERHEAD
+from halodb.btree.rows import ROW_OVERHEAD, ROW_STEP
 from halodb.btree.tree import BTree, Change
 from halodb.btree.writer import MergeStopped
 
@@ -43,6 +43,7 @@ __all__ = [
     "LAYOUTS_MAX",
     "OVERFLOW_OBJECT",
     "ROW_OVERHEAD",
+    "ROW_STEP",
     "BTree",
     "Change",
     "Internal",
