@@ -39,6 +39,13 @@ from halodb.reports import TreeReport
 
 Change = tuple[bytes, bytes | None]
 """A change to the tree: a key and its new value (``None``: delete)."""
+Fetch = Callable[[int, int, int], "Leaf | Internal"]
+"""How a walk gets a node: :meth:`BTree.node`, or :meth:`BTree._walk_node` for long walks."""
+
+WALK_FILL = 1024
+"""A :meth:`BTree.head` of this many keys or more, and every :meth:`BTree.leaves` walk, keep a
+node read from disk in the cache only if it fits in what is left (:meth:`BTree._walk_node`);
+shorter reads make room for theirs, as lookups do."""
 
 
 class BTree(RowCache):
@@ -66,6 +73,25 @@ class BTree(RowCache):
         if node.level != level:
             raise self._misplaced(page_no, node.level, level)
         self.pager.stats.cache_hits += 1
+        return node
+
+    def _walk_node(self, page_no: int, crc: int, level: int) -> Leaf | Internal:
+        """:meth:`node` for a walk over many leaves (a scan): a node read from disk is kept in
+        the node cache only if it fits in what the cache has left, and a leaf's rows are not
+        kept. Else a scan over more leaves than the cache holds pushes out half the cache each
+        time it fills, and a second scan reads all of it again."""
+        pager = self.pager
+        if page_no in pager.cache:
+            return self.node(page_no, crc, level)
+        pager.stats.cache_misses += 1
+        page = pager.read_page(page_no, crc, "tree node")
+        node = (
+            decode_internal(self.where, page_no, page, level)
+            if level
+            else decode_leaf(self.where, page_no, page)
+        )
+        if pager.cache_bytes + node.cost <= pager.cache_budget:
+            pager.remember(page_no, node)
         return node
 
     def _misplaced(self, page_no: int, found: int, level: int) -> CorruptionError:
@@ -235,12 +261,13 @@ class BTree(RowCache):
         if not meta.height:
             return
         path: list[list[Any]] = []  # [internal node, child index], from the root down
-        leaf: Leaf | None = self._first_leaf(meta, lo, hi, reverse, path)
+        fetch = self._walk_node
+        leaf: Leaf | None = self._first_leaf(fetch, meta, lo, hi, reverse, path)
         edge: bytes | None = None  # the previous leaf's last key (reversed: first)
         while leaf is not None:
             edge = self._follows(leaf.keys, edge, reverse, path)
             yield leaf
-            leaf = self._next_leaf(meta.height, path, reverse)
+            leaf = self._next_leaf(fetch, meta.height, path, reverse)
 
     def _follows(
         self, keys: tuple[bytes, ...], edge: bytes | None, reverse: bool, path: list[list[Any]]
@@ -271,7 +298,8 @@ class BTree(RowCache):
         if not meta.height or limit <= 0:
             return keys, values
         path: list[list[Any]] = []  # [internal node, child index], from the root down
-        leaf: Leaf | None = self._first_leaf(meta, lo, hi, reverse, path)
+        fetch = self.node if limit < WALK_FILL else self._walk_node
+        leaf: Leaf | None = self._first_leaf(fetch, meta, lo, hi, reverse, path)
         edge: bytes | None = None  # the previous leaf's last key (reversed: first)
         while leaf is not None:
             leaf_keys = leaf.keys
@@ -294,16 +322,22 @@ class BTree(RowCache):
                 values += part  # type: ignore[arg-type]
             if len(keys) >= limit or (a > 0 if reverse else b < len(leaf_keys)):
                 break
-            leaf = self._next_leaf(meta.height, path, reverse)
+            leaf = self._next_leaf(fetch, meta.height, path, reverse)
         return keys, values
 
     def _first_leaf(
-        self, meta: Meta, lo: bytes | None, hi: bytes | None, reverse: bool, path: list[list[Any]]
+        self,
+        fetch: Fetch,
+        meta: Meta,
+        lo: bytes | None,
+        hi: bytes | None,
+        reverse: bool,
+        path: list[list[Any]],
     ) -> Leaf:
         """The leaf of the tree ``meta`` describes where :meth:`head` starts, the internal
         nodes above it added to ``path`` with the index of the child taken."""
         level = meta.height - 1
-        node: Any = self.node(meta.root, meta.root_crc, level)
+        node: Any = fetch(meta.root, meta.root_crc, level)
         while level:
             if reverse:
                 i = len(node.keys) if hi is None else bisect_left(node.keys, hi)
@@ -311,10 +345,12 @@ class BTree(RowCache):
                 i = 0 if lo is None else bisect_right(node.keys, lo)
             path.append([node, i])
             level -= 1
-            node = self.node(node.children[i], node.crcs[i], level)
+            node = fetch(node.children[i], node.crcs[i], level)
         return node  # type: ignore[no-any-return]
 
-    def _next_leaf(self, height: int, path: list[list[Any]], reverse: bool) -> Leaf | None:
+    def _next_leaf(
+        self, fetch: Fetch, height: int, path: list[list[Any]], reverse: bool
+    ) -> Leaf | None:
         """The leaf after the one ``path`` leads to (reversed: before it), ``path`` moved to
         it: the next child of the lowest node that has one, then its first children down
         (reversed: last); ``None`` at the end of the tree. ``height``: the tree's when the
@@ -333,7 +369,7 @@ class BTree(RowCache):
         inner, i = path[-1]
         while True:
             level -= 1
-            node: Any = self.node(inner.children[i], inner.crcs[i], level)
+            node: Any = fetch(inner.children[i], inner.crcs[i], level)
             if not level:
                 return node  # type: ignore[no-any-return]
             inner = node
