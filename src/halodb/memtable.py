@@ -127,26 +127,37 @@ class Memtable:
 
 
 def merge_sorted(runs: list[list[bytes]], step: int) -> list[bytes]:
-    """The sorted ``runs`` (of distinct keys) merged into one sorted list, a round at a time:
-    each round takes, from every run, its keys up to a bound (the smallest of the runs' keys
-    ``step // len(runs)`` ahead), and sorts them. No round handles more than about ``step``
-    keys (each run gives at most its share), and each takes at least a share."""
-    out: list[bytes] = []
+    """The sorted ``runs`` (of distinct keys) merged into one sorted list, two at a time in a
+    balanced tree (:func:`_merge_two`): O(n log(runs)) in all, and no call handles more than
+    about ``2 * step`` keys but for copying a run's untouched tail (references only)."""
     runs = [run for run in runs if run]
-    starts = [0] * len(runs)
-    while runs:
-        share = max(1, step // len(runs))
-        bound = min(
-            run[min(start + share, len(run)) - 1] for run, start in zip(runs, starts, strict=True)
-        )
-        chunk: list[bytes] = []
-        for i, run in enumerate(runs):
-            end = bisect_right(run, bound, starts[i])
-            chunk += run[starts[i] : end]
-            starts[i] = end
+    while len(runs) > 1:
+        runs = [
+            _merge_two(runs[i], runs[i + 1], step) if i + 1 < len(runs) else runs[i]
+            for i in range(0, len(runs), 2)
+        ]
+    return runs[0] if runs else []
+
+
+def _merge_two(a: list[bytes], b: list[bytes], step: int) -> list[bytes]:
+    """Two sorted lists of distinct keys merged, a round at a time: each round takes ``step``
+    keys from one list and the other's keys up to the last of them, and sorts those (two
+    sorted runs: the sort merges them in linear time). Once a list runs out, the rest of the
+    other is copied whole. Keys in order (a list whose keys all come first) take one round
+    per ``step`` keys and a copy."""
+    out: list[bytes] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        a_end = min(i + step, len(a))
+        b_end = bisect_right(b, a[a_end - 1], j)
+        if b_end - j > step:  # b holds more below a's window: b's window leads
+            b_end = j + step
+            a_end = bisect_right(a, b[b_end - 1], i)
+        chunk = a[i:a_end]
+        chunk += b[j:b_end]
         chunk.sort()
         out += chunk
-        left = [i for i, run in enumerate(runs) if starts[i] < len(run)]
-        runs = [runs[i] for i in left]
-        starts = [starts[i] for i in left]
+        i, j = a_end, b_end
+    out += a[i:]
+    out += b[j:]
     return out

@@ -71,6 +71,11 @@ def test_memtable_columns_in_steps_match_one_sort() -> None:
     cuts = sorted(rng.sample(range(2001), 8))  # nine runs of distinct keys, some empty
     runs = [sorted(pool[a:b]) for a, b in zip([0, *cuts], [*cuts, 2000], strict=True)]
     assert merge_sorted(runs, 16) == sorted(pool)
+    ordered = sorted(pool)  # keys written in order: runs that do not overlap, either way round
+    blocks = [ordered[a : a + 300] for a in range(0, 2000, 300)]
+    assert merge_sorted(blocks, 16) == ordered
+    assert merge_sorted(blocks[::-1], 16) == ordered
+    assert merge_sorted([ordered[::2], ordered[1::2]], 7) == ordered
 
 
 def test_memtable_size_accounting_and_tombstones() -> None:
