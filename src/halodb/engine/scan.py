@@ -88,7 +88,7 @@ def merge(sources: list[Iterator[Columns]], reverse: bool) -> Iterator[Columns]:
     live: list[tuple[Iterator[Columns], Columns]] = []
     for source in sources:
         columns = next(source, None)
-        if columns:
+        if columns is not None and columns[0]:
             live.append((source, columns))
     while live:
         lasts = [keys[-1] for _, (keys, _) in live]
@@ -99,7 +99,7 @@ def merge(sources: list[Iterator[Columns]], reverse: bool) -> Iterator[Columns]:
             taken = count_upto(keys, bound, reverse)
             merged.update(zip(keys[:taken], values[:taken], strict=True))
             rest = (keys[taken:], values[taken:]) if taken < len(keys) else next(source, None)
-            if rest:
+            if rest is not None and rest[0]:
                 keep.append((source, rest))
         live = keep
         out = sorted(merged, reverse=reverse)  # (partitions hold different keys)
