@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 
 from halodb import format as fmt
 from halodb.engine.engine import Engine
+from halodb.engine.scan import Columns
 from halodb.errors import DataError, ProgrammingError
 from halodb.keys import TAG_BYTES as KEY_TAG_BYTES
 from halodb.keys import TAG_STR as KEY_TAG_STR
@@ -353,7 +354,7 @@ class Store(MutableMapping[Key, Any]):
         reverse: object,
         prefix: str | bytes | tuple[KeyLike, ...] | None,
         limit: object = None,
-    ) -> Iterator[tuple[list[bytes], list[bytes]]] | None:
+    ) -> Iterator[Columns] | None:
         """The checked arguments of a range scan as its chunks, or ``None`` if it is empty."""
         if type(reverse) is not bool:
             raise TypeError(f"{caller}(): reverse must be a bool, not {type(reverse).__name__}")
@@ -372,14 +373,12 @@ class Store(MutableMapping[Key, Any]):
             return None
         return self._m.scan_batches(lo, hi, reverse=reverse, limit=limit)
 
-    def _decoded(
-        self, batches: Iterator[tuple[list[bytes], list[bytes]]]
-    ) -> Iterator[tuple[Key, Any]]:
+    def _decoded(self, batches: Iterator[Columns]) -> Iterator[tuple[Key, Any]]:
         """The pairs of ``batches``, each chunk decoded whole (:meth:`_decode_chunk`) and the
         chunks chained in C: no Python step per pair."""
         return chain.from_iterable(map(self._decode_chunk, batches))
 
-    def _decode_chunk(self, columns: tuple[list[bytes], list[bytes]]) -> Iterator[tuple[Key, Any]]:
+    def _decode_chunk(self, columns: Columns) -> Iterator[tuple[Key, Any]]:
         """A chunk's encoded keys and values as decoded pairs: the keys as :func:`_decode_keys`
         does, the values by slicing when the codec is ``halo1`` and every value is bytes (one
         C-level pass checks their tags), else by the codec, one call each. The pairs are made

@@ -14,6 +14,7 @@ node is charged, :mod:`.rows` for a row).
 
 from __future__ import annotations
 
+import sys
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -83,13 +84,7 @@ class BTree(RowCache):
         pager = self.pager
         if page_no in pager.cache:
             return self.node(page_no, crc, level)
-        pager.stats.cache_misses += 1
-        page = pager.read_page(page_no, crc, "tree node")
-        node = (
-            decode_internal(self.where, page_no, page, level)
-            if level
-            else decode_leaf(self.where, page_no, page)
-        )
+        node = self._read(page_no, crc, level)
         if pager.cache_bytes + node.cost <= pager.cache_budget:
             pager.remember(page_no, node)
         return node
@@ -101,18 +96,20 @@ class BTree(RowCache):
         )
 
     def _load(self, page_no: int, crc: int, level: int) -> Any:
-        pager = self.pager
-        pager.stats.cache_misses += 1
-        page = pager.read_page(page_no, crc, "tree node")
-        node = (  # (decode(), inlined: the path of every cache miss)
-            decode_internal(self.where, page_no, page, level)
-            if level
-            else decode_leaf(self.where, page_no, page)
-        )
-        pager.remember(page_no, node)
+        node = self._read(page_no, crc, level)
+        self.pager.remember(page_no, node)
         if isinstance(node, Leaf):
             self._remember_rows(node.keys, node.values, node.big)
         return node
+
+    def _read(self, page_no: int, crc: int, level: int) -> Leaf | Internal:
+        """The node in ``page_no`` read from disk and decoded (a cache miss, counted)."""
+        pager = self.pager
+        pager.stats.cache_misses += 1
+        page = pager.read_page(page_no, crc, "tree node")
+        if level:  # (decode(), inlined: the path of every cache miss)
+            return decode_internal(self.where, page_no, page, level)
+        return decode_leaf(self.where, page_no, page)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -379,32 +376,9 @@ class BTree(RowCache):
     def iterate(
         self, lo: bytes | None, hi: bytes | None, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
-        """``(key, value)`` for keys in ``[lo, hi)``, ascending (or descending), lazily."""
-        for items in self.iterate_leaves(lo, hi, reverse=reverse):
-            yield from items
-
-    def iterate_leaves(
-        self, lo: bytes | None, hi: bytes | None, *, reverse: bool = False
-    ) -> Iterator[list[tuple[bytes, bytes]]]:
-        """:meth:`iterate` a leaf at a time: one list of ``(key, value)`` per leaf, lazily."""
-        for leaf in self.leaves(lo, hi, reverse):
-            keys = leaf.keys
-            a = 0 if lo is None else bisect_left(keys, lo)
-            b = len(keys) if hi is None else bisect_left(keys, hi)
-            values = leaf.values
-            if not leaf.big:
-                if reverse:
-                    yield list(zip(reversed(keys[a:b]), reversed(values[a:b]), strict=True))  # type: ignore[arg-type]
-                else:
-                    yield list(zip(keys[a:b], values[a:b], strict=True))  # type: ignore[arg-type]
-            else:
-                read = self.read_overflow
-                yield [
-                    (keys[i], value if type(value := values[i]) is bytes else read(value))  # type: ignore[arg-type]
-                    for i in (range(b - 1, a - 1, -1) if reverse else range(a, b))
-                ]
-            if (reverse and a > 0) or (not reverse and b < len(keys)):
-                return
+        """``(key, value)`` for keys in ``[lo, hi)``, ascending (or descending): every one,
+        read at once (:meth:`head` without a limit; scans of the store read chunks)."""
+        return zip(*self.head(lo, hi, reverse, sys.maxsize), strict=True)
 
     def iter_keys(self) -> Iterator[bytes]:
         """Every key, ascending (values are not read)."""
